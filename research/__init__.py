@@ -1,0 +1,1 @@
+"""A JAX/Flax library of transformer blocks composed into BERT-, GPT- and T5-style models."""

@@ -1,0 +1,345 @@
+"""Experiment configuration: the one place a ConfigDict becomes frozen dataclasses.
+
+A config file's `get_config()` returns an `ml_collections.ConfigDict` with the sections below.
+`ExperimentConfig.from_config_dict` turns it into typed, frozen dataclasses; modules and the
+trainer take those dataclasses, never the ConfigDict. Every field has a default here, so a config
+file states only what it chooses, and an ablation is a few lines of difference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any
+
+import ml_collections
+
+
+class UserError(Exception):
+  """Bad input from the user (config, data, checkpoint, flags): the CLIs print it as one line."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config that cannot run; the message names the problem and the fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture hyperparameters shared by the three families."""
+
+  family: str = "decoder"  # decoder (GPT) | encoder (BERT) | encoder_decoder (T5)
+  vocab_size: int = 0  # 0: take the tokenizer's size
+  num_layers: int = 4
+  num_decoder_layers: int = 0  # encoder_decoder only; 0: same as num_layers
+  num_heads: int = 4
+  num_kv_heads: int = 0  # 0: num_heads (MHA); 1: MQA; in between: GQA
+  head_dim: int = 0  # 0: embed_dim // num_heads
+  embed_dim: int = 128
+  mlp_dim: int = 512
+  max_len: int = 64  # size of the learned position table / the longest context allowed
+  num_token_types: int = 0  # encoder: segment (token-type) embeddings, e.g. 2 for BERT
+  position: str = "learned"  # learned | rope | relative | none
+  rope_base: float = 10000.0
+  relative_buckets: int = 32
+  relative_max_distance: int = 128
+  norm: str = "layernorm"  # layernorm | rmsnorm
+  norm_position: str = "pre"  # pre | post
+  norm_eps: float = 1e-5
+  mlp_activation: str = "gelu"  # gelu (exact erf) | gelu_tanh | relu | swiglu | geglu
+  use_bias: bool = True
+  dropout_rate: float = 0.0
+  tie_embeddings: bool = True
+  init_std: float = 0.02
+  # Precision policy, honoured by every matmul in layers.py.
+  param_dtype: str = "float32"  # master weights
+  activation_dtype: str = "float32"  # residual stream, norms, softmax
+  matmul_dtype: str = "float32"  # operands of matmuls; results always accumulate in float32
+  # Scale options.
+  scan_layers: bool = False
+  remat: str = "none"  # none | full | dots_saveable
+
+  @property
+  def resolved_head_dim(self) -> int:
+    return self.head_dim or self.embed_dim // self.num_heads
+
+  @property
+  def resolved_kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  learning_rate: float = 1e-3  # peak
+  end_learning_rate: float = 1e-4  # reached at the end of the cosine decay
+  warmup_steps: int = 100
+  decay_steps: int = 0  # 0: train.steps
+  schedule: str = "cosine"  # cosine | linear | constant
+  b1: float = 0.9
+  b2: float = 0.99
+  eps: float = 1e-8
+  weight_decay: float = 0.1
+  # Which parameters get weight decay: "matrices" = every parameter with ndim >= 2 (nanoGPT);
+  # "matrices_no_embed" = kernels only (not biases, norms, token/position embeddings).
+  decay_rule: str = "matrices_no_embed"
+  clip_norm: float = 1.0  # 0 disables clipping
+  grad_accum_steps: int = 1  # split each batch into this many microbatches
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  dataset: str = "tiny_shakespeare"  # project builder, "text_files", or a TFDS catalog name
+  data_dir: str = ""  # where TFDS writes/reads prepared ArrayRecords; "" = <repo>/data/tfds
+  files: str = ""  # text_files: a folder or glob of .txt / .jsonl files
+  text_key: str = "text"  # the text field of each example (jsonl key / TFDS feature)
+  validation_fraction: float = 0.1  # text_files: the last share of the corpus held out
+  train_split: str = "train"
+  eval_split: str = "validation"
+  tokenizer: str = "char"  # char | sentencepiece | hf (a tokenizer.json)
+  vocab_size: int = 0  # sentencepiece: size to train; 0 = 8000
+  tokenizer_path: str = ""  # hf: path to tokenizer.json
+  seq_len: int = 64  # tokens per example seen by the model
+  batch_size: int = 12  # global batch, across all processes
+  packing: str = "windows"  # windows: random windows over an in-memory token stream;
+  #                           stream: documents packed into sequences as they are read
+  shuffle_seed: int = 0
+  num_workers: int = 0  # grain worker processes (0 = in the main process)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  steps: int = 2000
+  seed: int = 0
+  log_every: int = 10
+  eval_every: int = 500  # 0: only at the end
+  eval_batches: int = 0  # 0: the whole evaluation split
+  eval_batch_size: int = 0  # 0: data.batch_size
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 3
+  async_checkpoints: bool = True
+  init_from: str = ""  # a workdir whose parameters initialise this run
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+  """The pretraining objective (research/objectives.py) and its knobs."""
+
+  name: str = "causal_lm"  # causal_lm | prefix_lm | masked_lm | span_corruption | ul2
+  mask_rate: float = 0.15  # masked_lm: share of tokens selected
+  mask_token_share: float = 0.8  # ... of which replaced by <mask>
+  random_token_share: float = 0.1  # ... replaced by a random token (the rest kept)
+  noise_density: float = 0.15  # span_corruption: share of tokens in noise spans
+  mean_span_length: float = 3.0
+  num_sentinels: int = 100  # <extra_id_0> ... added to the tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Device mesh ('data', 'fsdp', 'tensor'); -1 takes all remaining devices."""
+
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+
+
+# Logical axis name -> mesh axes. Parameters and activations use these names; changing the
+# parallelism layout means editing this table (or overriding it in one config), nothing else.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("length", None),
+    ("position", None),
+    ("relpos_buckets", None),
+    ("norm", None),
+    ("classes", None),
+    ("token_types", None),
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_mlp", "tensor"),
+    ("activation_heads", "tensor"),
+    ("activation_vocab", "tensor"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  model: ModelConfig
+  optimizer: OptimizerConfig
+  data: DataConfig
+  train: TrainConfig
+  mesh: MeshConfig
+  objective: ObjectiveConfig = ObjectiveConfig()
+  rules: tuple[tuple[str, Any], ...] = DEFAULT_RULES
+
+  @classmethod
+  def from_config_dict(cls, config: ml_collections.ConfigDict | dict) -> "ExperimentConfig":
+    """Builds and validates the typed config; raises ConfigError naming the bad entry."""
+    raw = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise ConfigError(f"unknown config section(s) {sorted(unknown)}; "
+                        f"valid sections are {[f.name for f in dataclasses.fields(cls)]}")
+    sections = {}
+    for field in dataclasses.fields(cls):
+      if field.name == "rules":
+        rules = raw.get("rules", DEFAULT_RULES)
+        sections["rules"] = tuple((str(k), _freeze(v)) for k, v in rules)
+        continue
+      section_type = _SECTION_TYPES[field.name]
+      sections[field.name] = _build_section(section_type, field.name, raw.get(field.name, {}))
+    experiment = cls(**sections)
+    validate(experiment)
+    return experiment
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+_SECTION_TYPES = {
+    "model": ModelConfig,
+    "optimizer": OptimizerConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "mesh": MeshConfig,
+    "objective": ObjectiveConfig,
+}
+
+
+def _freeze(value):
+  if isinstance(value, list):
+    return tuple(_freeze(v) for v in value)
+  return value
+
+
+def _build_section(section_type, name: str, values: dict):
+  fields = {f.name: f for f in dataclasses.fields(section_type)}
+  unknown = set(values) - set(fields)
+  if unknown:
+    raise ConfigError(f"unknown key(s) {sorted(f'{name}.{k}' for k in unknown)}; "
+                      f"valid keys of '{name}' are {sorted(fields)}")
+  hints = typing.get_type_hints(section_type)
+  kwargs = {}
+  for key, value in values.items():
+    expected = hints[key]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+      value = float(value)
+    if expected in (int, float, str, bool) and not isinstance(value, expected) or (
+        expected is int and isinstance(value, bool)):
+      raise ConfigError(f"config {name}.{key} must be {expected.__name__}, got "
+                        f"{type(value).__name__} {value!r}; fix the value in the config file "
+                        f"or the --config.{name}.{key} flag")
+    kwargs[key] = value
+  return section_type(**kwargs)
+
+
+_CHOICES = {
+    ("model", "family"): ("decoder", "encoder", "encoder_decoder"),
+    ("model", "position"): ("learned", "rope", "relative", "none"),
+    ("model", "norm"): ("layernorm", "rmsnorm"),
+    ("model", "norm_position"): ("pre", "post"),
+    ("model", "mlp_activation"): ("gelu", "gelu_tanh", "relu", "swiglu", "geglu"),
+    ("model", "remat"): ("none", "full", "dots_saveable"),
+    ("model", "param_dtype"): ("float32", "bfloat16"),
+    ("model", "activation_dtype"): ("float32", "bfloat16"),
+    ("model", "matmul_dtype"): ("float32", "bfloat16"),
+    ("optimizer", "schedule"): ("cosine", "linear", "constant"),
+    ("optimizer", "decay_rule"): ("matrices", "matrices_no_embed"),
+    ("data", "tokenizer"): ("char", "sentencepiece", "hf"),
+    ("data", "packing"): ("windows", "stream"),
+}
+
+# Which pretraining objectives each family can train with (objectives.TRANSFORMS implements
+# exactly these pairs; a test checks that the two agree).
+FAMILY_OBJECTIVES = {
+    "decoder": ("causal_lm", "prefix_lm"),
+    "encoder": ("masked_lm",),
+    "encoder_decoder": ("span_corruption", "prefix_lm", "ul2"),
+}
+
+
+def validate(config: ExperimentConfig) -> None:
+  """Checks what can be checked before any device is touched; raises ConfigError."""
+  for (section, key), choices in _CHOICES.items():
+    value = getattr(getattr(config, section), key)
+    if value not in choices:
+      raise ConfigError(f"config {section}.{key}={value!r} is not one of {list(choices)}")
+  m, d, t, o = config.model, config.data, config.train, config.optimizer
+  for key in ("num_layers", "num_heads", "embed_dim", "mlp_dim", "max_len"):
+    if getattr(m, key) <= 0:
+      raise ConfigError(f"config model.{key} must be positive, got {getattr(m, key)}")
+  if m.head_dim == 0 and m.embed_dim % m.num_heads:
+    raise ConfigError(f"model.embed_dim={m.embed_dim} is not divisible by model.num_heads="
+                      f"{m.num_heads}; change one of them or set model.head_dim")
+  if m.num_heads % m.resolved_kv_heads:
+    raise ConfigError(f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads="
+                      f"{m.num_kv_heads}; grouped-query attention needs whole groups")
+  if m.position == "rope" and m.resolved_head_dim % 2:
+    raise ConfigError(f"rotary positions need an even head dimension, got {m.resolved_head_dim}")
+  if d.seq_len <= 0 or d.batch_size <= 0:
+    raise ConfigError("data.seq_len and data.batch_size must be positive")
+  if d.seq_len > m.max_len and m.position == "learned":
+    raise ConfigError(f"data.seq_len={d.seq_len} is longer than the position table "
+                      f"model.max_len={m.max_len}; raise model.max_len or lower data.seq_len")
+  if not 0.0 < d.validation_fraction < 1.0:
+    raise ConfigError(f"data.validation_fraction={d.validation_fraction} must be in (0, 1)")
+  if d.dataset == "text_files" and not d.files:
+    raise ConfigError("data.dataset='text_files' needs data.files (a folder or glob of "
+                      ".txt/.jsonl files)")
+  if o.grad_accum_steps <= 0 or d.batch_size % o.grad_accum_steps:
+    raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by "
+                      f"optimizer.grad_accum_steps={o.grad_accum_steps}")
+  if t.steps <= 0:
+    raise ConfigError(f"train.steps must be positive, got {t.steps}")
+  if not 0.0 <= m.dropout_rate < 1.0:
+    raise ConfigError(f"model.dropout_rate={m.dropout_rate} must be in [0, 1)")
+  objectives = FAMILY_OBJECTIVES[m.family]
+  if config.objective.name not in objectives:
+    fits = [f for f, objs in FAMILY_OBJECTIVES.items() if config.objective.name in objs]
+    raise ConfigError(f"objective.name='{config.objective.name}' does not fit "
+                      f"model.family='{m.family}'; the {m.family} family trains with "
+                      f"{list(objectives)}" + (f", and {config.objective.name} needs "
+                                               f"model.family in {fits}" if fits else ""))
+  ob = config.objective
+  if not (0 < ob.mask_rate < 1 and 0 < ob.noise_density < 1 and ob.mean_span_length >= 1
+          and ob.mask_token_share + ob.random_token_share <= 1):
+    raise ConfigError("objective rates must satisfy 0 < mask_rate < 1, 0 < noise_density < 1, "
+                      "mean_span_length >= 1, mask_token_share + random_token_share <= 1")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """A ConfigDict holding every field's default: config files start here and change what they
+  choose, so any field can be overridden from the command line (--config.model.x=...)."""
+  config = ml_collections.ConfigDict()
+  for name, section_type in _SECTION_TYPES.items():
+    config[name] = ml_collections.ConfigDict(dataclasses.asdict(section_type()))
+  config.rules = DEFAULT_RULES
+  return config
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """Imports a config file and calls its get_config() (what the CLI flag does)."""
+  import importlib.util
+  import pathlib
+
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise ConfigError(f"config file {path} does not exist; pass --config=configs/<name>.py")
+  spec = importlib.util.spec_from_file_location(f"_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

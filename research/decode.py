@@ -1,0 +1,106 @@
+"""Autoregressive decoding with a KV cache: greedy, temperature, top-k and top-p sampling.
+
+The cache lives in the model's 'cache' collection (layers.Attention): a prefill call writes the
+prompt's keys and values, then each step feeds one token. When the context window is full the
+cache is rebuilt from the most recent half window and decoding continues (a model with learned
+positions cannot see past max_len).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  temperature: float = 1.0  # 0: greedy
+  top_k: int = 0  # 0: no top-k filter
+  top_p: float = 1.0  # 1: no nucleus filter
+
+
+def sample_logits(logits: Array, rng: Array, sampling: SamplingConfig) -> Array:
+  """Picks one token per row of logits (B, V)."""
+  logits = logits.astype(jnp.float32)
+  if sampling.temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / sampling.temperature
+  neg_inf = jnp.finfo(jnp.float32).min
+  if sampling.top_k > 0:
+    kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]  # (B, 1)
+    logits = jnp.where(logits < kth, neg_inf, logits)
+  if sampling.top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+    # Keep the smallest prefix whose mass reaches top_p (always at least the best token).
+    cutoff_index = jnp.sum(cumulative < sampling.top_p, axis=-1, keepdims=True)
+    cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
+    logits = jnp.where(logits < cutoff, neg_inf, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def init_cache(model: nn.Module, batch_size: int) -> Any:
+  """A zero cache for `batch_size` rows, shaped by the model's max_len."""
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((batch_size, 1), jnp.int32), decode=True))
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_steps", "sampling"))
+def _decode_window(params, context: Array, rng: Array, *, model: nn.Module, num_steps: int,
+                   sampling: SamplingConfig) -> Array:
+  """Prefills `context` (B, C) into a fresh cache, then samples num_steps tokens -> (B, n)."""
+  cache = init_cache(model, context.shape[0])
+  logits, updates = model.apply({"params": params, "cache": cache}, context, decode=True,
+                                mutable=["cache"])
+
+  def step(carry, i):
+    cache, last_logits = carry
+    token = sample_logits(last_logits, jax.random.fold_in(rng, i), sampling)
+    logits, updates = model.apply({"params": params, "cache": cache}, token[:, None],
+                                  decode=True, mutable=["cache"])
+    return (updates["cache"], logits[:, -1]), token
+
+  _, tokens = jax.lax.scan(step, (updates["cache"], logits[:, -1]), jnp.arange(num_steps))
+  return tokens.T  # (B, n)
+
+
+def generate(model: nn.Module, params: Any, prompt: np.ndarray, max_new_tokens: int, rng: Array,
+             sampling: SamplingConfig = SamplingConfig(), eos_id: int | None = None) -> np.ndarray:
+  """Continues each row of `prompt` (B, P) by max_new_tokens tokens; returns (B, P + new).
+
+  Rows that emit eos_id keep it for the rest of the output.
+  """
+  max_len = model.config.max_len
+  tokens = np.asarray(prompt, np.int32)
+  if tokens.shape[1] == 0:
+    raise ValueError("the prompt is empty; give at least one token to condition on")
+  remaining = max_new_tokens
+  window = 0
+  while remaining > 0:
+    # Context: the whole history if it fits, else the most recent half window.
+    keep = tokens.shape[1] if tokens.shape[1] < max_len else max_len // 2
+    context = tokens[:, -keep:]
+    steps = min(remaining, max_len - keep)
+    new = np.asarray(_decode_window(params, jnp.asarray(context), jax.random.fold_in(rng, window),
+                                    model=model, num_steps=steps, sampling=sampling))
+    tokens = np.concatenate([tokens, new], axis=1)
+    remaining -= steps
+    window += 1
+    if eos_id is not None:
+      done = np.cumsum(tokens[:, prompt.shape[1]:] == eos_id, axis=1) > 0
+      if done[:, -1].all():
+        break
+  if eos_id is not None:  # everything after a row's first EOS becomes EOS
+    generated = tokens[:, prompt.shape[1]:]
+    after = np.cumsum(generated == eos_id, axis=1) > 0
+    tokens[:, prompt.shape[1]:] = np.where(after, eos_id, generated)
+  return tokens

@@ -1,0 +1,405 @@
+"""The shared blocks. BERT, GPT and T5 (models.py) are these pieces composed three ways.
+
+Shapes use: B batch, T query length, S key length, E embed, N query heads, K key/value heads,
+H head dim, F mlp width, V vocabulary.
+
+Every parameter is created with logical axis names (`nn.with_logical_partitioning`) from the
+vocabulary in `config.DEFAULT_RULES`; the rules table maps them to mesh axes.
+
+Precision policy (ModelConfig): parameters are stored in `param_dtype`, the residual stream and
+norms run in `activation_dtype`, and every matmul casts its operands to `matmul_dtype` and
+accumulates in float32. On CPUs with AMX, bf16 operands with f32 results are much faster than
+f32, while casting the whole model to bf16 is slower and less accurate.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research.config import ModelConfig
+
+Array = jax.Array
+
+# Logical names of activations (mapped to mesh axes by the rules table).
+BATCH, LENGTH, EMBED = "activation_batch", "activation_length", "activation_embed"
+HEADS, MLP, VOCAB = "activation_heads", "activation_mlp", "activation_vocab"
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def dtype(name: str):
+  return _DTYPES[name]
+
+
+def constrain(x: Array, *names: str | None) -> Array:
+  return nn.with_logical_constraint(x, names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Matmul with a precision policy and a layout-friendly gradient
+# ---------------------------------------------------------------------------------------------
+
+
+def _mm(a: Array, b: Array, operand_dtype) -> Array:
+  return jnp.matmul(a.astype(operand_dtype), b.astype(operand_dtype),
+                    preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense(x: Array, kernel: Array, operand_dtype=jnp.float32) -> Array:
+  """x (..., C) @ kernel (C, F) -> (..., F) in float32, operands cast to `operand_dtype`.
+
+  The custom gradient computes the weight gradient as a plain (C, M) @ (M, F) product on a
+  physically transposed copy of the activations: with autodiff's default, XLA's CPU backend picks
+  a layout for this product that misses its fast matmul path.
+  """
+  return _mm(x, kernel, operand_dtype)
+
+
+def _dense_fwd(x, kernel, operand_dtype):
+  return _mm(x, kernel, operand_dtype), (x, kernel)
+
+
+def _dense_bwd(operand_dtype, residuals, grad):
+  x, kernel = residuals
+  x2 = x.reshape(-1, x.shape[-1])  # (M, C)
+  g2 = grad.reshape(-1, grad.shape[-1])  # (M, F)
+  grad_x = _mm(g2, kernel.T, operand_dtype).reshape(x.shape)
+  grad_kernel = _mm(x2.T, g2, operand_dtype)  # (C, M) @ (M, F)
+  return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+def normal_init(std: float):
+  return nn.initializers.normal(stddev=std)
+
+
+class Linear(nn.Module):
+  """A dense layer over the last `in_dims` axes of x, with logical axis names on its kernel.
+
+  kernel shape = x.shape[-in_dims:] + out_features; kernel_axes names every kernel dimension.
+  """
+
+  out_features: tuple[int, ...]
+  kernel_axes: tuple[str, ...]
+  config: ModelConfig
+  in_dims: int = 1
+  use_bias: bool = False
+  init_std: float | None = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.config
+    in_shape = x.shape[-self.in_dims:]
+    kernel = self.param(
+        "kernel",
+        nn.with_logical_partitioning(normal_init(self.init_std or cfg.init_std), self.kernel_axes),
+        in_shape + tuple(self.out_features), dtype(cfg.param_dtype))
+    lead = x.shape[:-self.in_dims]
+    x2 = x.reshape(lead + (int(np.prod(in_shape)),))
+    y = dense(x2, kernel.reshape(-1, int(np.prod(self.out_features))), dtype(cfg.matmul_dtype))
+    y = y.reshape(lead + tuple(self.out_features))
+    if self.use_bias:
+      bias = self.param(
+          "bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                               self.kernel_axes[self.in_dims:]),
+          tuple(self.out_features), dtype(cfg.param_dtype))
+      y = y + bias
+    return y.astype(dtype(cfg.activation_dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings and positions
+# ---------------------------------------------------------------------------------------------
+
+
+class Embed(nn.Module):
+  """Token (or segment) embedding table (V, E); `attend` reuses it as a tied output layer."""
+
+  num_embeddings: int
+  config: ModelConfig
+  axes: tuple[str, str] = ("vocab", "embed")
+
+  def setup(self):
+    cfg = self.config
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(normal_init(cfg.init_std), self.axes),
+        (self.num_embeddings, cfg.embed_dim), dtype(cfg.param_dtype))
+
+  def __call__(self, ids: Array) -> Array:  # (B, T) -> (B, T, E)
+    return jnp.take(self.embedding, ids, axis=0).astype(dtype(self.config.activation_dtype))
+
+  def attend(self, x: Array) -> Array:  # (B, T, E) -> (B, T, V) float32
+    return dense(x, self.embedding.T, dtype(self.config.matmul_dtype))
+
+
+class LearnedPositions(nn.Module):
+  """Absolute position table (max_len, E), as in GPT-2 and BERT."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, positions: Array) -> Array:  # (B, T) -> (B, T, E)
+    cfg = self.config
+    table = self.param(
+        "embedding", nn.with_logical_partitioning(normal_init(cfg.init_std), ("position", "embed")),
+        (cfg.max_len, cfg.embed_dim), dtype(cfg.param_dtype))
+    return jnp.take(table, positions, axis=0).astype(dtype(cfg.activation_dtype))
+
+
+def apply_rope(x: Array, positions: Array, base: float) -> Array:
+  """Rotary position embedding on the last axis of x (B, T, N, H) at positions (B, T).
+
+  Rotates pairs (x[i], x[i + H/2]) by angle position * base^(-2i/H) (the "half" layout used by
+  GPT-NeoX and Llama).
+  """
+  half = x.shape[-1] // 2
+  freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)  # (H/2,)
+  angles = positions[..., None].astype(jnp.float32) * freqs  # (B, T, H/2)
+  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]  # (B, T, 1, H/2)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+def relative_position_bucket(relative: Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> Array:
+  """T5's bucketing of (key - query) distances: exact for small ones, logarithmic beyond."""
+  buckets = 0
+  if bidirectional:
+    num_buckets //= 2
+    buckets = (relative > 0).astype(jnp.int32) * num_buckets
+    distance = jnp.abs(relative)
+  else:
+    distance = jnp.maximum(-relative, 0)
+  max_exact = num_buckets // 2
+  is_small = distance < max_exact
+  log_ratio = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact) / np.log(
+      max_distance / max_exact)
+  large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(jnp.int32)
+  large = jnp.minimum(large, num_buckets - 1)
+  return buckets + jnp.where(is_small, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+  """T5 relative position bias: a learned scalar per (bucket, head), added to attention logits."""
+
+  config: ModelConfig
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, q_positions: Array, k_positions: Array) -> Array:
+    cfg = self.config  # positions (B, T), (B, S) -> bias (B, N, T, S) float32
+    table = self.param(
+        "rel_embedding",
+        nn.with_logical_partitioning(normal_init(cfg.init_std), ("relpos_buckets", "heads")),
+        (cfg.relative_buckets, cfg.num_heads), dtype(cfg.param_dtype))
+    relative = k_positions[:, None, :] - q_positions[:, :, None]  # (B, T, S)
+    buckets = relative_position_bucket(relative, self.bidirectional, cfg.relative_buckets,
+                                       cfg.relative_max_distance)
+    bias = jnp.take(table, buckets, axis=0)  # (B, T, S, N)
+    return jnp.transpose(bias, (0, 3, 1, 2)).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Norms, MLP, attention
+# ---------------------------------------------------------------------------------------------
+
+
+def make_norm(config: ModelConfig, name: str) -> nn.Module:
+  scale_init = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
+  common = dict(epsilon=config.norm_eps, dtype=dtype(config.activation_dtype),
+                param_dtype=dtype(config.param_dtype), scale_init=scale_init, name=name)
+  if config.norm == "rmsnorm":
+    return nn.RMSNorm(**common)
+  return nn.LayerNorm(use_bias=config.use_bias,
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+                      **common)
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # BERT, nanoGPT
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),  # GPT-2's "gelu_new"
+    "relu": jax.nn.relu,
+    "swiglu": jax.nn.silu,  # gated: act(x W0) * (x W1)
+    "geglu": functools.partial(jax.nn.gelu, approximate=True),  # T5 v1.1's gated-gelu
+}
+
+
+class Mlp(nn.Module):
+  """Position-wise feed-forward: E -> F -> E, plain or gated (SwiGLU / GeGLU)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    cfg = self.config
+    act = ACTIVATIONS[cfg.mlp_activation]
+    up = functools.partial(Linear, (cfg.mlp_dim,), ("embed", "mlp"), cfg, use_bias=cfg.use_bias)
+    h = act(up(name="wi")(x))  # (B, T, F)
+    if cfg.mlp_activation in ("swiglu", "geglu"):
+      h = h * up(name="wi_gate")(x)
+    h = constrain(h, BATCH, LENGTH, MLP)
+    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    return Linear((cfg.embed_dim,), ("mlp", "embed"), cfg, use_bias=cfg.use_bias,
+                  init_std=cfg.init_std / np.sqrt(2 * cfg.num_layers), name="wo")(h)
+
+
+class Attention(nn.Module):
+  """Multi-head attention with N query heads sharing K key/value heads (MHA, GQA, MQA).
+
+  Self-attention when `kv` is None, cross-attention otherwise. `mask` (B, 1, T, S) is True where
+  a query may attend to a key; `bias` (B, N, T, S) is added to the logits (T5 relative bias).
+  With `decode=True` the keys and values are appended to a cache (collection 'cache') and the
+  queries attend causally to everything cached so far: one code path for prefill and for each new
+  token.
+  """
+
+  config: ModelConfig
+  use_rope: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, kv: Array | None = None, *, mask: Array | None = None,
+               bias: Array | None = None, q_positions: Array | None = None,
+               k_positions: Array | None = None, decode: bool = False,
+               deterministic: bool = True) -> Array:
+    cfg = self.config
+    n, k, h = cfg.num_heads, cfg.resolved_kv_heads, cfg.resolved_head_dim
+    is_cross = kv is not None
+    kv = x if kv is None else kv
+    proj = functools.partial(Linear, config=cfg, use_bias=cfg.use_bias)
+    q = proj((n, h), ("embed", "heads", "head_dim"), name="query")(x)  # (B, T, N, H)
+    key = proj((k, h), ("embed", "kv_heads", "head_dim"), name="key")(kv)  # (B, S, K, H)
+    value = proj((k, h), ("embed", "kv_heads", "head_dim"), name="value")(kv)  # (B, S, K, H)
+    if self.use_rope:
+      q = apply_rope(q, q_positions, cfg.rope_base)
+      key = apply_rope(key, k_positions, cfg.rope_base)
+    if decode and not is_cross:
+      key, value, mask = self._append_to_cache(key, value, q_positions)
+    out = attention_core(q, key, value, mask=mask, bias=bias, config=cfg,
+                         dropout=self._attention_dropout(deterministic))  # (B, T, N, H)
+    out = constrain(out, BATCH, LENGTH, HEADS, None)
+    return proj((cfg.embed_dim,), ("heads", "head_dim", "embed"), in_dims=2,
+                init_std=cfg.init_std / np.sqrt(2 * cfg.num_layers), name="out")(out)
+
+  def _attention_dropout(self, deterministic: bool):
+    if deterministic or self.config.dropout_rate == 0.0:
+      return None
+    return nn.Dropout(self.config.dropout_rate, deterministic=False)
+
+  def _append_to_cache(self, key: Array, value: Array, q_positions: Array):
+    """Writes (B, T, K, H) keys/values at the cache index; returns the whole cache and its mask."""
+    b, t, k, h = key.shape
+    max_len = self.config.max_len
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, (b, max_len, k, h), key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, (b, max_len, k, h), value.dtype)
+    index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    start = index.value
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value,
+                                                      (0, start, 0, 0))
+    index.value = start + t
+    query_slot = start + jnp.arange(t)  # cache slot of each new query
+    key_slot = jnp.arange(max_len)
+    mask = (key_slot[None, :] <= query_slot[:, None])[None, None]  # (1, 1, T, max_len)
+    return cached_key.value, cached_value.value, mask
+
+
+def attention_core(q: Array, k: Array, v: Array, *, mask: Array | None, bias: Array | None,
+                   config: ModelConfig, dropout: nn.Dropout | None = None) -> Array:
+  """softmax(q k^T / sqrt(H) + bias, masked) v for q (B, T, N, H), k and v (B, S, K, H)."""
+  operand = dtype(config.matmul_dtype)
+  q, k, v = q.astype(operand), k.astype(operand), v.astype(operand)
+  if dropout is None:
+    # The library kernel: fused (cuDNN flash attention) on GPU, plain XLA on CPU.
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask).astype(
+        dtype(config.activation_dtype))
+  # Dropout on attention weights needs the probabilities, which the fused kernel never forms.
+  b, t, n, h = q.shape
+  groups = n // k.shape[2]
+  q = q.reshape(b, t, k.shape[2], groups, h)
+  logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+  logits = logits.reshape(b, n, t, -1) / np.sqrt(h)
+  if bias is not None:
+    logits = logits + bias
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = dropout(jax.nn.softmax(logits, axis=-1))  # (B, N, T, S)
+  probs = probs.reshape(b, k.shape[2], groups, t, -1).astype(operand)
+  out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v, preferred_element_type=jnp.float32)
+  return out.reshape(b, t, n, h).astype(dtype(config.activation_dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# The residual block
+# ---------------------------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+  """Self-attention (+ cross-attention when given `encoded`) + MLP, each a residual branch.
+
+  Pre-norm (GPT-2, T5): x + f(norm(x)). Post-norm (BERT, the original Transformer): norm(x + f(x)).
+  """
+
+  config: ModelConfig
+  has_cross_attention: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, *, mask: Array | None, bias: Array | None = None,
+               positions: Array | None = None, encoded: Array | None = None,
+               cross_mask: Array | None = None, decode: bool = False,
+               deterministic: bool = True) -> Array:
+    cfg = self.config
+    use_rope = cfg.position == "rope"
+
+    def residual(x, branch, name):
+      drop = nn.Dropout(cfg.dropout_rate)
+      if cfg.norm_position == "pre":
+        return x + drop(branch(make_norm(cfg, f"{name}_norm")(x)), deterministic=deterministic)
+      return make_norm(cfg, f"{name}_norm")(x + drop(branch(x), deterministic=deterministic))
+
+    self_attention = Attention(cfg, use_rope=use_rope, name="self_attention")
+    x = residual(x, lambda y: self_attention(
+        y, mask=mask, bias=bias, q_positions=positions, k_positions=positions, decode=decode,
+        deterministic=deterministic), "self_attention")
+    if self.has_cross_attention:
+      cross_attention = Attention(cfg, name="cross_attention")  # no rotation across sequences
+      x = residual(x, lambda y: cross_attention(
+          y, encoded, mask=cross_mask, deterministic=deterministic), "cross_attention")
+    mlp = Mlp(cfg, name="mlp")
+    x = residual(x, lambda y: mlp(y, deterministic=deterministic), "mlp")
+    return constrain(x, BATCH, LENGTH, EMBED)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks
+# ---------------------------------------------------------------------------------------------
+
+
+def causal_mask(q_positions: Array, k_positions: Array) -> Array:
+  """(B, T), (B, S) -> (B, 1, T, S): a query sees keys at its own position or earlier."""
+  return (k_positions[:, None, :] <= q_positions[:, :, None])[:, None]
+
+
+def padding_mask(q_valid: Array, k_valid: Array) -> Array:
+  """(B, T), (B, S) bool -> (B, 1, T, S): only real (non-padding) queries and keys interact."""
+  return (q_valid[:, :, None] & k_valid[:, None, :])[:, None]
+
+
+def prefix_mask(k_positions: Array, prefix_lengths: Array) -> Array:
+  """(B, S), (B,) -> (B, 1, 1, S): every query may see the keys inside its row's prefix."""
+  return (k_positions < prefix_lengths[:, None])[:, None, None, :]
+
+
+def segment_mask(q_segments: Array, k_segments: Array) -> Array:
+  """Packed sequences: a token attends only within its own segment (ids > 0; 0 = padding)."""
+  return ((q_segments[:, :, None] == k_segments[:, None, :]) & (k_segments[:, None, :] > 0))[:,
+                                                                                             None]

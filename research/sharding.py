@@ -1,0 +1,68 @@
+"""Device mesh, logical-axis rules and the shardings of parameters, optimizer state and batches."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from research.config import ConfigError, ExperimentConfig, MeshConfig
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def mesh_shape(mesh_cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
+  """Resolves -1 entries and checks the product against the devices present."""
+  sizes = [mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor]
+  if sizes.count(-1) > 1:
+    raise ConfigError(f"mesh {tuple(sizes)} has more than one -1; at most one axis may take "
+                      "the remaining devices")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ConfigError(f"mesh {tuple(sizes)} has an invalid axis size; use positive sizes or -1")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ConfigError(f"mesh {tuple(sizes)} cannot use {num_devices} devices: {num_devices} is "
+                        f"not divisible by {known}; change --config.mesh.*")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ConfigError(f"mesh (data, fsdp, tensor) = {tuple(sizes)} needs {math.prod(sizes)} "
+                      f"devices but {num_devices} are available; set --config.mesh.data=-1 or "
+                      "sizes whose product is the device count")
+  return tuple(sizes)
+
+
+def make_mesh(config: ExperimentConfig, devices=None) -> Mesh:
+  devices = devices if devices is not None else jax.devices()
+  shape = mesh_shape(config.mesh, len(devices))
+  data_ways = shape[0] * shape[1]
+  if config.data.batch_size % data_ways:
+    raise ConfigError(f"data.batch_size={config.data.batch_size} is not divisible by the "
+                      f"data x fsdp mesh axes ({data_ways}); change the batch size or the mesh")
+  # Linen's logical partitioning needs Auto axes (make_mesh now defaults to Explicit).
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def logical_to_shardings(logical_specs: Any, mesh: Mesh, rules) -> Any:
+  """A tree of logical PartitionSpecs -> a tree of NamedShardings on `mesh`."""
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
+  """Leading (batch) axis split over the data-parallel mesh axes, the rest replicated."""
+  spec = nn.logical_to_mesh_axes(("batch",), rules)
+  return NamedSharding(mesh, P(*spec))
+
+
+def shard_batch(local_batch: dict[str, np.ndarray], mesh: Mesh, rules) -> dict[str, jax.Array]:
+  """Assembles each process's share of the batch into global arrays sharded over the mesh."""
+  sharding = batch_sharding(mesh, rules)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}

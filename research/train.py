@@ -1,0 +1,448 @@
+"""Training: the pure train step, the loop around it, and the CLI.
+
+  python -m research.train --config=configs/gpt_shakespeare_char.py --workdir=runs/x \
+      [--config.model.num_layers=6 ...]
+
+Running the same command on a workdir that holds checkpoints resumes from the latest one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Callable, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from research import checkpoint as ckpt_lib
+from research import metrics as metrics_lib
+from research import models, objectives, sharding
+from research.config import ConfigError, ExperimentConfig, UserError
+
+Array = jax.Array
+
+
+@struct.dataclass
+class TrainState:
+  step: Array
+  params: Any
+  opt_state: Any
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer
+# ---------------------------------------------------------------------------------------------
+
+
+def learning_rate_schedule(config: ExperimentConfig) -> Callable[[Array], Array]:
+  """Linear warmup to the peak, then cosine (or linear) decay to end_learning_rate."""
+  opt = config.optimizer
+  peak, end, warmup = opt.learning_rate, opt.end_learning_rate, opt.warmup_steps
+  decay_steps = opt.decay_steps or config.train.steps
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = peak * (step + 1) / (warmup + 1)
+    progress = jnp.clip((step - warmup) / max(decay_steps - warmup, 1), 0.0, 1.0)
+    if opt.schedule == "cosine":
+      decayed = end + 0.5 * (1.0 + jnp.cos(jnp.pi * progress)) * (peak - end)
+    elif opt.schedule == "linear":
+      decayed = peak + progress * (end - peak)
+    else:
+      decayed = jnp.asarray(peak, jnp.float32)
+    return jnp.where(step < warmup, warm, decayed)
+
+  return schedule
+
+
+def weight_decay_mask(rule: str, params: Any) -> Any:
+  """True where weight decay applies.
+
+  "matrices": every parameter with ndim >= 2 (nanoGPT: kernels and embedding tables);
+  "matrices_no_embed": only the 'kernel' of linear layers (no biases, norms or embeddings).
+  """
+
+  def decays(path, leaf):
+    if rule == "matrices":
+      return leaf.ndim >= 2
+    return getattr(path[-1], "key", None) == "kernel"
+
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def build_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
+  opt = config.optimizer
+  parts = []
+  if opt.clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(opt.clip_norm))
+  parts.append(optax.adamw(learning_rate_schedule(config), b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                           weight_decay=opt.weight_decay,
+                           mask=functools.partial(weight_decay_mask, opt.decay_rule)))
+  return optax.chain(*parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# State: born sharded
+# ---------------------------------------------------------------------------------------------
+
+
+def init_params(model: nn.Module, config: ExperimentConfig, rng: Array) -> Any:
+  return model.init(rng, *models.dummy_inputs(config.model, config.data.seq_len))["params"]
+
+
+def state_shardings(model: nn.Module, tx: optax.GradientTransformation,
+                    config: ExperimentConfig, mesh) -> tuple[TrainState, TrainState]:
+  """(abstract state, shardings) from the logical names on every parameter."""
+  boxed = jax.eval_shape(functools.partial(init_params, model, config), jax.random.key(0))
+  param_shardings = sharding.logical_to_shardings(nn.get_partition_spec(boxed), mesh,
+                                                  config.rules)
+  abstract_params = nn.unbox(boxed)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  replicated = sharding.replicated(mesh)
+  opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
+                                        transform_non_params=lambda _: replicated)
+  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+                        opt_state=abstract_opt)
+  shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
+  return abstract, shardings
+
+
+def create_state(model, tx, config: ExperimentConfig, shardings: TrainState, rng) -> TrainState:
+  """Initialises parameters and optimizer state directly on their shards."""
+
+  def init(rng):
+    params = nn.unbox(init_params(model, config, rng))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  return jax.jit(init, out_shardings=shardings)(rng)
+
+
+# ---------------------------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------------------------
+
+
+def train_step(state: TrainState, batch: dict[str, Array], *, model: nn.Module,
+               tx: optax.GradientTransformation, loss_fn: Callable, base_rng: Array,
+               accum_steps: int = 1) -> tuple[TrainState, dict[str, Array]]:
+  """One optimizer update on `batch` (split into `accum_steps` microbatches). Pure."""
+  step_rng = jax.random.fold_in(base_rng, state.step)
+
+  def loss_and_grads(params, microbatch, rng):
+    def summed_loss(p):
+      sums = loss_fn(model, p, microbatch, rngs={"dropout": rng}, deterministic=False)
+      return sums["loss_sum"], sums
+    return jax.grad(summed_loss, has_aux=True)(params)
+
+  if accum_steps == 1:
+    grads, sums = loss_and_grads(state.params, batch, step_rng)
+  else:
+    micro = jax.tree.map(lambda x: x.reshape((accum_steps, -1) + x.shape[1:]), batch)
+
+    def accumulate(carry, inputs):
+      i, microbatch = inputs
+      grads, sums = loss_and_grads(state.params, microbatch, jax.random.fold_in(step_rng, i))
+      return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+        loss_and_grads, state.params, jax.tree.map(lambda x: x[0], micro), step_rng))
+    (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum_steps), micro))
+
+  # The loss is a sum over target tokens; dividing once gives the mean over the whole batch.
+  grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight_sum"], 1.0), grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(sums, grad_norm=optax.tree.norm(grads))
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params: Any, batch: dict[str, Array], *, model: nn.Module,
+              loss_fn: Callable) -> dict[str, Array]:
+  return loss_fn(model, params, batch, deterministic=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment: everything a run, an evaluation or a generation needs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: ExperimentConfig  # resolved: model.vocab_size filled in from the tokenizer
+  mesh: Any
+  model: nn.Module
+  tx: optax.GradientTransformation
+  abstract_state: TrainState
+  shardings: TrainState
+  data: Any  # research.data.pipeline.LMData
+  transform: objectives.BatchTransform  # LM batch -> the objective's batch (host side)
+
+  def train_batches(self) -> Any:
+    """The training dataset, objective applied; iter() of it is checkpointable."""
+    return self.data.train.random_map(self.transform, seed=self.config.data.shuffle_seed)
+
+  def eval_batches(self, max_batches: int = 0) -> Iterator[dict]:
+    """The whole evaluation split (or its first max_batches), the objective applied with a
+    fixed seed per batch so that every evaluation sees the same corruption."""
+    batch_size = self.config.train.eval_batch_size or self.config.data.batch_size
+    for i, batch in enumerate(self.data.eval_batches(batch_size, max_batches=max_batches)):
+      yield self.transform(batch, np.random.default_rng([self.config.train.seed, i]))
+
+
+def resolve_vocab(config: ExperimentConfig, tokenizer) -> ExperimentConfig:
+  size = config.model.vocab_size
+  if size == 0:
+    return dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                 vocab_size=tokenizer.vocab_size))
+  if size < tokenizer.vocab_size:
+    raise ConfigError(f"model.vocab_size={size} is smaller than the tokenizer's vocabulary "
+                      f"({tokenizer.vocab_size}); set model.vocab_size=0 to take the tokenizer's")
+  return config
+
+
+def build_experiment(config: ExperimentConfig, workdir: str | pathlib.Path,
+                     devices=None) -> Experiment:
+  """Mesh, data, tokenizer, model, optimizer and state shardings; writes nothing but caches."""
+  from research.data import pipeline  # pylint: disable=import-outside-toplevel
+
+  mesh = sharding.make_mesh(config, devices)  # a bad mesh fails before any data work
+  data = pipeline.build_lm_data(
+      config.data, str(workdir), process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      extra_special_tokens=objectives.required_special_tokens(config.objective))
+  config = resolve_vocab(config, data.tokenizer)
+  model = models.build_model(config.model)
+  tx = build_optimizer(config)
+  abstract, shardings = state_shardings(model, tx, config, mesh)
+  transform = objectives.BatchTransform(config.objective, config.model.family, data.tokenizer)
+  return Experiment(config, mesh, model, tx, abstract, shardings, data, transform)
+
+
+def check_resumable(workdir: pathlib.Path, config: ExperimentConfig) -> None:
+  """Refuses to reuse a workdir that holds a run of another model (before anything is written)."""
+  saved_file = workdir / "config.json"
+  if not saved_file.exists():
+    return
+  saved = json.loads(saved_file.read_text())
+  want = config.to_dict()
+  for section in ("model", "data"):
+    keys = ("tokenizer", "seq_len", "dataset") if section == "data" else want[section].keys()
+    diffs = [f"{section}.{k}: {saved.get(section, {}).get(k)!r} -> {want[section][k]!r}"
+             for k in keys if saved.get(section, {}).get(k) != want[section][k]]
+    if diffs:
+      raise UserError(f"workdir {workdir} holds a run of a different model ({'; '.join(diffs)}); "
+                      "use a new --workdir, or the config it was trained with")
+
+
+def make_step_fns(exp: Experiment):
+  cfg = exp.config
+  loss_fn = objectives.LOSSES[cfg.model.family]
+  batch_sharding = sharding.batch_sharding(exp.mesh, cfg.rules)
+  step = jax.jit(
+      functools.partial(train_step, model=exp.model, tx=exp.tx, loss_fn=loss_fn,
+                        base_rng=jax.random.key(cfg.train.seed + 1),
+                        accum_steps=cfg.optimizer.grad_accum_steps),
+      in_shardings=(exp.shardings, batch_sharding),
+      out_shardings=(exp.shardings, sharding.replicated(exp.mesh)),
+      donate_argnums=(0,))
+  evaluate = jax.jit(functools.partial(eval_step, model=exp.model, loss_fn=loss_fn),
+                     in_shardings=(exp.shardings.params, batch_sharding),
+                     out_shardings=sharding.replicated(exp.mesh))
+  return step, evaluate
+
+
+def evaluate_split(exp: Experiment, eval_fn, params, max_batches: int = 0) -> dict[str, float]:
+  """Loss/perplexity/accuracy over the evaluation split (all of it unless max_batches)."""
+  total = None
+  for local_batch in exp.eval_batches(max_batches):
+    batch = sharding.shard_batch(local_batch, exp.mesh, exp.config.rules)
+    total = metrics_lib.add_sums(total, eval_fn(params, batch))
+  return metrics_lib.summarize(total or {}, prefix="eval/")
+
+
+def _progress(total: int, initial: int):
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  return tqdm(total=total, initial=initial, disable=jax.process_index() != 0, unit="step",
+              dynamic_ncols=True, mininterval=1.0)
+
+
+def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict[str, float]:
+  """Trains (or resumes) the run in `workdir`; returns the final evaluation metrics."""
+  workdir = pathlib.Path(workdir).resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+  exp = build_experiment(config, workdir)
+  cfg = exp.config
+  check_resumable(workdir, cfg)
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints,
+                                       async_save=cfg.train.async_checkpoints)
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(cfg.to_json())
+  train_iter = iter(exp.train_batches())
+  step_fn, eval_fn = make_step_fns(exp)
+  with jax.set_mesh(exp.mesh), nn.logical_axis_rules(cfg.rules):
+    latest = checkpointer.latest_step()
+    if latest is not None:
+      state = checkpointer.restore(latest, ckpt_lib.abstract_like(exp.abstract_state,
+                                                                  exp.shardings), train_iter)
+      print(f"resumed from {checkpointer.directory / str(latest)}", file=sys.stderr)
+    else:
+      state = create_state(exp.model, exp.tx, cfg, exp.shardings, jax.random.key(cfg.train.seed))
+    result = _train_loop(exp, state, train_iter, step_fn, eval_fn, checkpointer, workdir)
+  checkpointer.close()
+  return result
+
+
+def _train_loop(exp: Experiment, state: TrainState, train_iter: Iterator, step_fn, eval_fn,
+                checkpointer: ckpt_lib.Checkpointer, workdir: pathlib.Path) -> dict[str, float]:
+  cfg = exp.config
+  total_steps = cfg.train.steps
+  start = int(jax.device_get(state.step))
+  writer = metrics_lib.MetricWriter(workdir)
+  tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+  schedule = learning_rate_schedule(cfg)
+  bar = _progress(total_steps, start)
+  pending, window_start, window_steps = [], time.perf_counter(), 0
+  final: dict[str, float] = {}
+  if start >= total_steps:
+    final = evaluate_split(exp, eval_fn, state.params, cfg.train.eval_batches)
+  for step in range(start, total_steps):
+    batch = sharding.shard_batch(next(train_iter), exp.mesh, cfg.rules)
+    state, step_metrics = step_fn(state, batch)
+    pending.append(step_metrics)
+    window_steps += 1
+    done = step + 1
+    if done % cfg.train.log_every == 0 or done == total_steps:
+      sums = None
+      for m in jax.device_get(pending):  # the only host sync: once per log interval
+        sums = metrics_lib.add_sums(sums, {k: v for k, v in m.items() if k.endswith("_sum")})
+      grad_norm = float(pending[-1]["grad_norm"])
+      pending = []
+      elapsed = time.perf_counter() - window_start
+      scalars = metrics_lib.summarize(sums, prefix="train/")
+      if not math.isfinite(scalars["train/loss"]):
+        raise FloatingPointError(f"non-finite training loss at step {done}; the last good "
+                                 f"checkpoint is step {checkpointer.latest_step()}")
+      scalars.update({"train/grad_norm": grad_norm,
+                      "train/learning_rate": float(schedule(step)),
+                      "train/tokens_per_second": window_steps * tokens_per_step / elapsed,
+                      "train/steps_per_second": window_steps / elapsed})
+      writer.write(done, scalars)
+      bar.set_postfix(loss=f"{scalars['train/loss']:.4f}",
+                      tok_s=f"{scalars['train/tokens_per_second']:,.0f}", refresh=False)
+      window_start, window_steps = time.perf_counter(), 0
+    bar.update(1)
+    if (cfg.train.eval_every and done % cfg.train.eval_every == 0) or done == total_steps:
+      final = evaluate_split(exp, eval_fn, state.params, cfg.train.eval_batches)
+      writer.write(done, final)
+      bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()))
+      window_start = time.perf_counter()  # evaluation time is not training throughput
+    if done % cfg.train.checkpoint_every == 0 or done == total_steps:
+      checkpointer.save(done, state, train_iter, cfg.to_dict(), force=True)
+  bar.close()
+  writer.close()
+  return final
+
+
+def load_experiment_config(workdir: str | pathlib.Path) -> ExperimentConfig:
+  """The resolved config a training run saved in its workdir."""
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.exists():
+    raise UserError(f"{path} not found: {workdir} is not a training workdir; pass the --workdir "
+                    "of a run started with research.train")
+  return ExperimentConfig.from_config_dict(json.loads(path.read_text()))
+
+
+def restore_params(workdir: str | pathlib.Path, config: ExperimentConfig | None = None,
+                   step: int | None = None, mesh=None) -> tuple[ExperimentConfig, nn.Module, Any]:
+  """(config, model, params) of the latest (or given) checkpoint of a workdir, for inference."""
+  config = config or load_experiment_config(workdir)
+  mesh = mesh or sharding.make_mesh(dataclasses.replace(
+      config, mesh=dataclasses.replace(config.mesh, data=1, fsdp=1, tensor=1)), jax.devices()[:1])
+  model = models.build_model(config.model)
+  tx = build_optimizer(config)
+  abstract, shardings = state_shardings(model, tx, config, mesh)
+  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+  step = step if step is not None else checkpointer.latest_step()
+  if step is None:
+    raise UserError(f"no checkpoint in {checkpointer.directory}; train first, or wait for the "
+                    "first checkpoint to be written")
+  state = checkpointer.restore(step, ckpt_lib.abstract_like(abstract, shardings))
+  return config, model, state.params
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def run_cli(main_fn: Callable[[], Any]) -> None:
+  """Runs a CLI body; bad input becomes one 'error: ...' line and exit status 2."""
+  try:
+    main_fn()
+  except (UserError, FileNotFoundError, UnicodeDecodeError, FloatingPointError) as e:
+    if os.environ.get("RESEARCH_TRACEBACK"):
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def quiet_logs() -> None:
+  """orbax and TFDS log every checkpoint step at INFO; keep the terminal for the progress bar."""
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  if logging.get_verbosity() >= logging.INFO and not os.environ.get("RESEARCH_VERBOSE"):
+    logging.set_verbosity(logging.WARNING)
+
+
+def main(argv) -> None:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  quiet_logs()
+  if len(argv) > 1:
+    print(f"error: unexpected arguments {argv[1:]}; flags take the form --name=value",
+          file=sys.stderr)
+    sys.exit(2)
+  flags_ = flags.FLAGS
+  run_cli(lambda: train_and_evaluate(ExperimentConfig.from_config_dict(flags_.config),
+                                     flags_.workdir))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag or config override reported as one line (exit 2)."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  try:
+    rest = flags.FLAGS(argv)
+    if "config" in flags.FLAGS and flags.FLAGS.config is not None:
+      flags.FLAGS.config.to_dict()  # the config file loads lazily: surface its errors here
+    return rest
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    text = str(e).replace("\\n", "\n").replace("\\'", "'")
+    message = " ".join(text.split()).strip("'\"")
+    print(f"error: bad command-line flag: {message} (flags: --config=FILE --workdir=DIR "
+          "--config.SECTION.KEY=VALUE, where KEY is a field of research/config.py)",
+          file=sys.stderr)
+    sys.exit(2)
+
+
+def define_flags() -> None:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config()).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the tokenizer.")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  define_flags()
+  app.run(main, flags_parser=parse_flags)

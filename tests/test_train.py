@@ -1,0 +1,110 @@
+"""End to end: the real train_and_evaluate and CLIs on a shrunk Tiny Shakespeare config."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from research import train
+from research.config import ExperimentConfig, load_config_file
+from research.paths import REPO_ROOT
+
+CONFIG = "configs/gpt_shakespeare_char.py"
+# The default config, shrunk: the same code path, seconds instead of minutes.
+SHRINK = {"model.num_layers": 1, "model.embed_dim": 32, "model.mlp_dim": 64, "model.num_heads": 2,
+          "train.log_every": 1, "train.eval_batches": 2, "train.eval_every": 0,
+          "train.checkpoint_every": 2, "optimizer.decay_steps": 8, "mesh.data": 1}
+
+
+def shrunk_config(steps: int, **overrides) -> ExperimentConfig:
+  config = load_config_file(str(REPO_ROOT / CONFIG))
+  for key, value in {**SHRINK, "train.steps": steps, **overrides}.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  return ExperimentConfig.from_config_dict(config)
+
+
+def train_losses(workdir) -> dict[int, float]:
+  records = [json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+
+
+def run_cli(*args, cwd=REPO_ROOT):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_resume_continues_the_same_run(tmp_path):
+  straight = tmp_path / "straight"
+  train.train_and_evaluate(shrunk_config(8), straight)
+  interrupted = tmp_path / "interrupted"
+  train.train_and_evaluate(shrunk_config(4), interrupted)
+  assert json.loads((interrupted / "config.json").read_text())["train"]["steps"] == 4
+  train.train_and_evaluate(shrunk_config(8), interrupted)  # same workdir: resumes at step 4
+  a, b = train_losses(straight), train_losses(interrupted)
+  assert sorted(a) == sorted(b) == list(range(1, 9))
+  np.testing.assert_allclose([b[s] for s in range(1, 9)], [a[s] for s in range(1, 9)],
+                             rtol=1e-6)
+  _, _, params_a = train.restore_params(straight)
+  _, _, params_b = train.restore_params(interrupted)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7),
+               params_a, params_b)
+
+
+@pytest.fixture(scope="module")
+def cli_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("cli") / "run"
+  flags = [f"--config.{k}={v}" for k, v in SHRINK.items()]
+  result = run_cli("-m", "research.train", f"--config={CONFIG}", f"--workdir={workdir}",
+                   "--config.train.steps=4", *flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def test_cli_writes_checkpoint_events_metrics_and_config(cli_workdir):
+  assert sorted(p.name for p in (cli_workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
+      "2", "4"]
+  assert list((cli_workdir / "tensorboard").glob("events.out.tfevents.*"))
+  records = [json.loads(l) for l in (cli_workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3, 4]
+  assert any("eval/loss" in r for r in records)
+  saved = json.loads((cli_workdir / "config.json").read_text())
+  assert saved["model"]["num_layers"] == 1 and saved["model"]["vocab_size"] == 68
+
+
+def test_generate_cli_continues_the_prompt(cli_workdir):
+  result = run_cli("-m", "research.generate", f"--workdir={cli_workdir}", "--prompt=ROMEO:",
+                   "--max_new_tokens=100")
+  assert result.returncode == 0, result.stderr[-3000:]
+  text = result.stdout.rstrip("\n")
+  assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 100
+
+
+def _checkpoint_files(workdir):
+  return {p: p.stat().st_mtime_ns for p in (workdir / "checkpoints").rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--config.model.num_layerz=3"], "num_layerz"),
+    (["--config.mesh.data=3"], "needs 3 devices but 1 are available"),
+    (["--config.data.dataset=text_files", "--config.data.files=/nonexistent/*.txt"],
+     "/nonexistent"),
+    (["--config.model.embed_dim=48"], "holds a run of a different model"),
+])
+def test_bad_input_is_one_clear_line_and_leaves_the_workdir_alone(cli_workdir, flags, message):
+  before = _checkpoint_files(cli_workdir)
+  config_before = (cli_workdir / "config.json").read_text()
+  shrink = [f"--config.{k}={v}" for k, v in SHRINK.items() if k != "mesh.data"]
+  result = run_cli("-m", "research.train", f"--config={CONFIG}", f"--workdir={cli_workdir}",
+                   "--config.train.steps=6", *shrink, *flags)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+  assert _checkpoint_files(cli_workdir) == before
+  assert (cli_workdir / "config.json").read_text() == config_before
