@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research import models
+
 Array = jax.Array
 
 
@@ -47,10 +49,13 @@ def sample_logits(logits: Array, rng: Array, sampling: SamplingConfig) -> Array:
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-def init_cache(model: nn.Module, batch_size: int) -> Any:
+def init_cache(model: nn.Module, batch_size: int, encoder_len: int = 1) -> Any:
   """A zero cache for `batch_size` rows, shaped by the model's max_len."""
-  shapes = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((batch_size, 1), jnp.int32), decode=True))
+  tokens = jnp.zeros((batch_size, 1), jnp.int32)
+  args = (tokens,)
+  if isinstance(model, models.EncoderDecoder):
+    args = (jnp.zeros((batch_size, encoder_len), jnp.int32), tokens)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, decode=True))
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
 
@@ -104,3 +109,58 @@ def generate(model: nn.Module, params: Any, prompt: np.ndarray, max_new_tokens: 
     after = np.cumsum(generated == eos_id, axis=1) > 0
     tokens[:, prompt.shape[1]:] = np.where(after, eos_id, generated)
   return tokens
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_steps", "sampling"))
+def _decode_seq2seq(params, encoder_tokens: Array, encoder_mask: Array, rng: Array, start_id,
+                    *, model: nn.Module, num_steps: int, sampling: SamplingConfig) -> Array:
+  """Encodes once, then samples num_steps decoder tokens with the decoder's KV cache."""
+  encoded = model.apply({"params": params}, encoder_tokens, input_mask=encoder_mask,
+                        method="encode")
+  b = encoder_tokens.shape[0]
+  cache = init_cache(model, b, encoder_tokens.shape[1])
+
+  def step(carry, i):
+    cache, token = carry
+    logits, updates = model.apply({"params": params, "cache": cache}, encoded, token[:, None],
+                                  encoder_mask=encoder_mask, decode=True, mutable=["cache"],
+                                  method="decode")
+    token = sample_logits(logits[:, -1], jax.random.fold_in(rng, i), sampling)
+    return (updates["cache"], token), token
+
+  start = jnp.full((b,), start_id, jnp.int32)
+  _, tokens = jax.lax.scan(step, (cache, start), jnp.arange(num_steps))
+  return tokens.T  # (B, n)
+
+
+def generate_seq2seq(model: nn.Module, params: Any, encoder_tokens: np.ndarray,
+                     encoder_mask: np.ndarray, max_new_tokens: int, rng: Array,
+                     sampling: SamplingConfig = SamplingConfig(), eos_id: int | None = None,
+                     start_id: int = 0) -> np.ndarray:
+  """Encoder-decoder generation: returns the decoder's tokens (B, max_new_tokens), everything
+  after a row's first EOS set to EOS. Decoding starts from `start_id` (T5: the pad id)."""
+  max_len = model.config.max_len
+  if max_new_tokens > max_len:
+    raise ValueError(f"max_new_tokens={max_new_tokens} exceeds the decoder's context "
+                     f"model.max_len={max_len}")
+  out = np.asarray(_decode_seq2seq(params, jnp.asarray(encoder_tokens),
+                                   jnp.asarray(encoder_mask, bool), rng, start_id, model=model,
+                                   num_steps=max_new_tokens, sampling=sampling))
+  if eos_id is not None:
+    after = np.cumsum(out == eos_id, axis=1) > 0
+    out = np.where(after, eos_id, out)
+  return out
+
+
+def fill_masks(model: nn.Module, params: Any, tokens: np.ndarray, mask_id: int,
+               input_mask: np.ndarray | None = None, rng: Array | None = None,
+               sampling: SamplingConfig = SamplingConfig(temperature=0.0)) -> np.ndarray:
+  """Encoder-only "generation": every mask_id position of tokens (B, T) replaced by the MLM
+  head's prediction, all in one pass."""
+  tokens = np.asarray(tokens, np.int32)
+  logits = model.apply({"params": params}, jnp.asarray(tokens),
+                       input_mask=None if input_mask is None else jnp.asarray(input_mask))
+  b, t, v = logits.shape
+  rng = rng if rng is not None else jax.random.key(0)
+  picked = np.asarray(sample_logits(logits.reshape(b * t, v), rng, sampling)).reshape(b, t)
+  return np.where(tokens == mask_id, picked, tokens)

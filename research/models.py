@@ -43,10 +43,12 @@ class Stack(nn.Module):
   bidirectional: bool = True  # relative-position buckets: both directions (encoder) or past only
 
   @nn.compact
-  def __call__(self, x: Array, *, mask: Array | None, positions: Array,
+  def __call__(self, x: Array, *, mask: Array | None, positions: Array | None = None,
                encoded: Array | None = None, cross_mask: Array | None = None,
                decode: bool = False, deterministic: bool = True) -> Array:
     cfg = self.config
+    if positions is None:
+      positions = self._decode_positions(x) if decode else default_positions(x[..., 0])
     if cfg.position == "learned":
       x = x + layers.LearnedPositions(cfg, name="position_embed")(positions)
     if cfg.norm_position == "post":
@@ -65,6 +67,13 @@ class Stack(nn.Module):
     if cfg.norm_position == "pre":
       x = layers.make_norm(cfg, "final_norm")(x)
     return x
+
+  def _decode_positions(self, x: Array) -> Array:
+    """The next T slots after what the KV cache already holds."""
+    index = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+    start = index.value
+    index.value = start + x.shape[1]
+    return start + default_positions(x[..., 0])
 
 
 def lm_head(config: ModelConfig, embed: layers.Embed, x: Array) -> Array:
@@ -87,10 +96,9 @@ class Decoder(nn.Module):
                segment_ids: Array | None = None, prefix_lengths: Array | None = None,
                decode: bool = False, deterministic: bool = True) -> Array:
     cfg = self.config
-    if positions is None:
-      positions = self._decode_positions(tokens) if decode else default_positions(tokens)
     mask = None  # in decode mode the KV cache applies the causal mask
     if not decode:
+      positions = default_positions(tokens) if positions is None else positions
       mask = layers.causal_mask(positions, positions)
       if prefix_lengths is not None:
         mask = mask | layers.prefix_mask(positions, prefix_lengths)
@@ -100,13 +108,6 @@ class Decoder(nn.Module):
     x = Stack(cfg, cfg.num_layers, bidirectional=False, name="decoder")(
         embed(tokens), mask=mask, positions=positions, decode=decode, deterministic=deterministic)
     return lm_head(cfg, embed, x)
-
-  def _decode_positions(self, tokens: Array) -> Array:
-    """The next T slots after what the cache already holds."""
-    index = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
-    start = index.value
-    index.value = start + tokens.shape[1]
-    return start + default_positions(tokens)
 
 
 class Encoder(nn.Module):
@@ -217,12 +218,8 @@ class EncoderDecoder(nn.Module):
     b, t = decoder_tokens.shape
     if encoder_mask is None:
       encoder_mask = jnp.ones(encoded.shape[:2], bool)
-    if decode:
-      index = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
-      positions = index.value + default_positions(decoder_tokens)
-      index.value = index.value + t
-      mask = None
-    else:
+    positions, mask = None, None  # decode: the Stack tracks positions, the cache masks
+    if not decode:
       positions = default_positions(decoder_tokens)
       mask = layers.causal_mask(positions, positions)
     cross_mask = layers.padding_mask(jnp.ones((b, t), bool), encoder_mask)
