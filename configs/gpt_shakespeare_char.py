@@ -11,7 +11,9 @@ and weight decay only on the linear layers' kernels (not on embeddings, norms or
   python -m research.train --config=configs/gpt_shakespeare_char.py --workdir=runs/gpt_shakespeare_char
   python -m research.generate --workdir=runs/gpt_shakespeare_char --prompt="ROMEO:"
 
-Result (2 CPU cores): RESULT_LINE
+Result (2 CPU cores, 0.80M parameters): validation loss over the whole split 1.689 (seed 0) and
+1.695 (seed 1); 170-187 s wall each, measured while other jobs shared the cores (the nanoGPT
+recipe took 76-84 s alone). nanoGPT's own recipe gives 1.895-1.907 on this split.
 """
 
 from research.config import base_config

@@ -7,7 +7,8 @@ clipping at 1.0, learned positions, no biases, exact GELU, tied embeddings, no d
 
   python -m research.train --config=configs/gpt_shakespeare_char_nanogpt.py --workdir=runs/nanogpt
 
-Result: see the RESULTS block below (filled from measured runs).
+Result (2 CPU cores, 0.80M parameters): validation loss over the whole split 1.889 (seed 0) and
+1.909 (seed 1), 76-84 s wall each; the PyTorch original measured 1.895-1.907 on this machine.
 """
 
 from research.config import base_config

@@ -81,6 +81,10 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return restored["config"]
 
+  def reached_preemption(self, step: int) -> bool:
+    """True at JAX's multi-host preemption sync point (always False without jax.distributed)."""
+    return self._manager.reached_preemption(step)
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

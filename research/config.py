@@ -122,7 +122,9 @@ class TrainConfig:
   checkpoint_every: int = 500
   keep_checkpoints: int = 3
   async_checkpoints: bool = True
-  init_from: str = ""  # a workdir whose parameters initialise this run
+  # A step whose loss or gradient is NaN/Inf: "stop" ends the run naming the step (checkpoints
+  # written before it stay the latest); "skip" leaves the state unchanged and counts the step.
+  nonfinite: str = "stop"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +263,7 @@ _CHOICES = {
     ("optimizer", "decay_rule"): ("matrices", "matrices_no_embed"),
     ("data", "tokenizer"): ("char", "sentencepiece", "hf"),
     ("data", "packing"): ("windows", "stream"),
+    ("train", "nonfinite"): ("stop", "skip"),
 }
 
 # Which pretraining objectives each family can train with (objectives.TRANSFORMS implements

@@ -59,13 +59,17 @@ def init_cache(model: nn.Module, batch_size: int, encoder_len: int = 1) -> Any:
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_steps", "sampling"))
+@functools.partial(jax.jit, static_argnames=("model", "num_steps", "sampling", "prefix_lm"))
 def _decode_window(params, context: Array, rng: Array, *, model: nn.Module, num_steps: int,
-                   sampling: SamplingConfig) -> Array:
-  """Prefills `context` (B, C) into a fresh cache, then samples num_steps tokens -> (B, n)."""
+                   sampling: SamplingConfig, prefix_lm: bool = False) -> Array:
+  """Prefills `context` (B, C) into a fresh cache, then samples num_steps tokens -> (B, n).
+  prefix_lm: the context is a bidirectional prefix, as the model was trained."""
   cache = init_cache(model, context.shape[0])
+  extra = {}
+  if prefix_lm:
+    extra["prefix_lengths"] = jnp.full((context.shape[0],), context.shape[1], jnp.int32)
   logits, updates = model.apply({"params": params, "cache": cache}, context, decode=True,
-                                mutable=["cache"])
+                                mutable=["cache"], **extra)
 
   def step(carry, i):
     cache, last_logits = carry
@@ -79,10 +83,12 @@ def _decode_window(params, context: Array, rng: Array, *, model: nn.Module, num_
 
 
 def generate(model: nn.Module, params: Any, prompt: np.ndarray, max_new_tokens: int, rng: Array,
-             sampling: SamplingConfig = SamplingConfig(), eos_id: int | None = None) -> np.ndarray:
+             sampling: SamplingConfig = SamplingConfig(), eos_id: int | None = None,
+             prefix_lm: bool = False) -> np.ndarray:
   """Continues each row of `prompt` (B, P) by max_new_tokens tokens; returns (B, P + new).
 
-  Rows that emit eos_id keep it for the rest of the output.
+  Rows that emit eos_id keep it for the rest of the output. prefix_lm: attend bidirectionally
+  over the context at each (re)fill, as a prefix-LM model was trained.
   """
   max_len = model.config.max_len
   tokens = np.asarray(prompt, np.int32)
@@ -96,7 +102,8 @@ def generate(model: nn.Module, params: Any, prompt: np.ndarray, max_new_tokens: 
     context = tokens[:, -keep:]
     steps = min(remaining, max_len - keep)
     new = np.asarray(_decode_window(params, jnp.asarray(context), jax.random.fold_in(rng, window),
-                                    model=model, num_steps=steps, sampling=sampling))
+                                    model=model, num_steps=steps, sampling=sampling,
+                                    prefix_lm=prefix_lm))
     tokens = np.concatenate([tokens, new], axis=1)
     remaining -= steps
     window += 1

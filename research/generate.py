@@ -1,25 +1,33 @@
-"""Generate text from a trained workdir.
+"""Generate text from a trained workdir, whatever its family.
 
   python -m research.generate --workdir=runs/gpt_shakespeare_char --prompt="ROMEO:" \\
       --max_new_tokens=300 [--temperature=0.8 --top_k=0 --top_p=1.0 --num_samples=1 --seed=0]
 
+- decoder (GPT): continues the prompt, with a KV cache.
+- encoder-decoder (T5): the prompt is the encoder input (computed once); the decoder generates
+  with its KV cache. Sentinels in the prompt (`<extra_id_0>`, ...) are filled in and the merged
+  text printed; otherwise the output continues the prompt.
+- encoder (BERT): fills in every `<mask>` marker of the prompt from the MLM head.
 --temperature=0 decodes greedily.
 """
 
 from __future__ import annotations
 
+import pathlib
+import re
 import sys
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from research import decode
+from research import decode, objectives
 from research.config import UserError
-from research.train import parse_flags, quiet_logs, restore_params, run_cli
+from research.train import (parse_flags, quiet_logs, reject_positional_args, restore_params,
+                            run_cli)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
-_PROMPT = flags.DEFINE_string("prompt", "\n", "Text to continue.")
+_PROMPT = flags.DEFINE_string("prompt", "\n", "Text to continue (or with <mask> / sentinels).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 300, "Tokens to generate.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0 = all).")
@@ -28,31 +36,95 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Independent samples to pr
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
+def encode_with_specials(tokenizer, text: str, specials: list[str]) -> np.ndarray:
+  """Tokenizes text, turning each literal special-token marker (e.g. <mask>) into its id."""
+  present = [s for s in specials if s in text]
+  if not present:
+    return np.asarray(tokenizer.encode(text), np.int32)
+  pattern = "(" + "|".join(re.escape(s) for s in sorted(present, key=len, reverse=True)) + ")"
+  ids = []
+  for piece in re.split(pattern, text):
+    if piece in present:
+      ids.append(tokenizer.token_to_id(piece))
+    elif piece:
+      ids.extend(int(i) for i in tokenizer.encode(piece))
+  return np.asarray(ids, np.int32)
+
+
+def _until_eos(row: np.ndarray, start: int, eos_id: int) -> np.ndarray:
+  """row cut before the first EOS at or after `start` (the generated part)."""
+  hits = np.flatnonzero(row[start:] == eos_id)
+  return row[:start + hits[0]] if hits.size else row
+
+
 def generate_text(workdir: str, prompt: str, max_new_tokens: int, sampling: decode.SamplingConfig,
                   num_samples: int = 1, seed: int = 0) -> list[str]:
   from research.data.tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
-  import pathlib  # pylint: disable=import-outside-toplevel
   if max_new_tokens < 0:
     raise UserError(f"--max_new_tokens={max_new_tokens} must be >= 0")
   if sampling.temperature < 0 or not 0 < sampling.top_p <= 1 or sampling.top_k < 0:
     raise UserError("--temperature must be >= 0, --top_p in (0, 1], --top_k >= 0")
-  _, model, params = restore_params(workdir)
+  config, model, params = restore_params(workdir)
   tokenizer = load_tokenizer(pathlib.Path(workdir) / "tokenizer")
-  ids = np.asarray(tokenizer.encode(prompt), np.int32)
+  family, max_len = config.model.family, config.model.max_len
+  specials = list(objectives.required_special_tokens(config.objective))
+  ids = encode_with_specials(tokenizer, prompt, specials)
   if ids.size == 0:
     raise UserError("the prompt encodes to no tokens; pass a non-empty --prompt")
   batch = np.tile(ids[None], (num_samples, 1))
-  out = decode.generate(model, params, batch, max_new_tokens, jax.random.key(seed), sampling,
-                        eos_id=tokenizer.eos_id)
-  return [tokenizer.decode(row) for row in out]
+  rng = jax.random.key(seed)
+
+  if family == "decoder":
+    out = decode.generate(model, params, batch, max_new_tokens, rng, sampling,
+                          eos_id=tokenizer.eos_id,
+                          prefix_lm=config.objective.name == "prefix_lm")
+    return [tokenizer.decode(_until_eos(row, ids.size, tokenizer.eos_id)) for row in out]
+
+  if family == "encoder":
+    mask_id = tokenizer.token_to_id(objectives.MASK_TOKEN)
+    if not (ids == mask_id).any():
+      raise UserError(f"an encoder (BERT) workdir fills in masked tokens: put "
+                      f"{objectives.MASK_TOKEN} markers in --prompt, e.g. "
+                      f"--prompt='ROMEO: Wh{objectives.MASK_TOKEN}t say you?'")
+    if ids.size > max_len:
+      raise UserError(f"the prompt is {ids.size} tokens; the encoder reads at most "
+                      f"model.max_len={max_len}")
+    out = decode.fill_masks(model, params, batch, mask_id, rng=rng, sampling=sampling)
+    return [tokenizer.decode(row) for row in out]
+
+  # encoder_decoder
+  if ids.size > max_len:
+    ids = ids[-max_len:]  # the encoder reads the most recent max_len tokens
+    batch = np.tile(ids[None], (num_samples, 1))
+  steps = min(max_new_tokens, max_len)
+  if steps < max_new_tokens:
+    print(f"note: the decoder's context is model.max_len={max_len}; generating {steps} tokens",
+          file=sys.stderr)
+  out = decode.generate_seq2seq(model, params, batch, batch != tokenizer.pad_id, steps, rng,
+                                sampling, eos_id=tokenizer.eos_id, start_id=tokenizer.pad_id)
+  sentinel_ids = {tokenizer.token_to_id(s): s for s in specials if s.startswith("<extra_id_")}
+  texts = []
+  for row in out:
+    row = _until_eos(row, 0, tokenizer.eos_id)
+    if not any(int(i) in sentinel_ids for i in ids):
+      texts.append(prompt + tokenizer.decode(row))
+      continue
+    spans, current = {}, None  # "<extra_id_0> abc <extra_id_1> de" -> {0: "abc", 1: "de"}
+    for i in row:
+      if int(i) in sentinel_ids:
+        current = int(i)
+        spans[current] = []
+      elif current is not None:
+        spans[current].append(int(i))
+    filled = [tok for i in ids for tok in (spans.get(int(i), []) if int(i) in sentinel_ids
+                                           else [int(i)])]
+    texts.append(tokenizer.decode(filled))
+  return texts
 
 
 def main(argv) -> None:
   quiet_logs()
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}; flags take the form --name=value",
-          file=sys.stderr)
-    sys.exit(2)
+  reject_positional_args(argv)
   sampling = decode.SamplingConfig(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
 
   def body():

@@ -258,9 +258,9 @@ class Attention(nn.Module):
 
   Self-attention when `kv` is None, cross-attention otherwise. `mask` (B, 1, T, S) is True where
   a query may attend to a key; `bias` (B, N, T, S) is added to the logits (T5 relative bias).
-  With `decode=True` the keys and values are appended to a cache (collection 'cache') and the
-  queries attend causally to everything cached so far: one code path for prefill and for each new
-  token.
+  With `decode=True` the keys and values are appended to a cache (collection 'cache') of max_len
+  slots, and the queries attend to the cached slots: `mask` is then over (T, max_len) slots, or,
+  if None, causal over what is cached so far. One code path for prefill and for each new token.
   """
 
   config: ModelConfig
@@ -283,7 +283,8 @@ class Attention(nn.Module):
       q = apply_rope(q, q_positions, cfg.rope_base)
       key = apply_rope(key, k_positions, cfg.rope_base)
     if decode and not is_cross:
-      key, value, mask = self._append_to_cache(key, value, q_positions)
+      key, value, cache_mask = self._append_to_cache(key, value)
+      mask = cache_mask if mask is None else mask
     out = attention_core(q, key, value, mask=mask, bias=bias, config=cfg,
                          dropout=self._attention_dropout(deterministic))  # (B, T, N, H)
     out = constrain(out, BATCH, LENGTH, HEADS, None)
@@ -295,7 +296,7 @@ class Attention(nn.Module):
       return None
     return nn.Dropout(self.config.dropout_rate, deterministic=False)
 
-  def _append_to_cache(self, key: Array, value: Array, q_positions: Array):
+  def _append_to_cache(self, key: Array, value: Array):
     """Writes (B, T, K, H) keys/values at the cache index; returns the whole cache and its mask."""
     b, t, k, h = key.shape
     max_len = self.config.max_len

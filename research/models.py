@@ -29,6 +29,14 @@ def default_positions(tokens: Array) -> Array:
   return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
 
 
+def next_positions(module: nn.Module, tokens: Array) -> Array:
+  """Decode mode: the next T cache slots of `module`'s KV cache (a counter in 'cache')."""
+  index = module.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+  start = index.value
+  index.value = start + tokens.shape[1]
+  return start + default_positions(tokens)
+
+
 class Stack(nn.Module):
   """Positions + embedding norm/dropout + `num_layers` Blocks + final norm: every family's body.
 
@@ -48,7 +56,7 @@ class Stack(nn.Module):
                decode: bool = False, deterministic: bool = True) -> Array:
     cfg = self.config
     if positions is None:
-      positions = self._decode_positions(x) if decode else default_positions(x[..., 0])
+      positions = next_positions(self, x[..., 0]) if decode else default_positions(x[..., 0])
     if cfg.position == "learned":
       x = x + layers.LearnedPositions(cfg, name="position_embed")(positions)
     if cfg.norm_position == "post":
@@ -67,13 +75,6 @@ class Stack(nn.Module):
     if cfg.norm_position == "pre":
       x = layers.make_norm(cfg, "final_norm")(x)
     return x
-
-  def _decode_positions(self, x: Array) -> Array:
-    """The next T slots after what the KV cache already holds."""
-    index = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
-    start = index.value
-    index.value = start + x.shape[1]
-    return start + default_positions(x[..., 0])
 
 
 def lm_head(config: ModelConfig, embed: layers.Embed, x: Array) -> Array:
@@ -96,14 +97,17 @@ class Decoder(nn.Module):
                segment_ids: Array | None = None, prefix_lengths: Array | None = None,
                decode: bool = False, deterministic: bool = True) -> Array:
     cfg = self.config
-    mask = None  # in decode mode the KV cache applies the causal mask
-    if not decode:
+    if decode:  # queries sit at the next cache slots; keys are all max_len slots
+      positions = next_positions(self, tokens)
+      key_positions = jnp.arange(cfg.max_len)[None]
+    else:
       positions = default_positions(tokens) if positions is None else positions
-      mask = layers.causal_mask(positions, positions)
-      if prefix_lengths is not None:
-        mask = mask | layers.prefix_mask(positions, prefix_lengths)
-      if segment_ids is not None:
-        mask = mask & layers.segment_mask(segment_ids, segment_ids)
+      key_positions = positions
+    mask = layers.causal_mask(positions, key_positions)
+    if prefix_lengths is not None:
+      mask = mask | layers.prefix_mask(key_positions, prefix_lengths)
+    if segment_ids is not None and not decode:
+      mask = mask & layers.segment_mask(segment_ids, segment_ids)
     embed = layers.Embed(cfg.vocab_size, cfg, name="token_embed")
     x = Stack(cfg, cfg.num_layers, bidirectional=False, name="decoder")(
         embed(tokens), mask=mask, positions=positions, decode=decode, deterministic=deterministic)

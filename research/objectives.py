@@ -243,37 +243,39 @@ def span_corruption_target_length(seq_len: int, objective: ObjectiveConfig) -> i
   return num_noise + num_spans + 1
 
 
+def _seq2seq_rows(batch: Batch, max_tokens: int, make_pair) -> list:
+  """make_pair(real tokens of a row) -> (encoder input, target) for each row; rows with fewer
+  than two real tokens (padding) become empty pairs."""
+  _, lengths = raw_windows(batch)
+  empty = (np.zeros(0, np.int32), np.zeros(0, np.int32))
+  return [make_pair(row[:n]) if n >= 2 else empty
+          for row, n in zip(batch["inputs"], np.minimum(lengths, max_tokens).astype(int))]
+
+
 def span_corruption(batch: Batch, rng: np.random.Generator, info: TokenInfo,
                     objective: ObjectiveConfig) -> Batch:
-  tokens = batch["inputs"]  # (B, T): the encoder sees at most T tokens
-  _, lengths = raw_windows(batch)
-  seq_len = tokens.shape[1]
-  rows = []
-  for row, n in zip(tokens, np.minimum(lengths, seq_len)):
-    if n < 2:
-      rows.append((np.zeros(0, np.int32), np.zeros(0, np.int32)))
-      continue
-    noise = random_spans_noise_mask(int(n), objective.noise_density, objective.mean_span_length,
-                                    rng)
-    rows.append(corrupt_spans(row[:n], noise, info.sentinel_ids))
-  return _seq2seq_batch(rows, seq_len, span_corruption_target_length(seq_len, objective), info)
+  seq_len = batch["inputs"].shape[1]  # the encoder sees at most T tokens
+
+  def pair(tokens):
+    noise = random_spans_noise_mask(len(tokens), objective.noise_density,
+                                    objective.mean_span_length, rng)
+    return corrupt_spans(tokens, noise, info.sentinel_ids)
+
+  return _seq2seq_batch(_seq2seq_rows(batch, seq_len, pair), seq_len,
+                        span_corruption_target_length(seq_len, objective), info)
+
+
+def _split_at_random(tokens: np.ndarray, rng: np.random.Generator):
+  split = int(rng.integers(1, len(tokens)))
+  return tokens[:split], tokens[split:]
 
 
 def prefix_lm_seq2seq(batch: Batch, rng: np.random.Generator, info: TokenInfo,
                       objective: ObjectiveConfig) -> Batch:
   """Encoder-decoder LM: a random prefix goes to the encoder, the rest is the target."""
   del objective
-  tokens = batch["inputs"]
-  _, lengths = raw_windows(batch)
-  seq_len = tokens.shape[1]
-  rows = []
-  for row, n in zip(tokens, np.minimum(lengths, seq_len)):
-    n = int(n)
-    if n < 2:
-      rows.append((np.zeros(0, np.int32), np.zeros(0, np.int32)))
-      continue
-    split = int(rng.integers(1, n))
-    rows.append((row[:split], row[split:n]))
+  seq_len = batch["inputs"].shape[1]
+  rows = _seq2seq_rows(batch, seq_len, lambda tokens: _split_at_random(tokens, rng))
   return _seq2seq_batch(rows, seq_len, seq_len, info)
 
 
@@ -288,24 +290,19 @@ def ul2(batch: Batch, rng: np.random.Generator, info: TokenInfo,
         objective: ObjectiveConfig) -> Batch:
   """Each row draws one denoiser; its mode token leads the encoder input."""
   del objective
-  tokens = batch["inputs"]
-  _, lengths = raw_windows(batch)
-  seq_len = tokens.shape[1]
-  rows = []
-  for row, n in zip(tokens, np.minimum(lengths, seq_len - 1)):  # one slot for the mode token
-    n = int(n)
-    if n < 2:
-      rows.append((np.zeros(0, np.int32), np.zeros(0, np.int32)))
-      continue
+  seq_len = batch["inputs"].shape[1]
+
+  def pair(tokens):
     mode, kind, density, span = UL2_DENOISERS[rng.integers(len(UL2_DENOISERS))]
     if kind == "prefix":
-      split = int(rng.integers(1, n))
-      inputs, targets = row[:split], row[split:n]
+      inputs, targets = _split_at_random(tokens, rng)
     else:
-      inputs, targets = corrupt_spans(row[:n], random_spans_noise_mask(n, density, span, rng),
-                                      info.sentinel_ids)
-    rows.append((np.concatenate([[info.mode_ids[mode]], inputs]).astype(np.int32), targets))
-  return _seq2seq_batch(rows, seq_len, seq_len, info)
+      noise = random_spans_noise_mask(len(tokens), density, span, rng)
+      inputs, targets = corrupt_spans(tokens, noise, info.sentinel_ids)
+    return np.concatenate([[info.mode_ids[mode]], inputs]).astype(np.int32), targets
+
+  # seq_len - 1 real tokens: one slot is the mode token's
+  return _seq2seq_batch(_seq2seq_rows(batch, seq_len - 1, pair), seq_len, seq_len, info)
 
 
 # (objective, family) -> transform. The families an objective fits are exactly these keys.

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import pathlib
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -135,8 +136,13 @@ def create_state(model, tx, config: ExperimentConfig, shardings: TrainState, rng
 
 def train_step(state: TrainState, batch: dict[str, Array], *, model: nn.Module,
                tx: optax.GradientTransformation, loss_fn: Callable, base_rng: Array,
-               accum_steps: int = 1) -> tuple[TrainState, dict[str, Array]]:
-  """One optimizer update on `batch` (split into `accum_steps` microbatches). Pure."""
+               accum_steps: int = 1,
+               skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, Array]]:
+  """One optimizer update on `batch` (split into `accum_steps` microbatches). Pure.
+
+  metrics['nonfinite'] is 1.0 when the loss or the gradient norm is NaN/Inf; with
+  skip_nonfinite the state is then left as it was (only the step counter moves on).
+  """
   step_rng = jax.random.fold_in(base_rng, state.step)
 
   def loss_and_grads(params, microbatch, rng):
@@ -161,9 +167,16 @@ def train_step(state: TrainState, batch: dict[str, Array], *, model: nn.Module,
 
   # The loss is a sum over target tokens; dividing once gives the mean over the whole batch.
   grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight_sum"], 1.0), grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(sums, grad_norm=optax.tree.norm(grads))
+  finite = jnp.isfinite(sums["loss_sum"]) & jnp.isfinite(grad_norm)
+  if skip_nonfinite:
+    keep_old = lambda new, old: jnp.where(finite, new, old)
+    params = jax.tree.map(keep_old, params, state.params)
+    opt_state = jax.tree.map(keep_old, opt_state, state.opt_state)
+    sums = jax.tree.map(lambda v: jnp.where(finite, v, 0.0), sums)  # logged means skip it
+  metrics = dict(sums, grad_norm=grad_norm, nonfinite=1.0 - finite.astype(jnp.float32))
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -252,7 +265,8 @@ def make_step_fns(exp: Experiment):
   step = jax.jit(
       functools.partial(train_step, model=exp.model, tx=exp.tx, loss_fn=loss_fn,
                         base_rng=jax.random.key(cfg.train.seed + 1),
-                        accum_steps=cfg.optimizer.grad_accum_steps),
+                        accum_steps=cfg.optimizer.grad_accum_steps,
+                        skip_nonfinite=cfg.train.nonfinite == "skip"),
       in_shardings=(exp.shardings, batch_sharding),
       out_shardings=(exp.shardings, sharding.replicated(exp.mesh)),
       donate_argnums=(0,))
@@ -286,8 +300,6 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict[str, floa
   check_resumable(workdir, cfg)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints,
                                        async_save=cfg.train.async_checkpoints)
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(cfg.to_json())
   train_iter = iter(exp.train_batches())
   step_fn, eval_fn = make_step_fns(exp)
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(cfg.rules):
@@ -298,9 +310,70 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict[str, floa
       print(f"resumed from {checkpointer.directory / str(latest)}", file=sys.stderr)
     else:
       state = create_state(exp.model, exp.tx, cfg, exp.shardings, jax.random.key(cfg.train.seed))
-    result = _train_loop(exp, state, train_iter, step_fn, eval_fn, checkpointer, workdir)
-  checkpointer.close()
+    if jax.process_index() == 0:  # only once the run has really started
+      (workdir / "config.json").write_text(cfg.to_json())
+    try:
+      result = _train_loop(exp, state, train_iter, step_fn, eval_fn, checkpointer, workdir)
+    finally:
+      checkpointer.close()  # waits for an asynchronous save in flight, even on an error
   return result
+
+
+class PreemptionWatcher:
+  """Turns SIGTERM into a request to checkpoint and stop after the current step.
+
+  With several processes, JAX's preemption sync point (through orbax) makes every process stop
+  at the same step; alone, the signal handler is enough.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def should_stop(self, step: int, checkpointer: ckpt_lib.Checkpointer) -> bool:
+    return self.requested or checkpointer.reached_preemption(step)
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class MetricsWindow:
+  """Per-step metrics kept on device and fetched once per log interval (the only host sync)."""
+
+  def __init__(self):
+    self.pending: list[tuple[int, dict]] = []
+    self.started = time.perf_counter()
+    self.skipped_total = 0
+
+  def add(self, step: int, metrics: dict) -> None:
+    self.pending.append((step, metrics))
+
+  def flush(self, checkpointer: ckpt_lib.Checkpointer, stop_on_nonfinite: bool):
+    """(summed metrics, steps, seconds) of the window; raises on a non-finite step if asked."""
+    fetched = jax.device_get([m for _, m in self.pending])
+    steps = [s for s, _ in self.pending]
+    elapsed = time.perf_counter() - self.started
+    self.pending, self.started = [], time.perf_counter()
+    for step, m in zip(steps, fetched):
+      if m["nonfinite"] and stop_on_nonfinite:
+        latest = checkpointer.latest_step()
+        kept = (f"the latest checkpoint (step {latest}) is intact" if latest is not None
+                else "no checkpoint had been written")
+        raise FloatingPointError(
+            f"non-finite loss or gradient at step {step}; stopped, {kept}. Lower the learning "
+            "rate, or set --config.train.nonfinite=skip to skip such steps")
+    self.skipped_total += int(sum(m["nonfinite"] for m in fetched))
+    sums = None
+    for m in fetched:
+      sums = metrics_lib.add_sums(sums, {k: v for k, v in m.items() if k.endswith("_sum")})
+    return sums, fetched, len(steps), elapsed
 
 
 def _train_loop(exp: Experiment, state: TrainState, train_iter: Iterator, step_fn, eval_fn,
@@ -311,46 +384,49 @@ def _train_loop(exp: Experiment, state: TrainState, train_iter: Iterator, step_f
   writer = metrics_lib.MetricWriter(workdir)
   tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
   schedule = learning_rate_schedule(cfg)
+  stop_on_nonfinite = cfg.train.nonfinite == "stop"
   bar = _progress(total_steps, start)
-  pending, window_start, window_steps = [], time.perf_counter(), 0
+  window = MetricsWindow()
+  preemption = PreemptionWatcher()
   final: dict[str, float] = {}
   if start >= total_steps:
     final = evaluate_split(exp, eval_fn, state.params, cfg.train.eval_batches)
-  for step in range(start, total_steps):
-    batch = sharding.shard_batch(next(train_iter), exp.mesh, cfg.rules)
-    state, step_metrics = step_fn(state, batch)
-    pending.append(step_metrics)
-    window_steps += 1
-    done = step + 1
-    if done % cfg.train.log_every == 0 or done == total_steps:
-      sums = None
-      for m in jax.device_get(pending):  # the only host sync: once per log interval
-        sums = metrics_lib.add_sums(sums, {k: v for k, v in m.items() if k.endswith("_sum")})
-      grad_norm = float(pending[-1]["grad_norm"])
-      pending = []
-      elapsed = time.perf_counter() - window_start
-      scalars = metrics_lib.summarize(sums, prefix="train/")
-      if not math.isfinite(scalars["train/loss"]):
-        raise FloatingPointError(f"non-finite training loss at step {done}; the last good "
-                                 f"checkpoint is step {checkpointer.latest_step()}")
-      scalars.update({"train/grad_norm": grad_norm,
-                      "train/learning_rate": float(schedule(step)),
-                      "train/tokens_per_second": window_steps * tokens_per_step / elapsed,
-                      "train/steps_per_second": window_steps / elapsed})
-      writer.write(done, scalars)
-      bar.set_postfix(loss=f"{scalars['train/loss']:.4f}",
-                      tok_s=f"{scalars['train/tokens_per_second']:,.0f}", refresh=False)
-      window_start, window_steps = time.perf_counter(), 0
-    bar.update(1)
-    if (cfg.train.eval_every and done % cfg.train.eval_every == 0) or done == total_steps:
-      final = evaluate_split(exp, eval_fn, state.params, cfg.train.eval_batches)
-      writer.write(done, final)
-      bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()))
-      window_start = time.perf_counter()  # evaluation time is not training throughput
-    if done % cfg.train.checkpoint_every == 0 or done == total_steps:
-      checkpointer.save(done, state, train_iter, cfg.to_dict(), force=True)
-  bar.close()
-  writer.close()
+  try:
+    for step in range(start, total_steps):
+      batch = sharding.shard_batch(next(train_iter), exp.mesh, cfg.rules)
+      state, step_metrics = step_fn(state, batch)
+      done = step + 1
+      window.add(done, step_metrics)
+      preempted = preemption.should_stop(done, checkpointer)
+      save = done % cfg.train.checkpoint_every == 0 or done == total_steps or preempted
+      if done % cfg.train.log_every == 0 or save:  # a checkpoint follows only checked steps
+        sums, fetched, n, elapsed = window.flush(checkpointer, stop_on_nonfinite)
+        scalars = metrics_lib.summarize(sums, prefix="train/")
+        scalars.update({"train/grad_norm": float(fetched[-1]["grad_norm"]),
+                        "train/learning_rate": float(schedule(step)),
+                        "train/skipped_steps": window.skipped_total,
+                        "train/tokens_per_second": n * tokens_per_step / elapsed,
+                        "train/steps_per_second": n / elapsed})
+        writer.write(done, scalars)
+        bar.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}",
+                        tok_s=f"{scalars['train/tokens_per_second']:,.0f}", refresh=False)
+      bar.update(1)
+      if (cfg.train.eval_every and done % cfg.train.eval_every == 0) or done == total_steps:
+        final = evaluate_split(exp, eval_fn, state.params, cfg.train.eval_batches)
+        writer.write(done, final)
+        bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()))
+        window.started = time.perf_counter()  # evaluation time is not training throughput
+      if save:
+        checkpointer.save(done, state, train_iter, cfg.to_dict(), force=True)
+      if preempted:
+        checkpointer.wait()
+        bar.write(f"preempted: checkpoint of step {done} written; rerun the same command to "
+                  "continue")
+        break
+  finally:
+    preemption.close()
+    bar.close()
+    writer.close()
   return final
 
 
@@ -400,17 +476,21 @@ def run_cli(main_fn: Callable[[], Any]) -> None:
 def quiet_logs() -> None:
   """orbax and TFDS log every checkpoint step at INFO; keep the terminal for the progress bar."""
   from absl import logging  # pylint: disable=import-outside-toplevel
-  if logging.get_verbosity() >= logging.INFO and not os.environ.get("RESEARCH_VERBOSE"):
-    logging.set_verbosity(logging.WARNING)
+  if not os.environ.get("RESEARCH_VERBOSE"):
+    logging.set_verbosity(logging.ERROR)
+
+
+def reject_positional_args(argv: list[str]) -> None:
+  if len(argv) > 1:
+    print(f"error: unexpected arguments {argv[1:]}; flags take the form --name=value",
+          file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
   quiet_logs()
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}; flags take the form --name=value",
-          file=sys.stderr)
-    sys.exit(2)
+  reject_positional_args(argv)
   flags_ = flags.FLAGS
   run_cli(lambda: train_and_evaluate(ExperimentConfig.from_config_dict(flags_.config),
                                      flags_.workdir))

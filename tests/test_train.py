@@ -15,14 +15,17 @@ from research.config import ExperimentConfig, load_config_file
 from research.paths import REPO_ROOT
 
 CONFIG = "configs/gpt_shakespeare_char.py"
-# The default config, shrunk: the same code path, seconds instead of minutes.
-SHRINK = {"model.num_layers": 1, "model.embed_dim": 32, "model.mlp_dim": 64, "model.num_heads": 2,
+FAMILY_CONFIGS = ["configs/gpt_shakespeare_char.py", "configs/gpt_shakespeare_prefixlm.py",
+                  "configs/bert_shakespeare_mlm.py", "configs/t5_shakespeare_span.py"]
+# A config, shrunk: the same code path, seconds instead of minutes.
+SHRINK = {"model.num_layers": 1, "model.num_decoder_layers": 1, "model.embed_dim": 32,
+          "model.mlp_dim": 64, "model.num_heads": 2, "model.max_len": 32, "data.seq_len": 32,
           "train.log_every": 1, "train.eval_batches": 2, "train.eval_every": 0,
-          "train.checkpoint_every": 2, "optimizer.decay_steps": 8, "mesh.data": 1}
+          "train.checkpoint_every": 2, "optimizer.decay_steps": 8, "data.batch_size": 8}
 
 
-def shrunk_config(steps: int, **overrides) -> ExperimentConfig:
-  config = load_config_file(str(REPO_ROOT / CONFIG))
+def shrunk_config(steps: int, config_file: str = CONFIG, **overrides) -> ExperimentConfig:
+  config = load_config_file(str(REPO_ROOT / config_file))
   for key, value in {**SHRINK, "train.steps": steps, **overrides}.items():
     section, name = key.split(".")
     config[section][name] = value
@@ -40,13 +43,15 @@ def run_cli(*args, cwd=REPO_ROOT):
                         text=True, timeout=300)
 
 
-def test_resume_continues_the_same_run(tmp_path):
+@pytest.mark.parametrize("config_file", FAMILY_CONFIGS)
+def test_resume_continues_the_same_run(tmp_path, config_file):
   straight = tmp_path / "straight"
-  train.train_and_evaluate(shrunk_config(8), straight)
+  train.train_and_evaluate(shrunk_config(8, config_file), straight)
   interrupted = tmp_path / "interrupted"
-  train.train_and_evaluate(shrunk_config(4), interrupted)
+  train.train_and_evaluate(shrunk_config(4, config_file), interrupted)
   assert json.loads((interrupted / "config.json").read_text())["train"]["steps"] == 4
-  train.train_and_evaluate(shrunk_config(8), interrupted)  # same workdir: resumes at step 4
+  # Same workdir: resumes at step 4 (same data order, objective randomness and dropout keys).
+  train.train_and_evaluate(shrunk_config(8, config_file), interrupted)
   a, b = train_losses(straight), train_losses(interrupted)
   assert sorted(a) == sorted(b) == list(range(1, 9))
   np.testing.assert_allclose([b[s] for s in range(1, 9)], [a[s] for s in range(1, 9)],
@@ -80,10 +85,26 @@ def test_cli_writes_checkpoint_events_metrics_and_config(cli_workdir):
 
 def test_generate_cli_continues_the_prompt(cli_workdir):
   result = run_cli("-m", "research.generate", f"--workdir={cli_workdir}", "--prompt=ROMEO:",
-                   "--max_new_tokens=100")
+                   "--max_new_tokens=100", "--temperature=0")
   assert result.returncode == 0, result.stderr[-3000:]
   text = result.stdout.rstrip("\n")
   assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 100
+
+
+@pytest.mark.parametrize("config_file, prompt, check", [
+    ("configs/t5_shakespeare_span.py", "ROMEO: What <extra_id_0> you?",
+     lambda out: out.startswith("ROMEO: What ") and out.endswith(" you?") and "<extra_id" not in out),
+    ("configs/bert_shakespeare_mlm.py", "ROMEO: Wh<mask>t say y<mask>u?",
+     lambda out: len(out) == len("ROMEO: What say you?") and out.startswith("ROMEO: Wh")
+     and "<mask>" not in out),
+])
+def test_generate_cli_on_t5_and_bert_workdirs(tmp_path, config_file, prompt, check):
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(shrunk_config(2, config_file), workdir)
+  result = run_cli("-m", "research.generate", f"--workdir={workdir}", f"--prompt={prompt}",
+                   "--max_new_tokens=20", "--temperature=0")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert check(result.stdout.rstrip("\n")), result.stdout
 
 
 def _checkpoint_files(workdir):
@@ -96,11 +117,12 @@ def _checkpoint_files(workdir):
     (["--config.data.dataset=text_files", "--config.data.files=/nonexistent/*.txt"],
      "/nonexistent"),
     (["--config.model.embed_dim=48"], "holds a run of a different model"),
+    (["--config.objective.name=span_corruption"], "does not fit model.family='decoder'"),
 ])
 def test_bad_input_is_one_clear_line_and_leaves_the_workdir_alone(cli_workdir, flags, message):
   before = _checkpoint_files(cli_workdir)
   config_before = (cli_workdir / "config.json").read_text()
-  shrink = [f"--config.{k}={v}" for k, v in SHRINK.items() if k != "mesh.data"]
+  shrink = [f"--config.{k}={v}" for k, v in SHRINK.items()]
   result = run_cli("-m", "research.train", f"--config={CONFIG}", f"--workdir={cli_workdir}",
                    "--config.train.steps=6", *shrink, *flags)
   assert result.returncode != 0

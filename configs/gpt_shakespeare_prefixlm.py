@@ -1,0 +1,25 @@
+"""Prefix-LM GPT on Tiny Shakespeare: the default GPT, trained with the prefix-LM objective.
+
+Each training window is split at a random point: attention is bidirectional over the prefix and
+causal after it, and only the continuation carries loss (T5 paper, Section 3.2.1). Everything
+else is configs/gpt_shakespeare_char.py.
+
+  python -m research.train --config=configs/gpt_shakespeare_prefixlm.py --workdir=runs/gpt_prefixlm
+  python -m research.generate --workdir=runs/gpt_prefixlm --prompt="ROMEO:"
+
+Result (2 CPU cores, 0.80M parameters): validation loss on the continuation tokens 1.775
+(seed 0), 173 s wall while other jobs shared the cores.
+"""
+
+import importlib.util
+import pathlib
+
+
+def get_config():
+  path = pathlib.Path(__file__).with_name("gpt_shakespeare_char.py")
+  spec = importlib.util.spec_from_file_location("gpt_shakespeare_char", path)
+  base = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(base)
+  config = base.get_config()
+  config.objective.name = "prefix_lm"
+  return config
