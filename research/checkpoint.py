@@ -19,6 +19,10 @@ import orbax.checkpoint as ocp
 
 from research.config import UserError
 
+# The layout of what a step folder holds; bumped when it changes incompatibly. A checkpoint
+# written by a newer layout is refused instead of being misread.
+FORMAT_VERSION = 1
+
 
 class CheckpointError(UserError):
   """A checkpoint that cannot be used; the message names the problem and the fix."""
@@ -44,8 +48,11 @@ class Checkpointer:
       options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
                                              max_to_keep=None)
     else:
+      # cleanup_tmp_directories: a save cut short by a kill leaves a *.orbax-checkpoint-tmp
+      # folder, never listed as a step; it is removed when the next run starts.
       options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=async_save)
+                                             enable_async_checkpointing=async_save,
+                                             cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "data", "config"))
 
@@ -61,25 +68,42 @@ class Checkpointer:
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     if config is not None:
-      items["config"] = ocp.args.JsonSave(config)
+      items["config"] = ocp.args.JsonSave({"format_version": FORMAT_VERSION, **config})
     return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
 
   def restore(self, step: int, abstract_state: Any, data_iterator=None) -> Any:
     """Restores the state onto the shardings in `abstract_state` (and the iterator in place)."""
+    self.check_format(step)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    except (ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # any failure to read a step means it cannot be used as it is
       raise CheckpointError(
-          f"checkpoint {self.directory / str(step)} does not match this model ({_first_line(e)}); "
-          "use a new --workdir, or the config the checkpoint was written with") from e
+          f"checkpoint {self.directory / str(step)} cannot be read as this run's train state "
+          f"({_first_line(e)}); it is corrupt, or was written with another model or optimizer "
+          "configuration: use a new --workdir, or delete that step folder to resume from the "
+          "one before") from e
     return restored["state"]
 
   def restore_config(self, step: int) -> dict:
-    restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    try:
+      restored = self._manager.restore(
+          step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"checkpoint {self.directory / str(step)} has no readable config "
+                            f"({_first_line(e)}); it is corrupt or not written by research.train"
+                            ) from e
     return restored["config"]
+
+  def check_format(self, step: int) -> None:
+    version = self.restore_config(step).get("format_version", 1)
+    if version > FORMAT_VERSION:
+      raise CheckpointError(
+          f"checkpoint {self.directory / str(step)} was written by a newer checkpoint format "
+          f"(version {version}; this code reads up to {FORMAT_VERSION}); update the code, or use "
+          "a new --workdir")
 
   def reached_preemption(self, step: int) -> bool:
     """True at JAX's multi-host preemption sync point (always False without jax.distributed)."""

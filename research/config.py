@@ -20,6 +20,10 @@ class UserError(Exception):
   """Bad input from the user (config, data, checkpoint, flags): the CLIs print it as one line."""
 
 
+class DataError(UserError, ValueError):
+  """Data, a corpus or a tokenizer that cannot be used; the message names the file and the fix."""
+
+
 class ConfigError(UserError, ValueError):
   """A config that cannot run; the message names the problem and the fix."""
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.config import ModelConfig
+from research.sharding import fit_spec
 
 Array = jax.Array
 
@@ -38,6 +39,14 @@ def dtype(name: str):
 
 
 def constrain(x: Array, *names: str | None) -> Array:
+  """Activation sharding by logical names; a name whose mesh axes do not divide its dimension
+  (e.g. 2 heads on tensor=4) leaves that dimension replicated."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  mesh_axes = nn.logical_to_mesh_axes(names)
+  fitted = fit_spec(mesh_axes, x.shape, dict(mesh.shape))
+  names = tuple(n if f is not None else None for n, f in zip(names, fitted))
   return nn.with_logical_constraint(x, names)
 
 

@@ -47,9 +47,28 @@ def make_mesh(config: ExperimentConfig, devices=None) -> Mesh:
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
-def logical_to_shardings(logical_specs: Any, mesh: Mesh, rules) -> Any:
-  """A tree of logical PartitionSpecs -> a tree of NamedShardings on `mesh`."""
-  return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+def fit_spec(mesh_axes, shape, mesh_shape: dict) -> P:
+  """Drops the mesh axes of a dimension they do not divide (e.g. 2 heads over tensor=4, a
+  69-token vocabulary over tensor=2): that dimension is then replicated, not refused."""
+  fitted = []
+  for axes, size in zip(tuple(mesh_axes) + (None,) * (len(shape) - len(mesh_axes)), shape):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    ways = math.prod(mesh_shape[a] for a in names)
+    fitted.append(axes if ways > 1 and size % ways == 0 else None)
+  return P(*fitted)
+
+
+def param_shardings(boxed_params: Any, mesh: Mesh, rules) -> Any:
+  """NamedShardings for a tree of (abstract) parameters boxed with logical axis names."""
+
+  def one(leaf):
+    names = leaf.names if isinstance(leaf, nn.LogicallyPartitioned) else ()
+    value = leaf.value if isinstance(leaf, nn.LogicallyPartitioned) else leaf
+    mesh_axes = nn.logical_to_mesh_axes(names, rules) if names else ()
+    return NamedSharding(mesh, fit_spec(mesh_axes, value.shape, dict(mesh.shape)))
+
+  return jax.tree.map(one, boxed_params,
+                      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -106,8 +106,7 @@ def state_shardings(model: nn.Module, tx: optax.GradientTransformation,
                     config: ExperimentConfig, mesh) -> tuple[TrainState, TrainState]:
   """(abstract state, shardings) from the logical names on every parameter."""
   boxed = jax.eval_shape(functools.partial(init_params, model, config), jax.random.key(0))
-  param_shardings = sharding.logical_to_shardings(nn.get_partition_spec(boxed), mesh,
-                                                  config.rules)
+  param_shardings = sharding.param_shardings(boxed, mesh, config.rules)
   abstract_params = nn.unbox(boxed)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   replicated = sharding.replicated(mesh)
@@ -230,10 +229,20 @@ def build_experiment(config: ExperimentConfig, workdir: str | pathlib.Path,
   from research.data import pipeline  # pylint: disable=import-outside-toplevel
 
   mesh = sharding.make_mesh(config, devices)  # a bad mesh fails before any data work
-  data = pipeline.build_lm_data(
-      config.data, str(workdir), process_index=jax.process_index(),
-      process_count=jax.process_count(),
-      extra_special_tokens=objectives.required_special_tokens(config.objective))
+
+  def build_data():
+    return pipeline.build_lm_data(
+        config.data, str(workdir), process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        extra_special_tokens=objectives.required_special_tokens(config.objective))
+
+  if jax.process_count() == 1:
+    data = build_data()
+  else:  # process 0 prepares the dataset, tokenizer and caches; the others then read them
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    data = build_data() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("data prepared")
+    data = data or build_data()
   config = resolve_vocab(config, data.tokenizer)
   model = models.build_model(config.model)
   tx = build_optimizer(config)
@@ -487,13 +496,37 @@ def reject_positional_args(argv: list[str]) -> None:
     sys.exit(2)
 
 
+def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int,
+                           auto: bool = False) -> None:
+  """Joins this process to a multi-process JAX runtime (one process per host).
+
+  With --coordinator_address the processes are named explicitly (CPU tests, bare clusters);
+  with --distributed JAX finds them itself (TPU pod slices, SLURM). CPUs talk through gloo.
+  """
+  if not coordinator_address and not auto:
+    return
+  # Must precede any backend use; affects only the CPU backend.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if coordinator_address:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  else:
+    jax.distributed.initialize()
+
+
 def main(argv) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
   quiet_logs()
   reject_positional_args(argv)
   flags_ = flags.FLAGS
-  run_cli(lambda: train_and_evaluate(ExperimentConfig.from_config_dict(flags_.config),
-                                     flags_.workdir))
+
+  def body():
+    config = ExperimentConfig.from_config_dict(flags_.config)  # checked before any device work
+    initialize_distributed(flags_.coordinator_address, flags_.num_processes, flags_.process_id,
+                           flags_.distributed)
+    train_and_evaluate(config, flags_.workdir)
+
+  run_cli(body)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -519,6 +552,12 @@ def define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config()).",
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the tokenizer.")
+  flags.DEFINE_string("coordinator_address", "", "host:port of process 0, to run as one of "
+                      "--num_processes processes (jax.distributed).")
+  flags.DEFINE_integer("num_processes", 1, "Processes in the run (with --coordinator_address).")
+  flags.DEFINE_integer("process_id", 0, "This process's index (with --coordinator_address).")
+  flags.DEFINE_bool("distributed", False, "Join a multi-process run found by JAX itself (TPU "
+                    "pod slices, SLURM).")
   flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -140,7 +140,7 @@ def test_text_files_errors(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
   (empty / "e.jsonl").write_text("\n\n", encoding="utf-8")
-  with pytest.raises(ValueError, match="no documents"):
+  with pytest.raises(ValueError, match="is empty"):
     corpora.load_texts(text_files_cfg(tmp_path, empty), "train")
 
 

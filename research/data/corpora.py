@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from research import paths
-from research.config import DataConfig
+from research.config import DataConfig, DataError
 
 TINY_SHAKESPEARE_FILE = paths.DATA_ROOT / "tiny_shakespeare" / "input.txt"
 TRAIN_FRACTION = 0.9  # nanoGPT's split: train = text[:int(n * 0.9)]
@@ -103,12 +103,15 @@ class TextFiles(_ProjectBuilder, skip_registration=True):
     del dl_manager
     cfg = self.builder_config
     # A first full pass validates every file before anything is written, and counts documents.
-    num_docs = sum(1 for _ in _iter_documents(cfg.files, cfg.text_key))
-    if num_docs == 0:
-      raise ValueError(f"text corpus {list(cfg.files)} holds no documents; add text to the "
-                       "files or point data.files elsewhere")
+    num_docs, num_chars = 0, 0
+    for document in _iter_documents(cfg.files, cfg.text_key):
+      num_docs += 1
+      num_chars += len(document)
+    if num_docs == 0 or num_chars == 0:
+      raise DataError(f"text corpus {list(cfg.files)} is empty (no documents, or only empty "
+                       "ones); add text to the files or point data.files elsewhere")
     if num_docs < 2:
-      raise ValueError(f"text corpus {list(cfg.files)} holds a single document, which cannot be "
+      raise DataError(f"text corpus {list(cfg.files)} holds a single document, which cannot be "
                        "split into train and validation; split it into several .txt files or "
                        "one .jsonl line per document")
     num_val = min(max(1, round(num_docs * cfg.validation_fraction)), num_docs - 1)
@@ -129,7 +132,7 @@ def _read_utf8(path: pathlib.Path) -> str:
   try:
     return path.read_text(encoding="utf-8")
   except UnicodeDecodeError as e:
-    raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it "
+    raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it "
                      "to UTF-8 or remove it from the corpus") from None
 
 
@@ -147,10 +150,10 @@ def _iter_documents(files: collections.abc.Iterable[str], text_key: str) -> Iter
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: malformed JSON line ({e.msg}); fix or remove "
+        raise DataError(f"{path}:{line_no}: malformed JSON line ({e.msg}); fix or remove "
                          "the line") from None
       if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
-        raise ValueError(f"{path}:{line_no}: line has no string field '{text_key}'; set "
+        raise DataError(f"{path}:{line_no}: line has no string field '{text_key}'; set "
                          "data.text_key to the field holding the text")
       yield record[text_key]
 
@@ -199,7 +202,7 @@ def prepared_builder(data_cfg: DataConfig) -> tfds.core.DatasetBuilder:
     builder = TextFiles(config=_text_files_config(data_cfg), data_dir=data_dir(data_cfg),
                         file_format="array_record")
   else:
-    raise ValueError(f"'{data_cfg.dataset}' is not a project corpus; use 'tiny_shakespeare' "
+    raise DataError(f"'{data_cfg.dataset}' is not a project corpus; use 'tiny_shakespeare' "
                      "or 'text_files'")
   if not builder.is_prepared():
     builder.download_and_prepare()
@@ -247,7 +250,7 @@ class TextSource(collections.abc.Sequence):
         raise RuntimeError(f"record {i} of the prepared corpus is out of order; delete the "
                            "prepared files under data.data_dir to rebuild them")
     if self._text_key not in record:
-      raise ValueError(f"records have no field '{self._text_key}' (fields: {sorted(record)}); "
+      raise DataError(f"records have no field '{self._text_key}' (fields: {sorted(record)}); "
                        "set data.text_key")
     text = record[self._text_key]
     return text.decode("utf-8") if isinstance(text, bytes) else str(text)
@@ -266,7 +269,7 @@ def catalog_source(name: str, split: str, data_dir_: str | None = None) -> Any:
         except ImportError:
           continue
         return tfds.data_source(name, split=split, data_dir=data_dir_)
-    raise ValueError(f"data.dataset='{name}' is neither a project corpus ('tiny_shakespeare', "
+    raise DataError(f"data.dataset='{name}' is neither a project corpus ('tiny_shakespeare', "
                      "'text_files') nor a TFDS catalog dataset; check the name") from None
 
 

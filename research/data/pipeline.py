@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 import grain
 import numpy as np
 
-from research.config import DataConfig
+from research.config import DataConfig, DataError
 from research.data import corpora
 from research.data import tokenizers as tokenizers_lib
 
@@ -38,14 +38,14 @@ _MAX_TOKENIZER_DOCS = 200_000
 def local_batch_size(batch_size: int, process_count: int) -> int:
   """The per-process share of a global batch; ValueError if it does not divide evenly."""
   if process_count < 1 or batch_size % process_count:
-    raise ValueError(f"global batch size {batch_size} is not divisible by the {process_count} "
+    raise DataError(f"global batch size {batch_size} is not divisible by the {process_count} "
                      f"JAX processes; make data.batch_size a multiple of {process_count}")
   return batch_size // process_count
 
 
 def _check_process(process_index: int, process_count: int) -> None:
   if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} is outside [0, {process_count})")
+    raise DataError(f"process_index={process_index} is outside [0, {process_count})")
 
 
 def _seed32(seed: int) -> int:
@@ -128,7 +128,7 @@ def train_dataset(tokens: np.ndarray, data_cfg: DataConfig, *, process_index: in
   seq_len = data_cfg.seq_len
   num_offsets = len(tokens) - seq_len
   if num_offsets < process_count:
-    raise ValueError(f"the training split has {len(tokens)} tokens, too few for windows of "
+    raise DataError(f"the training split has {len(tokens)} tokens, too few for windows of "
                      f"data.seq_len+1={seq_len + 1} tokens on {process_count} processes; "
                      "lower data.seq_len or use a larger corpus")
   ds = grain.MapDataset.range(num_offsets).shuffle(seed=_seed32(data_cfg.shuffle_seed))
@@ -164,7 +164,7 @@ def stream_dataset(texts: collections.abc.Sequence[str], tokenizer: tokenizers_l
   _check_process(process_index, process_count)
   local = local_batch_size(data_cfg.batch_size, process_count)
   if len(texts) < process_count:
-    raise ValueError(f"the training split has {len(texts)} documents, fewer than the "
+    raise DataError(f"the training split has {len(texts)} documents, fewer than the "
                      f"{process_count} processes reading it")
   ds = grain.MapDataset.source(texts).shuffle(seed=_seed32(data_cfg.shuffle_seed))
   ds = ds[process_index::process_count].repeat().map(_EncodeDocument(tokenizer))
@@ -189,7 +189,7 @@ def eval_batches(tokens: np.ndarray, data_cfg: DataConfig, batch_size: int, *, p
   seq_len = data_cfg.seq_len
   num_targets = len(tokens) - 1
   if num_targets < 1:
-    raise ValueError(f"the evaluation split has {len(tokens)} tokens; it needs at least 2")
+    raise DataError(f"the evaluation split has {len(tokens)} tokens; it needs at least 2")
   num_windows = -(-num_targets // seq_len)
   num_batches = -(-num_windows // batch_size)
   if max_batches > 0:
@@ -282,6 +282,6 @@ def build_lm_data(data_cfg: DataConfig, workdir: str | os.PathLike, *, process_i
   elif data_cfg.packing == "stream":
     train = stream_dataset(texts(data_cfg.train_split), tokenizer, data_cfg, **kwargs)
   else:
-    raise ValueError(f"unknown data.packing={data_cfg.packing!r}; use 'windows' or 'stream'")
+    raise DataError(f"unknown data.packing={data_cfg.packing!r}; use 'windows' or 'stream'")
   return LMData(tokenizer=tokenizer, train=train, eval_tokens=tokens(data_cfg.eval_split),
                 data_cfg=data_cfg, **kwargs)

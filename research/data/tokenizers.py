@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Iterable
 
 import numpy as np
 
-from research.config import DataConfig
+from research.config import DataConfig, DataError
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
 MANIFEST = "manifest.json"
@@ -82,7 +82,7 @@ class CharTokenizer(Tokenizer):
     self.special_tokens = SPECIAL_TOKENS + tuple(extra_special_tokens)
     self.chars = sorted(set(chars))
     if any(len(c) != 1 for c in self.chars):
-      raise ValueError("CharTokenizer takes single characters")
+      raise DataError("CharTokenizer takes single characters")
     self.pad_id, self.eos_id, self.unk_id = 0, 1, 2
     k = len(self.special_tokens)
     self._vocab = {t: i for i, t in enumerate(self.special_tokens)}
@@ -115,7 +115,7 @@ class CharTokenizer(Tokenizer):
 
   def token_to_id(self, token: str) -> int:
     if token not in self._vocab:
-      raise ValueError(f"token {token!r} is not in the character vocabulary")
+      raise DataError(f"token {token!r} is not in the character vocabulary")
     return self._vocab[token]
 
   def _save_files(self, directory: pathlib.Path) -> dict[str, Any]:
@@ -171,7 +171,7 @@ class SentencePieceTokenizer(Tokenizer):
           max_sentence_length=4 * _MAX_PIECE_CHARS, num_threads=min(os.cpu_count() or 1, 16),
           minloglevel=2)
     except RuntimeError as e:
-      raise ValueError(f"SentencePiece training failed: {e}; with byte fallback the vocabulary "
+      raise DataError(f"SentencePiece training failed: {e}; with byte fallback the vocabulary "
                        "needs more than 256 + #characters entries, so raise data.vocab_size"
                        ) from None
     return cls(model.getvalue())
@@ -189,7 +189,7 @@ class SentencePieceTokenizer(Tokenizer):
   def token_to_id(self, token: str) -> int:
     i = self._sp.piece_to_id(token)
     if i == self.unk_id and token != SPECIAL_TOKENS[2]:
-      raise ValueError(f"token {token!r} is not in the SentencePiece vocabulary")
+      raise DataError(f"token {token!r} is not in the SentencePiece vocabulary")
     return i
 
   def _save_files(self, directory: pathlib.Path) -> dict[str, Any]:
@@ -222,7 +222,7 @@ class HFTokenizer(Tokenizer):
     find = lambda names: next((vocab[n] for n in names if n in vocab), None)
     self.eos_id = find(self._EOS)
     if self.eos_id is None:
-      raise ValueError(f"the tokenizer.json has none of the end-of-sequence tokens {self._EOS}; "
+      raise DataError(f"the tokenizer.json has none of the end-of-sequence tokens {self._EOS}; "
                        "add one to its added_tokens")
     padding = self._tok.padding
     pad = find(self._PAD)
@@ -257,7 +257,7 @@ class HFTokenizer(Tokenizer):
   def token_to_id(self, token: str) -> int:
     i = self._tok.token_to_id(token)
     if i is None:
-      raise ValueError(f"token {token!r} is not in the tokenizer.json vocabulary")
+      raise DataError(f"token {token!r} is not in the tokenizer.json vocabulary")
     return i
 
   def _save_files(self, directory: pathlib.Path) -> dict[str, Any]:
@@ -278,7 +278,7 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
   if kind == "char":
     specials = manifest["special_tokens"]
     if tuple(specials[:3]) != SPECIAL_TOKENS:
-      raise ValueError(f"{manifest_path}: special tokens must start with {SPECIAL_TOKENS}")
+      raise DataError(f"{manifest_path}: special tokens must start with {SPECIAL_TOKENS}")
     return CharTokenizer(manifest["chars"], specials[3:])
   if kind == "sentencepiece":
     model = directory / manifest["model_file"]
@@ -288,7 +288,7 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     return SentencePieceTokenizer(model.read_bytes())
   if kind == "hf":
     return HFTokenizer.from_file(directory / manifest["tokenizer_file"])
-  raise ValueError(f"{manifest_path} names an unknown tokenizer kind {kind!r}; expected one of "
+  raise DataError(f"{manifest_path} names an unknown tokenizer kind {kind!r}; expected one of "
                    "'char', 'sentencepiece', 'hf'")
 
 
@@ -303,7 +303,7 @@ def build_tokenizer(data_cfg: DataConfig, workdir: str | os.PathLike,
   if directory.exists():
     tokenizer = load_tokenizer(directory)
     if tokenizer.kind != data_cfg.tokenizer:
-      raise ValueError(f"{directory} holds a '{tokenizer.kind}' tokenizer but data.tokenizer="
+      raise DataError(f"{directory} holds a '{tokenizer.kind}' tokenizer but data.tokenizer="
                        f"'{data_cfg.tokenizer}'; use another workdir or delete {directory}")
     for token in extra_special_tokens:
       tokenizer.token_to_id(token)  # Raises when the saved tokenizer lacks a wanted token.
@@ -315,12 +315,12 @@ def build_tokenizer(data_cfg: DataConfig, workdir: str | os.PathLike,
         train_texts, data_cfg.vocab_size or DEFAULT_SENTENCEPIECE_VOCAB, extra_special_tokens)
   elif data_cfg.tokenizer == "hf":
     if not data_cfg.tokenizer_path:
-      raise ValueError("data.tokenizer='hf' needs data.tokenizer_path (a tokenizer.json)")
+      raise DataError("data.tokenizer='hf' needs data.tokenizer_path (a tokenizer.json)")
     tokenizer = HFTokenizer.from_file(data_cfg.tokenizer_path)  # Its vocabulary is fixed:
     for token in extra_special_tokens:
       tokenizer.token_to_id(token)  # the wanted special tokens must already be in it.
   else:
-    raise ValueError(f"unknown tokenizer kind data.tokenizer={data_cfg.tokenizer!r}; use "
+    raise DataError(f"unknown tokenizer kind data.tokenizer={data_cfg.tokenizer!r}; use "
                      "'char', 'sentencepiece' or 'hf'")
   # Save to a temporary folder and rename it, so an interrupted save never looks finished
   # (and when several processes race, the first complete tokenizer wins).

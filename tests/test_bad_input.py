@@ -1,0 +1,158 @@
+"""Bad input of every kind: one clear 'error:' line, a non-zero exit, existing checkpoints untouched.
+
+Every case runs the real CLI against a workdir that already holds a checkpoint.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from research.paths import REPO_ROOT
+from tests.test_train import CONFIG, SHRINK
+
+BASE_FLAGS = [f"--config={CONFIG}"] + [f"--config.{k}={v}" for k, v in SHRINK.items()]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("bad_input") / "run"
+  result = _cli("research.train", [f"--workdir={path}", *BASE_FLAGS, "--config.train.steps=2"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  return path
+
+
+def _cli(module, args, devices=1):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def _files(path: pathlib.Path) -> dict:
+  return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _corpus(tmp: pathlib.Path, files: dict[str, bytes]) -> str:
+  tmp.mkdir(parents=True, exist_ok=True)
+  for name, content in files.items():
+    (tmp / name).write_bytes(content)
+  return str(tmp / "*")
+
+
+def _corrupt_latest(workdir: pathlib.Path) -> None:
+  step_dir = max((p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()),
+                 key=lambda p: int(p.name))
+  for f in (step_dir / "state").rglob("*"):
+    if f.is_file() and f.stat().st_size > 16:
+      f.write_bytes(b"\0garbage\0" * 4)
+
+
+def _newer_format(workdir: pathlib.Path) -> None:
+  for f in (workdir / "checkpoints").glob("*/config/*"):
+    if f.is_file() and f.suffix == "" or f.name.endswith(".json"):
+      try:
+        saved = json.loads(f.read_text())
+      except (UnicodeDecodeError, json.JSONDecodeError):
+        continue
+      saved["format_version"] = 99
+      f.write_text(json.dumps(saved))
+
+
+# (name, extra flags (a callable gets tmp_path), devices, setup of a copy of the workdir, message)
+CASES = [
+    # configs
+    ("unknown_key", ["--config.model.num_layerz=3"], 1, None, "num_layerz"),
+    ("wrong_type", ["--config.model.num_layers=abc"], 1, None, "num_layers=abc"),
+    ("float_for_int", ["--config.train.steps=2.5"], 1, None, "train.steps=2.5"),
+    ("bad_choice", ["--config.model.norm=batchnorm"], 1, None, "model.norm='batchnorm'"),
+    ("impossible_mesh", ["--config.mesh.data=3"], 1, None, "needs 3 devices but 1"),
+    ("batch_not_divisible", ["--config.data.batch_size=7"], 2, None,
+     "data.batch_size=7 is not divisible by the data x fsdp"),
+    ("context_longer_than_table", ["--config.model.position=learned",
+                                   "--config.data.seq_len=64"], 1, None,
+     "longer than the position table"),
+    ("heads_do_not_divide", ["--config.model.num_heads=3"], 1, None, "not divisible by"),
+    ("objective_does_not_fit", ["--config.objective.name=masked_lm"], 1, None, "does not fit"),
+    ("negative_steps", ["--config.train.steps=-1"], 1, None, "train.steps must be positive"),
+    # data
+    ("missing_data", ["--config.data.dataset=text_files",
+                      "--config.data.files=/nonexistent/corpus/*.txt"], 1, None,
+     "/nonexistent/corpus"),
+    ("empty_corpus", lambda tmp: ["--config.data.dataset=text_files",
+                                  "--config.data.files=" + _corpus(tmp / "empty", {
+                                      "a.txt": b"", "b.txt": b""})], 1, None, "empty"),
+    ("not_utf8", lambda tmp: ["--config.data.dataset=text_files",
+                              "--config.data.files=" + _corpus(tmp / "latin1", {
+                                  "a.txt": "caf\xe9 ol\xe9".encode("latin-1"),
+                                  "b.txt": b"fine text"})], 1, None, "UTF-8"),
+    ("malformed_jsonl_row", lambda tmp: ["--config.data.dataset=text_files",
+                                         "--config.data.files=" + _corpus(tmp / "jsonl", {
+                                             "a.jsonl": b'{"text": "ok"}\n{"text": broken\n'})],
+     1, None, "a.jsonl:2: malformed JSON"),
+    ("unknown_catalog_dataset", ["--config.data.dataset=no_such_dataset_xyz"], 1, None,
+     "no_such_dataset_xyz"),
+    # tokenizers
+    ("missing_tokenizer_file", ["--config.data.tokenizer=hf",
+                                "--config.data.tokenizer_path=/nonexistent/tokenizer.json"], 1,
+     "fresh", "/nonexistent/tokenizer.json"),
+    ("vocab_smaller_than_tokenizer", ["--config.model.vocab_size=10"], 1, None,
+     "smaller than the tokenizer's vocabulary"),
+    ("tokenizer_kind_differs_from_workdir", ["--config.data.tokenizer=sentencepiece"], 1, None,
+     "tokenizer"),
+    # checkpoints
+    ("corrupt_checkpoint", [], 1, _corrupt_latest, "cannot be read"),
+    ("another_architecture", ["--config.model.embed_dim=48"], 1, None,
+     "holds a run of a different model"),
+    ("newer_format", [], 1, _newer_format, "newer"),
+    # command line
+    ("positional_argument", ["stray"], 1, None, "unexpected arguments"),
+    ("unknown_flag", ["--bogus=1"], 1, None, "bogus"),
+    ("missing_config_file", ["--config=configs/no_such_config.py"], 1, None,
+     "configs/no_such_config.py"),
+]
+
+
+@pytest.mark.parametrize("name, flags, devices, setup, message", CASES,
+                         ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_clear_line(workdir, tmp_path, name, flags, devices, setup, message):
+  del name
+  target = workdir
+  if setup == "fresh":
+    target = tmp_path / "fresh"
+  elif setup is not None:  # damage a copy, never the shared workdir
+    import shutil  # pylint: disable=import-outside-toplevel
+    target = tmp_path / "copy"
+    shutil.copytree(workdir, target)
+    setup(target)
+  before = _files(target) if target.exists() else {}
+  args = flags(tmp_path) if callable(flags) else flags
+  result = _cli("research.train", [f"--workdir={target}", *BASE_FLAGS, "--config.train.steps=4",
+                                   *args], devices=devices)
+  assert result.returncode != 0
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert message in errors[0], errors[0]
+  assert "Traceback" not in result.stderr
+  after = _files(target) if target.exists() else {}
+  assert {p: b for p, b in after.items() if "checkpoints" in p.parts} == {
+      p: b for p, b in before.items() if "checkpoints" in p.parts}
+  if (target / "config.json") in before:
+    assert after[target / "config.json"] == before[target / "config.json"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workdir=/nonexistent/workdir"], "not a training workdir"),
+    (["--top_p=2"], "--top_p"),
+    (["--max_new_tokens=-5"], "--max_new_tokens"),
+])
+def test_bad_generate_input_gives_one_clear_line(workdir, args, message):
+  args = [a if a.startswith("--workdir") else a for a in args]
+  if not any(a.startswith("--workdir") for a in args):
+    args = [f"--workdir={workdir}", *args]
+  result = _cli("research.generate", args)
+  assert result.returncode != 0
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
