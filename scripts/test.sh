@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Set up and run the default test suite (slow checks are marked and left to benchmarks).
+# Two pytest workers: the tests are dominated by single-threaded XLA compilation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
+# Prepare the bundled Tiny Shakespeare once, so that parallel workers never race to build it.
+.venv/bin/python -c "from research.config import DataConfig; from research.data import corpora; corpora.prepared_builder(DataConfig())"
 set +e
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

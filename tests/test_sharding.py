@@ -29,7 +29,7 @@ def small_config(mesh=(1, 1, 1), family="decoder", **train_overrides) -> Experim
   # No biases: the key projection's bias has an exactly-zero gradient (softmax ignores it), so
   # Adam turns its rounding noise into updates that differ between layouts by design.
   return ExperimentConfig.from_config_dict({
-      "model": dict(family=family, vocab_size=64, num_layers=2, num_heads=4, embed_dim=32,
+      "model": dict(family=family, vocab_size=64, num_layers=1, num_heads=4, embed_dim=32,
                     mlp_dim=64, max_len=16, dropout_rate=0.1, use_bias=False),
       "objective": dict(name=OBJECTIVE[family], num_sentinels=8),
       "data": dict(seq_len=16, batch_size=8),
@@ -59,7 +59,7 @@ def run_steps(config: ExperimentConfig, batches, devices):
   return losses, jax.device_get(state.params), state
 
 
-def make_batches(family="decoder", n=3, batch=8, seq=16, vocab=64):
+def make_batches(family="decoder", n=2, batch=8, seq=16, vocab=64):
   """LM batches of random tokens, transformed by the family's objective (vocab: 8 specials,
   then ordinary tokens; sentinels 56..63)."""
   rng = np.random.default_rng(0)
