@@ -310,8 +310,23 @@ def validate(config: ExperimentConfig) -> None:
   if o.grad_accum_steps <= 0 or d.batch_size % o.grad_accum_steps:
     raise ConfigError(f"data.batch_size={d.batch_size} is not divisible by "
                       f"optimizer.grad_accum_steps={o.grad_accum_steps}")
-  if t.steps <= 0:
-    raise ConfigError(f"train.steps must be positive, got {t.steps}")
+  for section, key, minimum in [
+      ("train", "steps", 1), ("train", "log_every", 1), ("train", "checkpoint_every", 1),
+      ("train", "keep_checkpoints", 1), ("train", "eval_every", 0), ("train", "eval_batches", 0),
+      ("train", "eval_batch_size", 0), ("model", "vocab_size", 0), ("model", "num_kv_heads", 0),
+      ("model", "head_dim", 0), ("model", "num_decoder_layers", 0),
+      ("model", "num_token_types", 0), ("data", "vocab_size", 0), ("data", "num_workers", 0),
+      ("optimizer", "warmup_steps", 0), ("optimizer", "decay_steps", 0),
+      ("objective", "num_sentinels", 0)]:
+    value = getattr(getattr(config, section), key)
+    if value < minimum:
+      raise ConfigError(f"config {section}.{key}={value} must be >= {minimum}" +
+                        (" (train.steps must be positive)" if key == "steps" else ""))
+  for key in ("learning_rate", "end_learning_rate", "weight_decay", "clip_norm", "eps"):
+    if getattr(o, key) < 0:
+      raise ConfigError(f"config optimizer.{key}={getattr(o, key)} must be >= 0")
+  if not (0 <= o.b1 < 1 and 0 <= o.b2 < 1):
+    raise ConfigError(f"optimizer betas must be in [0, 1), got b1={o.b1}, b2={o.b2}")
   if not 0.0 <= m.dropout_rate < 1.0:
     raise ConfigError(f"model.dropout_rate={m.dropout_rate} must be in [0, 1)")
   objectives = FAMILY_OBJECTIVES[m.family]

@@ -77,6 +77,7 @@ CASES = [
     ("heads_do_not_divide", ["--config.model.num_heads=3"], 1, None, "not divisible by"),
     ("objective_does_not_fit", ["--config.objective.name=masked_lm"], 1, None, "does not fit"),
     ("negative_steps", ["--config.train.steps=-1"], 1, None, "train.steps must be positive"),
+    ("zero_log_interval", ["--config.train.log_every=0"], 1, None, "train.log_every=0 must be >= 1"),
     # data
     ("missing_data", ["--config.data.dataset=text_files",
                       "--config.data.files=/nonexistent/corpus/*.txt"], 1, None,
