@@ -171,3 +171,101 @@ def fill_masks(model: nn.Module, params: Any, tokens: np.ndarray, mask_id: int,
   rng = rng if rng is not None else jax.random.key(0)
   picked = np.asarray(sample_logits(logits.reshape(b * t, v), rng, sampling)).reshape(b, t)
   return np.where(tokens == mask_id, picked, tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Beam search
+# ---------------------------------------------------------------------------------------------
+
+
+def _select_rows(cache: Any, rows: Array) -> Any:
+  """Reorders the per-row cache arrays (leading axis B*K); scalar counters are shared."""
+  return jax.tree.map(lambda x: x[rows] if x.ndim > 0 else x, cache)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "beam_size", "num_steps", "seq2seq",
+                                             "prefix_lm"))
+def _beam_search(params, inputs: Array, input_mask: Array, eos_id, start_id,
+                 length_penalty, *, model: nn.Module, beam_size: int, num_steps: int,
+                 seq2seq: bool, prefix_lm: bool = False):
+  b, k = inputs.shape[0], beam_size
+  rows_in = jnp.repeat(inputs, k, axis=0)  # (B*K, P): every beam starts from its row's input
+  if seq2seq:
+    mask_in = jnp.repeat(input_mask, k, axis=0)
+    encoded = model.apply({"params": params}, rows_in, input_mask=mask_in, method="encode")
+    cache = init_cache(model, b * k, inputs.shape[1])
+
+    def step_logits(cache, tokens):  # tokens (B*K, 1)
+      logits, upd = model.apply({"params": params, "cache": cache}, encoded, tokens,
+                                encoder_mask=mask_in, decode=True, mutable=["cache"],
+                                method="decode")
+      return logits[:, -1], upd["cache"]
+
+    logits, cache = step_logits(cache, jnp.full((b * k, 1), start_id, jnp.int32))
+  else:
+    extra = {}
+    if prefix_lm:
+      extra["prefix_lengths"] = jnp.full((b * k,), inputs.shape[1], jnp.int32)
+    logits, upd = model.apply({"params": params, "cache": init_cache(model, b * k)}, rows_in,
+                              decode=True, mutable=["cache"], **extra)
+    logits, cache = logits[:, -1], upd["cache"]
+
+    def step_logits(cache, tokens):
+      logits, upd = model.apply({"params": params, "cache": cache}, tokens, decode=True,
+                                mutable=["cache"])
+      return logits[:, -1], upd["cache"]
+
+  vocab = logits.shape[-1]
+  eos_only = jnp.full((vocab,), -jnp.inf).at[eos_id].set(0.0)  # a finished beam stays put
+  scores = jnp.tile(jnp.array([0.0] + [-jnp.inf] * (k - 1)), (b, 1))  # one live beam at first
+
+  def step(carry, t):
+    cache, logits, scores, finished, lengths, tokens = carry
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(b, k, vocab)
+    logp = jnp.where(finished[..., None], eos_only, logp)
+    top_scores, top = jax.lax.top_k((scores[..., None] + logp).reshape(b, k * vocab), k)
+    beam, token = top // vocab, (top % vocab).astype(jnp.int32)  # (B, K)
+    rows = (jnp.arange(b)[:, None] * k + beam).reshape(-1)
+    was_finished = jnp.take_along_axis(finished, beam, axis=1)
+    tokens = jnp.take_along_axis(tokens, beam[..., None], axis=1).at[:, :, t].set(token)
+    lengths = jnp.take_along_axis(lengths, beam, axis=1) + (~was_finished).astype(jnp.int32)
+    finished = was_finished | (token == eos_id)
+    logits, cache = step_logits(_select_rows(cache, rows), token.reshape(-1, 1))
+    return (cache, logits, top_scores, finished, lengths, tokens), None
+
+  carry = (cache, logits, scores, jnp.zeros((b, k), bool), jnp.zeros((b, k), jnp.int32),
+           jnp.zeros((b, k, num_steps), jnp.int32))
+  (_, _, scores, _, lengths, tokens), _ = jax.lax.scan(step, carry, jnp.arange(num_steps))
+  # GNMT length normalisation: score / ((5 + length) / 6) ** alpha; alpha = 0 keeps raw scores.
+  normalized = scores / ((5.0 + lengths) / 6.0) ** length_penalty
+  order = jnp.argsort(-normalized, axis=1)
+  return (jnp.take_along_axis(tokens, order[..., None], axis=1),
+          jnp.take_along_axis(normalized, order, axis=1),
+          jnp.take_along_axis(lengths, order, axis=1))
+
+
+def beam_search(model: nn.Module, params: Any, inputs: np.ndarray, beam_size: int,
+                max_new_tokens: int, eos_id: int, *, input_mask: np.ndarray | None = None,
+                length_penalty: float = 0.6, start_id: int = 0,
+                prefix_lm: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Batched beam search for a decoder (inputs = prompts) or an encoder-decoder (inputs =
+  encoder tokens, decoding from start_id).
+
+  Returns (tokens (B, K, n), scores (B, K), lengths (B, K)), beams sorted best first by their
+  length-normalised log-probability. A beam ends at its EOS: later positions hold EOS and
+  add nothing to its score; its length counts the tokens up to and including that EOS.
+  """
+  seq2seq = isinstance(model, models.EncoderDecoder)
+  inputs = np.asarray(inputs, np.int32)
+  if not seq2seq and inputs.shape[1] + max_new_tokens > model.config.max_len:
+    raise ValueError(f"prompt ({inputs.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
+                     f"model.max_len={model.config.max_len}")
+  if seq2seq and max_new_tokens > model.config.max_len:
+    raise ValueError(f"max_new_tokens={max_new_tokens} exceeds model.max_len="
+                     f"{model.config.max_len}")
+  if input_mask is None:
+    input_mask = np.ones(inputs.shape, bool)
+  out = _beam_search(params, jnp.asarray(inputs), jnp.asarray(input_mask, bool), eos_id,
+                     start_id, float(length_penalty), model=model, beam_size=beam_size,
+                     num_steps=max_new_tokens, seq2seq=seq2seq, prefix_lm=prefix_lm)
+  return tuple(np.asarray(x) for x in out)

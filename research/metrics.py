@@ -65,3 +65,68 @@ class MetricWriter:
     if self.enabled:
       self._tb.close()
       self._jsonl.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Task metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def accuracy(predictions, labels) -> float:
+  predictions, labels = np.asarray(predictions), np.asarray(labels)
+  if predictions.shape != labels.shape or predictions.size == 0:
+    raise ValueError(f"accuracy needs equal, non-empty shapes; got {predictions.shape} and "
+                     f"{labels.shape}")
+  return float(np.mean(predictions == labels))
+
+
+def squad_normalize(text: str) -> str:
+  """The official SQuAD v1.1 answer normalization: lower case, no punctuation, no articles
+  (a, an, the), single spaces."""
+  import re  # pylint: disable=import-outside-toplevel
+  import string  # pylint: disable=import-outside-toplevel
+  text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+  text = re.sub(r"\b(a|an|the)\b", " ", text)
+  return " ".join(text.split())
+
+
+def squad_exact_match(prediction: str, references: list[str]) -> float:
+  """1.0 if the normalized prediction equals any normalized reference."""
+  return float(max(squad_normalize(prediction) == squad_normalize(r) for r in references))
+
+
+def squad_f1(prediction: str, references: list[str]) -> float:
+  """Token-overlap F1 of the normalized answers, the maximum over the references."""
+  import collections  # pylint: disable=import-outside-toplevel
+
+  def f1(pred: str, ref: str) -> float:
+    pred_tokens, ref_tokens = squad_normalize(pred).split(), squad_normalize(ref).split()
+    common = collections.Counter(pred_tokens) & collections.Counter(ref_tokens)
+    overlap = sum(common.values())
+    if not pred_tokens or not ref_tokens:
+      return float(pred_tokens == ref_tokens)
+    if overlap == 0:
+      return 0.0
+    precision, recall = overlap / len(pred_tokens), overlap / len(ref_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+  return max(f1(prediction, r) for r in references)
+
+
+def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
+  """Corpus BLEU with sacrebleu's defaults (13a tokenization, exp smoothing) and its signature."""
+  import sacrebleu  # pylint: disable=import-outside-toplevel
+  metric = sacrebleu.metrics.BLEU()
+  score = metric.corpus_score(hypotheses, [references])
+  return float(score.score), str(metric.get_signature())
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+  """Mean ROUGE-1/2/L F-measures with rouge-score, Porter stemming on."""
+  from rouge_score import rouge_scorer  # pylint: disable=import-outside-toplevel
+  scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+  totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+  for prediction, reference in zip(predictions, references, strict=True):
+    for name, score in scorer.score(reference, prediction).items():
+      totals[name] += score.fmeasure
+  return {name: value / max(len(predictions), 1) for name, value in totals.items()}

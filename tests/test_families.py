@@ -175,3 +175,17 @@ def test_prefix_lm_cached_decoding_matches_the_full_pass():
                                   decode=True, mutable=["cache"])
     steps.append(logits)
   np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=2e-5, rtol=1e-5)
+
+
+def test_encoder_decoder_beam_search_with_one_beam_is_greedy():
+  model = EncoderDecoder(SMALL)
+  src = tokens(1)
+  params = init(model, src, tokens(2, (B, 4)))
+  greedy = decode.generate_seq2seq(model, params, np.asarray(src), np.ones((B, T), bool), 6,
+                                   jax.random.key(0), decode.SamplingConfig(temperature=0.0))
+  beams, scores, _ = decode.beam_search(model, params, np.asarray(src), beam_size=3,
+                                        max_new_tokens=6, eos_id=SMALL.vocab_size + 1)
+  one, _, _ = decode.beam_search(model, params, np.asarray(src), beam_size=1, max_new_tokens=6,
+                                 eos_id=SMALL.vocab_size + 1)
+  np.testing.assert_array_equal(one[:, 0], greedy)
+  assert beams.shape == (B, 3, 6) and (np.diff(scores, axis=1) <= 0).all()

@@ -126,3 +126,35 @@ def test_top_k_and_top_p_only_sample_allowed_tokens():
   top_p = {int(decode.sample_logits(logits, k, decode.SamplingConfig(1.0, top_p=0.7))[0])
            for k in keys}
   assert top_p == {0, 1}  # 0.5 < 0.7 <= 0.8
+
+
+def test_beam_search_with_one_beam_is_greedy_decoding():
+  model, params = _init(SMALL)
+  prompt = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
+  greedy = decode.generate(model, params, prompt, 10, jax.random.key(0),
+                           decode.SamplingConfig(temperature=0.0))
+  tokens, _, _ = decode.beam_search(model, params, prompt, beam_size=1, max_new_tokens=10,
+                                    eos_id=SMALL.vocab_size + 1)  # an id never produced
+  np.testing.assert_array_equal(tokens[:, 0], greedy[:, 3:])
+
+
+def test_beam_search_sorts_beams_and_ends_them_at_eos():
+  model, params = _init(SMALL)
+  prompt = np.array([[1, 2, 3], [7, 8, 9]], np.int32)
+  first = model.apply({"params": params}, jnp.asarray(prompt))[:, -1]
+  eos = int(jnp.argmax(first[0]))  # row 0's most likely next token: its best beam ends at once
+  tokens, scores, lengths = decode.beam_search(model, params, prompt, beam_size=4,
+                                               max_new_tokens=8, eos_id=eos,
+                                               length_penalty=0.0)
+  assert (np.diff(scores, axis=1) <= 0).all()  # best first
+  for row in range(2):
+    for beam in range(4):
+      seq = tokens[row, beam]
+      hits = np.flatnonzero(seq == eos)
+      if hits.size:  # everything after the first EOS is EOS, and the length stops there
+        assert (seq[hits[0]:] == eos).all() and lengths[row, beam] == hits[0] + 1
+      else:
+        assert lengths[row, beam] == 8
+  assert tokens[0, 0, 0] == eos and lengths[0, 0] == 1
+  # its score is just log p(EOS | prompt): nothing was added after the beam ended
+  np.testing.assert_allclose(scores[0, 0], jax.nn.log_softmax(first[0])[eos], rtol=1e-5)
