@@ -84,13 +84,12 @@ def weight_decay_mask(rule: str, params: Any) -> Any:
 
 def build_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
   opt = config.optimizer
-  parts = []
-  if opt.clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(opt.clip_norm))
-  parts.append(optax.adamw(learning_rate_schedule(config), b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                           weight_decay=opt.weight_decay,
-                           mask=functools.partial(weight_decay_mask, opt.decay_rule)))
-  return optax.chain(*parts)
+  # identity() when clipping is off keeps the state's structure, so a run can resume with
+  # clipping switched on or off.
+  clip = optax.clip_by_global_norm(opt.clip_norm) if opt.clip_norm > 0 else optax.identity()
+  return optax.chain(clip, optax.adamw(
+      learning_rate_schedule(config), b1=opt.b1, b2=opt.b2, eps=opt.eps,
+      weight_decay=opt.weight_decay, mask=functools.partial(weight_decay_mask, opt.decay_rule)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,7 +224,9 @@ def resolve_vocab(config: ExperimentConfig, tokenizer) -> ExperimentConfig:
 
 def build_experiment(config: ExperimentConfig, workdir: str | pathlib.Path,
                      devices=None) -> Experiment:
-  """Mesh, data, tokenizer, model, optimizer and state shardings; writes nothing but caches."""
+  """Mesh, data, tokenizer, model, optimizer and state shardings. Writes into the workdir only
+  the tokenizer (when it has none yet) and token caches."""
+  # Imported here: TFDS is slow to import, and generation never needs it.
   from research.data import pipeline  # pylint: disable=import-outside-toplevel
 
   mesh = sharding.make_mesh(config, devices)  # a bad mesh fails before any data work

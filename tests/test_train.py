@@ -83,6 +83,16 @@ def test_cli_writes_checkpoint_events_metrics_and_config(cli_workdir):
   assert saved["model"]["num_layers"] == 1 and saved["model"]["vocab_size"] == 68
 
 
+def test_evaluate_cli_scores_the_whole_split(cli_workdir):
+  result = run_cli("-m", "research.evaluate", f"--workdir={cli_workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  saved = json.loads((cli_workdir / "eval.json").read_text())
+  assert saved["step"] == 4 and saved["split"] == "validation"
+  assert saved["tokens"] == 111_539  # every character of the last 10% but the first
+  assert np.isclose(saved["perplexity"], np.exp(saved["loss"]))
+  assert f"loss: {saved['loss']:.4f}" in result.stdout
+
+
 def test_generate_cli_continues_the_prompt(cli_workdir):
   result = run_cli("-m", "research.generate", f"--workdir={cli_workdir}", "--prompt=ROMEO:",
                    "--max_new_tokens=100", "--temperature=0")
