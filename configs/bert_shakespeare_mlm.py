@@ -13,7 +13,7 @@ size that took more than 1000 steps (validation loss flat at the unigram level, 
   python -m research.generate --workdir=runs/bert_mlm --prompt="ROMEO: Wh<mask>t say y<mask>u?" --temperature=0
 
 Result (2 CPU cores): validation masked-LM loss 1.378 and accuracy 0.593 on the masked characters
-(seed 0; from 4.2 at step 0, 1.84 at step 500), 284 s wall while other jobs shared the cores.
+(seed 0; from 4.2 at step 0, 1.84 at step 500), 1.399 and 0.587 (seed 1); 284-297 s wall.
 """
 
 from research.config import base_config

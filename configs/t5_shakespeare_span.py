@@ -10,8 +10,8 @@ sentinel in the encoder input; the decoder writes sentinel + span for each.
   python -m research.generate --workdir=runs/t5_span --prompt="ROMEO: What <extra_id_0> you?" --temperature=0
 
 Result (2 CPU cores): validation loss 2.260 per target token (sentinels, span characters and EOS;
-from 5.1 at step 0, 2.42 at step 500), accuracy 0.362 (seed 0), 379 s wall while other jobs
-shared the cores.
+from 5.1 at step 0, 2.42 at step 500), accuracy 0.362 (seed 0); 2.258 and 0.359 (seed 1);
+379-385 s wall.
 """
 
 from research.config import base_config
