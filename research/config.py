@@ -60,6 +60,10 @@ class ModelConfig:
   dropout_rate: float = 0.0
   tie_embeddings: bool = True
   init_std: float = 0.02
+  # Conventions of imported checkpoints (research/hf.py); the defaults keep GPT's and BERT's.
+  scale_attention: bool = True  # logits q.k / sqrt(head_dim); False: q.k (T5 folds it into init)
+  scale_tied_logits: bool = False  # tied output layer: hidden * embed_dim**-0.5 first (T5 v1.0)
+  pooler: bool = False  # encoder (EncoderLM): also hold BERT's pooler (dense + tanh, 1st token)
   # Precision policy, honoured by every matmul in layers.py.
   param_dtype: str = "float32"  # master weights
   activation_dtype: str = "float32"  # residual stream, norms, softmax
@@ -67,6 +71,9 @@ class ModelConfig:
   # Scale options.
   scan_layers: bool = False
   remat: str = "none"  # none | full | dots_saveable
+  # Attention kernel of jax.nn.dot_product_attention: "auto" takes cuDNN's fused (flash)
+  # attention on a GPU when the matmul operands are bfloat16, XLA's otherwise.
+  attention: str = "auto"  # auto | xla | cudnn
 
   @property
   def resolved_head_dim(self) -> int:
@@ -129,6 +136,9 @@ class TrainConfig:
   # A step whose loss or gradient is NaN/Inf: "stop" ends the run naming the step (checkpoints
   # written before it stay the latest); "skip" leaves the state unchanged and counts the step.
   nonfinite: str = "stop"
+  # Peak FLOP/s of all the devices together, for the logged MFU (train/mfu); 0: the published
+  # peak of the accelerator (research/flops.py), or on CPUs a matmul measured at start-up.
+  peak_flops: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +152,26 @@ class ObjectiveConfig:
   noise_density: float = 0.15  # span_corruption: share of tokens in noise spans
   mean_span_length: float = 3.0
   num_sentinels: int = 100  # <extra_id_0> ... added to the tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+  """A fine-tuning task (research/tasks.py); name "" trains the pretraining objective instead.
+
+  The family picks the format: encoder = classifier / span head, decoder = last-token
+  classifier or prompt + response (loss on the response only), encoder_decoder = text-to-text.
+  """
+
+  name: str = ""  # "" | sst2 | squad | spa_eng | scitldr | alpaca
+  max_input_len: int = 0  # encoder input tokens (encoder_decoder); 0: data.seq_len
+  max_target_len: int = 32  # response tokens incl. EOS, trained on and generated
+  doc_stride: int = 64  # squad, encoder: tokens shared by consecutive windows of a long context
+  max_answer_len: int = 30  # squad, encoder: longest predicted span, in tokens
+  decoding: str = "greedy"  # greedy | beam: how evaluation generates
+  beam_size: int = 4
+  length_penalty: float = 0.6  # GNMT alpha for beam search
+  eval_examples: int = 0  # examples the periodic in-training evaluation scores; 0: all
+  eval_batch_size: int = 64  # rows per generation / prediction batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +217,11 @@ class ExperimentConfig:
   train: TrainConfig
   mesh: MeshConfig
   objective: ObjectiveConfig = ObjectiveConfig()
+  task: TaskConfig = TaskConfig()
   rules: tuple[tuple[str, Any], ...] = DEFAULT_RULES
+  # A workdir (a pretraining run or an imported checkpoint) whose parameters, architecture and
+  # tokenizer this run starts from; task heads it lacks are initialised, the optimizer is new.
+  init_from: str = ""
 
   @classmethod
   def from_config_dict(cls, config: ml_collections.ConfigDict | dict) -> "ExperimentConfig":
@@ -202,6 +236,12 @@ class ExperimentConfig:
       if field.name == "rules":
         rules = raw.get("rules", DEFAULT_RULES)
         sections["rules"] = tuple((str(k), _freeze(v)) for k, v in rules)
+        continue
+      if field.name == "init_from":
+        if not isinstance(raw.get("init_from", ""), str):
+          raise ConfigError(f"config init_from must be a workdir path (str), got "
+                            f"{raw['init_from']!r}")
+        sections["init_from"] = raw.get("init_from", "")
         continue
       section_type = _SECTION_TYPES[field.name]
       sections[field.name] = _build_section(section_type, field.name, raw.get(field.name, {}))
@@ -223,6 +263,7 @@ _SECTION_TYPES = {
     "train": TrainConfig,
     "mesh": MeshConfig,
     "objective": ObjectiveConfig,
+    "task": TaskConfig,
 }
 
 
@@ -260,6 +301,7 @@ _CHOICES = {
     ("model", "norm_position"): ("pre", "post"),
     ("model", "mlp_activation"): ("gelu", "gelu_tanh", "relu", "swiglu", "geglu"),
     ("model", "remat"): ("none", "full", "dots_saveable"),
+    ("model", "attention"): ("auto", "xla", "cudnn"),
     ("model", "param_dtype"): ("float32", "bfloat16"),
     ("model", "activation_dtype"): ("float32", "bfloat16"),
     ("model", "matmul_dtype"): ("float32", "bfloat16"),
@@ -268,6 +310,8 @@ _CHOICES = {
     ("data", "tokenizer"): ("char", "sentencepiece", "hf"),
     ("data", "packing"): ("windows", "stream"),
     ("train", "nonfinite"): ("stop", "skip"),
+    ("task", "name"): ("", "sst2", "squad", "spa_eng", "scitldr", "alpaca"),
+    ("task", "decoding"): ("greedy", "beam"),
 }
 
 # Which pretraining objectives each family can train with (objectives.TRANSFORMS implements
@@ -276,6 +320,16 @@ FAMILY_OBJECTIVES = {
     "decoder": ("causal_lm", "prefix_lm"),
     "encoder": ("masked_lm",),
     "encoder_decoder": ("span_corruption", "prefix_lm", "ul2"),
+}
+
+
+# Which families each fine-tuning task supports (research/tasks.py builds the matching format).
+TASK_FAMILIES = {
+    "sst2": ("encoder", "decoder", "encoder_decoder"),
+    "squad": ("encoder", "decoder", "encoder_decoder"),
+    "spa_eng": ("decoder", "encoder_decoder"),
+    "scitldr": ("decoder", "encoder_decoder"),
+    "alpaca": ("decoder", "encoder_decoder"),
 }
 
 
@@ -313,7 +367,8 @@ def validate(config: ExperimentConfig) -> None:
   for section, key, minimum in [
       ("train", "steps", 1), ("train", "log_every", 1), ("train", "checkpoint_every", 1),
       ("train", "keep_checkpoints", 1), ("train", "eval_every", 0), ("train", "eval_batches", 0),
-      ("train", "eval_batch_size", 0), ("model", "vocab_size", 0), ("model", "num_kv_heads", 0),
+      ("train", "eval_batch_size", 0), ("train", "peak_flops", 0),
+      ("model", "vocab_size", 0), ("model", "num_kv_heads", 0),
       ("model", "head_dim", 0), ("model", "num_decoder_layers", 0),
       ("model", "num_token_types", 0), ("data", "vocab_size", 0), ("data", "num_workers", 0),
       ("optimizer", "warmup_steps", 0), ("optimizer", "decay_steps", 0),
@@ -329,8 +384,21 @@ def validate(config: ExperimentConfig) -> None:
     raise ConfigError(f"optimizer betas must be in [0, 1), got b1={o.b1}, b2={o.b2}")
   if not 0.0 <= m.dropout_rate < 1.0:
     raise ConfigError(f"model.dropout_rate={m.dropout_rate} must be in [0, 1)")
+  task = config.task
+  if task.name and m.family not in TASK_FAMILIES[task.name]:
+    raise ConfigError(f"task.name='{task.name}' does not fit model.family='{m.family}'; "
+                      f"{task.name} runs with model.family in {list(TASK_FAMILIES[task.name])}")
+  for key, minimum in (("max_input_len", 0), ("max_target_len", 2), ("doc_stride", 0),
+                       ("max_answer_len", 1), ("beam_size", 1), ("eval_examples", 0),
+                       ("eval_batch_size", 1)):
+    if getattr(task, key) < minimum:
+      raise ConfigError(f"config task.{key}={getattr(task, key)} must be >= {minimum}")
+  if task.name and m.family == "decoder" and task.name != "sst2" and (
+      task.max_target_len >= d.seq_len):
+    raise ConfigError(f"task.max_target_len={task.max_target_len} leaves no room for the prompt "
+                      f"in data.seq_len={d.seq_len}; raise data.seq_len or lower max_target_len")
   objectives = FAMILY_OBJECTIVES[m.family]
-  if config.objective.name not in objectives:
+  if not task.name and config.objective.name not in objectives:  # a task replaces the objective
     fits = [f for f, objs in FAMILY_OBJECTIVES.items() if config.objective.name in objs]
     raise ConfigError(f"objective.name='{config.objective.name}' does not fit "
                       f"model.family='{m.family}'; the {m.family} family trains with "
@@ -350,6 +418,7 @@ def base_config() -> ml_collections.ConfigDict:
   for name, section_type in _SECTION_TYPES.items():
     config[name] = ml_collections.ConfigDict(dataclasses.asdict(section_type()))
   config.rules = DEFAULT_RULES
+  config.init_from = ""
   return config
 
 
@@ -365,3 +434,10 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def derive(config_file: str, base_name: str) -> ml_collections.ConfigDict:
+  """The config of a sibling file: variants start from it and change a few entries,
+  e.g. `config = derive(__file__, "sst2_bert.py"); config.model.family = "decoder"`."""
+  import pathlib  # pylint: disable=import-outside-toplevel
+  return load_config_file(str(pathlib.Path(config_file).with_name(base_name)))

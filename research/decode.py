@@ -118,6 +118,42 @@ def generate(model: nn.Module, params: Any, prompt: np.ndarray, max_new_tokens: 
   return tokens
 
 
+@functools.partial(jax.jit, static_argnames=("model", "num_steps"))
+def _greedy_padded(params, prompts: Array, prompt_lengths: Array, *, model: nn.Module,
+                   num_steps: int) -> Array:
+  """Greedy continuation of right-padded prompts (B, P) of lengths (B,) -> (B, num_steps)."""
+  cache = init_cache(model, prompts.shape[0])
+  logits, updates = model.apply({"params": params, "cache": cache}, prompts, decode=True,
+                                prompt_lengths=prompt_lengths, mutable=["cache"])
+  last = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
+
+  def step(carry, _):
+    cache, last_logits = carry
+    token = jnp.argmax(last_logits, axis=-1).astype(jnp.int32)
+    logits, updates = model.apply({"params": params, "cache": cache}, token[:, None],
+                                  decode=True, mutable=["cache"])
+    return (updates["cache"], logits[:, -1]), token
+
+  _, tokens = jax.lax.scan(step, (updates["cache"], last), None, length=num_steps)
+  return tokens.T
+
+
+def generate_padded(model: nn.Module, params: Any, prompts: np.ndarray,
+                    prompt_lengths: np.ndarray, max_new_tokens: int,
+                    eos_id: int | None = None) -> np.ndarray:
+  """Greedy decoding of a batch of prompts of different lengths, right-padded into (B, P);
+  returns only the new tokens (B, max_new_tokens), EOS repeated after a row's first EOS."""
+  if prompts.shape[1] + max_new_tokens > model.config.max_len:
+    raise ValueError(f"prompts ({prompts.shape[1]}) + max_new_tokens ({max_new_tokens}) exceed "
+                     f"model.max_len={model.config.max_len}")
+  new = np.asarray(_greedy_padded(params, jnp.asarray(prompts, jnp.int32),
+                                  jnp.asarray(prompt_lengths, jnp.int32), model=model,
+                                  num_steps=max_new_tokens))
+  if eos_id is not None:
+    new = np.where(np.cumsum(new == eos_id, axis=1) > 0, eos_id, new)
+  return new
+
+
 @functools.partial(jax.jit, static_argnames=("model", "num_steps", "sampling"))
 def _decode_seq2seq(params, encoder_tokens: Array, encoder_mask: Array, rng: Array, start_id,
                     *, model: nn.Module, num_steps: int, sampling: SamplingConfig) -> Array:
@@ -179,15 +215,23 @@ def fill_masks(model: nn.Module, params: Any, tokens: np.ndarray, mask_id: int,
 
 
 def _select_rows(cache: Any, rows: Array) -> Any:
-  """Reorders the per-row cache arrays (leading axis B*K); scalar counters are shared."""
-  return jax.tree.map(lambda x: x[rows] if x.ndim > 0 else x, cache)
+  """Reorders the per-row cache arrays (leading axis B*K); scalar counters are shared. The
+  caches of scanned layers (model.scan_layers) carry a layer axis first, rows second."""
+
+  def select(path, x):
+    scanned = any(getattr(k, "key", None) == models.SCANNED_LAYERS for k in path)
+    if x.ndim == int(scanned):  # a counter (one per layer when scanned)
+      return x
+    return x[:, rows] if scanned else x[rows]
+
+  return jax.tree_util.tree_map_with_path(select, cache)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "beam_size", "num_steps", "seq2seq",
                                              "prefix_lm"))
 def _beam_search(params, inputs: Array, input_mask: Array, eos_id, start_id,
-                 length_penalty, *, model: nn.Module, beam_size: int, num_steps: int,
-                 seq2seq: bool, prefix_lm: bool = False):
+                 length_penalty, prompt_lengths=None, *, model: nn.Module, beam_size: int,
+                 num_steps: int, seq2seq: bool, prefix_lm: bool = False):
   b, k = inputs.shape[0], beam_size
   rows_in = jnp.repeat(inputs, k, axis=0)  # (B*K, P): every beam starts from its row's input
   if seq2seq:
@@ -204,11 +248,16 @@ def _beam_search(params, inputs: Array, input_mask: Array, eos_id, start_id,
     logits, cache = step_logits(cache, jnp.full((b * k, 1), start_id, jnp.int32))
   else:
     extra = {}
+    lengths = jnp.full((b * k,), inputs.shape[1], jnp.int32)
+    if prompt_lengths is not None:  # right-padded prompts of different lengths
+      lengths = jnp.repeat(prompt_lengths, k, axis=0)
+      extra["prompt_lengths"] = lengths
     if prefix_lm:
-      extra["prefix_lengths"] = jnp.full((b * k,), inputs.shape[1], jnp.int32)
+      extra["prefix_lengths"] = lengths
     logits, upd = model.apply({"params": params, "cache": init_cache(model, b * k)}, rows_in,
                               decode=True, mutable=["cache"], **extra)
-    logits, cache = logits[:, -1], upd["cache"]
+    logits = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    cache = upd["cache"]
 
     def step_logits(cache, tokens):
       logits, upd = model.apply({"params": params, "cache": cache}, tokens, decode=True,
@@ -246,11 +295,13 @@ def _beam_search(params, inputs: Array, input_mask: Array, eos_id, start_id,
 
 def beam_search(model: nn.Module, params: Any, inputs: np.ndarray, beam_size: int,
                 max_new_tokens: int, eos_id: int, *, input_mask: np.ndarray | None = None,
-                length_penalty: float = 0.6, start_id: int = 0,
-                prefix_lm: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                length_penalty: float = 0.6, start_id: int = 0, prefix_lm: bool = False,
+                prompt_lengths: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Batched beam search for a decoder (inputs = prompts) or an encoder-decoder (inputs =
   encoder tokens, decoding from start_id).
 
+  Decoder prompts of different lengths come right-padded with `prompt_lengths` (B,).
   Returns (tokens (B, K, n), scores (B, K), lengths (B, K)), beams sorted best first by their
   length-normalised log-probability. A beam ends at its EOS: later positions hold EOS and
   add nothing to its score; its length counts the tokens up to and including that EOS.
@@ -265,7 +316,10 @@ def beam_search(model: nn.Module, params: Any, inputs: np.ndarray, beam_size: in
                      f"{model.config.max_len}")
   if input_mask is None:
     input_mask = np.ones(inputs.shape, bool)
+  if prompt_lengths is not None:
+    prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
   out = _beam_search(params, jnp.asarray(inputs), jnp.asarray(input_mask, bool), eos_id,
-                     start_id, float(length_penalty), model=model, beam_size=beam_size,
+                     start_id, float(length_penalty), prompt_lengths, model=model,
+                     beam_size=beam_size,
                      num_steps=max_new_tokens, seq2seq=seq2seq, prefix_lm=prefix_lm)
   return tuple(np.asarray(x) for x in out)

@@ -3,7 +3,9 @@
   python -m research.evaluate --workdir=runs/gpt_shakespeare_char [--split=validation] [--step=N]
 
 Prints the metrics of the workdir's objective (loss, perplexity, token accuracy over every token
-of the split) and writes them to <workdir>/eval.json (or --output).
+of the split) or task (its loss plus accuracy, SQuAD exact match/F1, sacrebleu BLEU with its
+signature, or ROUGE-1/2/L, over every example of the split) and writes them to
+<workdir>/eval.json (or --output).
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ def evaluate_workdir(workdir: str, split: str = "", step: int | None = None) -> 
   _, eval_fn = train.make_step_fns(exp)
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(exp.config.rules):
     state = checkpointer.restore(step, ckpt_lib.abstract_like(exp.abstract_state, exp.shardings))
-    metrics = train.evaluate_split(exp, eval_fn, state.params)
-  return {"step": step, "split": exp.config.data.eval_split,
-          "objective": exp.config.objective.name,
+    metrics = train.evaluate_split(exp, eval_fn, state.params, task_examples=0)
+  what = ({"task": exp.config.task.name} if exp.is_task
+          else {"objective": exp.config.objective.name})
+  return {"step": step, "split": exp.config.data.eval_split, **what,
           **{k.removeprefix("eval/"): v for k, v in metrics.items()}}
 
 

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from research import decode, objectives
+from research import decode, models, objectives
 from research.config import UserError
 from research.train import (parse_flags, quiet_logs, reject_positional_args, restore_params,
                             run_cli)
@@ -65,6 +65,9 @@ def generate_text(workdir: str, prompt: str, max_new_tokens: int, sampling: deco
   if sampling.temperature < 0 or not 0 < sampling.top_p <= 1 or sampling.top_k < 0:
     raise UserError("--temperature must be >= 0, --top_p in (0, 1], --top_k >= 0")
   config, model, params = restore_params(workdir)
+  if config.task.name and not isinstance(model, (models.Decoder, models.EncoderDecoder)):
+    raise UserError(f"{workdir} holds a {config.task.name} {type(model).__name__}, which scores "
+                    "rather than writes text; use research.evaluate on it")
   tokenizer = load_tokenizer(pathlib.Path(workdir) / "tokenizer")
   family, max_len = config.model.family, config.model.max_len
   specials = list(objectives.required_special_tokens(config.objective))

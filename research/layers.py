@@ -147,6 +147,8 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, ids, axis=0).astype(dtype(self.config.activation_dtype))
 
   def attend(self, x: Array) -> Array:  # (B, T, E) -> (B, T, V) float32
+    if self.config.scale_tied_logits:  # T5 v1.0: keeps logits O(1) with its N(0, 1) embeddings
+      x = x * self.config.embed_dim ** -0.5
     return dense(x, self.embedding.T, dtype(self.config.matmul_dtype))
 
 
@@ -323,21 +325,45 @@ class Attention(nn.Module):
     return cached_key.value, cached_value.value, mask
 
 
+def _library_attention(q, k, v, *, bias, mask, scale, choice: str) -> Array:
+  """jax.nn.dot_product_attention with the implementation model.attention asks for.
+
+  "auto" tries cuDNN on a GPU for 16-bit operands over more than one query (not single-token
+  decoding steps), and falls back to XLA when cuDNN refuses the shapes while tracing.
+  """
+  if choice == "auto":
+    if (jax.default_backend() != "gpu" or q.dtype not in (jnp.bfloat16, jnp.float16)
+        or q.shape[1] == 1):
+      choice = "xla"
+    else:
+      try:
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
+                                            implementation="cudnn")
+      except (NotImplementedError, ValueError, TypeError):
+        choice = "xla"
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
+                                      implementation=choice)
+
+
 def attention_core(q: Array, k: Array, v: Array, *, mask: Array | None, bias: Array | None,
                    config: ModelConfig, dropout: nn.Dropout | None = None) -> Array:
-  """softmax(q k^T / sqrt(H) + bias, masked) v for q (B, T, N, H), k and v (B, S, K, H)."""
+  """softmax(q k^T / sqrt(H) + bias, masked) v for q (B, T, N, H), k and v (B, S, K, H);
+  without the 1/sqrt(H) when config.scale_attention is False (T5)."""
   operand = dtype(config.matmul_dtype)
   q, k, v = q.astype(operand), k.astype(operand), v.astype(operand)
+  scale = None if config.scale_attention else 1.0  # None: the library's 1/sqrt(H)
   if dropout is None:
     # The library kernel: fused (cuDNN flash attention) on GPU, plain XLA on CPU.
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask).astype(
-        dtype(config.activation_dtype))
+    return _library_attention(q, k, v, bias=bias, mask=mask, scale=scale,
+                              choice=config.attention).astype(dtype(config.activation_dtype))
   # Dropout on attention weights needs the probabilities, which the fused kernel never forms.
   b, t, n, h = q.shape
   groups = n // k.shape[2]
   q = q.reshape(b, t, k.shape[2], groups, h)
   logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
-  logits = logits.reshape(b, n, t, -1) / np.sqrt(h)
+  logits = logits.reshape(b, n, t, -1)
+  if config.scale_attention:
+    logits = logits / np.sqrt(h)
   if bias is not None:
     logits = logits + bias
   if mask is not None:

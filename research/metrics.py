@@ -121,12 +121,15 @@ def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
   return float(score.score), str(metric.get_signature())
 
 
-def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
-  """Mean ROUGE-1/2/L F-measures with rouge-score, Porter stemming on."""
+def rouge(predictions: list[str], references: list[str] | list[list[str]]) -> dict[str, float]:
+  """Mean ROUGE-1/2/L F-measures with rouge-score, Porter stemming on. An example with several
+  references (a list) takes, per measure, its best reference (rouge-score's score_multi)."""
   from rouge_score import rouge_scorer  # pylint: disable=import-outside-toplevel
   scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
   totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
   for prediction, reference in zip(predictions, references, strict=True):
-    for name, score in scorer.score(reference, prediction).items():
+    scores = (scorer.score_multi(reference, prediction) if isinstance(reference, list)
+              else scorer.score(reference, prediction))
+    for name, score in scores.items():
       totals[name] += score.fmeasure
   return {name: value / max(len(predictions), 1) for name, value in totals.items()}

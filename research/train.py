@@ -27,6 +27,7 @@ import optax
 from flax import struct
 
 from research import checkpoint as ckpt_lib
+from research import flops as flops_lib
 from research import metrics as metrics_lib
 from research import models, objectives, sharding
 from research.config import ConfigError, ExperimentConfig, UserError
@@ -196,17 +197,29 @@ class Experiment:
   tx: optax.GradientTransformation
   abstract_state: TrainState
   shardings: TrainState
-  data: Any  # research.data.pipeline.LMData
-  transform: objectives.BatchTransform  # LM batch -> the objective's batch (host side)
+  data: Any  # research.data.pipeline.LMData, or research.tasks.TaskData for a task
+  # LM batch -> the objective's batch (host side); None for a task, whose data is its batches.
+  transform: objectives.BatchTransform | None
+  loss_fn: Callable  # (model, params, batch, rngs=, deterministic=) -> sums
+
+  @property
+  def is_task(self) -> bool:
+    return bool(self.config.task.name)
 
   def train_batches(self) -> Any:
     """The training dataset, objective applied; iter() of it is checkpointable."""
+    if self.transform is None:
+      return self.data.train
     return self.data.train.random_map(self.transform, seed=self.config.data.shuffle_seed)
 
   def eval_batches(self, max_batches: int = 0) -> Iterator[dict]:
     """The whole evaluation split (or its first max_batches), the objective applied with a
     fixed seed per batch so that every evaluation sees the same corruption."""
     batch_size = self.config.train.eval_batch_size or self.config.data.batch_size
+    if self.transform is None:
+      yield from self.data.eval_batches(self.config.data.eval_split, batch_size, max_batches,
+                                        self.config.task.eval_examples)
+      return
     for i, batch in enumerate(self.data.eval_batches(batch_size, max_batches=max_batches)):
       yield self.transform(batch, np.random.default_rng([self.config.train.seed, i]))
 
@@ -232,6 +245,10 @@ def build_experiment(config: ExperimentConfig, workdir: str | pathlib.Path,
   mesh = sharding.make_mesh(config, devices)  # a bad mesh fails before any data work
 
   def build_data():
+    if config.task.name:
+      from research import tasks  # pylint: disable=import-outside-toplevel
+      return tasks.build_task_data(config, workdir, process_index=jax.process_index(),
+                                   process_count=jax.process_count())
     return pipeline.build_lm_data(
         config.data, str(workdir), process_index=jax.process_index(),
         process_count=jax.process_count(),
@@ -245,11 +262,23 @@ def build_experiment(config: ExperimentConfig, workdir: str | pathlib.Path,
     multihost_utils.sync_global_devices("data prepared")
     data = data or build_data()
   config = resolve_vocab(config, data.tokenizer)
-  model = models.build_model(config.model)
+  model, loss_fn, transform = build_model_and_loss(config, data.tokenizer)
+  if config.task.name:
+    data.featurizer.config = config
   tx = build_optimizer(config)
   abstract, shardings = state_shardings(model, tx, config, mesh)
-  transform = objectives.BatchTransform(config.objective, config.model.family, data.tokenizer)
-  return Experiment(config, mesh, model, tx, abstract, shardings, data, transform)
+  return Experiment(config, mesh, model, tx, abstract, shardings, data, transform, loss_fn)
+
+
+def build_model_and_loss(config: ExperimentConfig, tokenizer=None):
+  """(model, loss function, batch transform or None) of a pretraining objective or a task."""
+  if config.task.name:
+    from research import tasks  # pylint: disable=import-outside-toplevel
+    return tasks.build_model(config), tasks.loss_fn(config), None
+  transform = None
+  if tokenizer is not None:
+    transform = objectives.BatchTransform(config.objective, config.model.family, tokenizer)
+  return models.build_model(config.model), objectives.LOSSES[config.model.family], transform
 
 
 def check_resumable(workdir: pathlib.Path, config: ExperimentConfig) -> None:
@@ -261,16 +290,88 @@ def check_resumable(workdir: pathlib.Path, config: ExperimentConfig) -> None:
   want = config.to_dict()
   for section in ("model", "data"):
     keys = ("tokenizer", "seq_len", "dataset") if section == "data" else want[section].keys()
-    diffs = [f"{section}.{k}: {saved.get(section, {}).get(k)!r} -> {want[section][k]!r}"
-             for k in keys if saved.get(section, {}).get(k) != want[section][k]]
+    # A key the saved config lacks was added to the code later: the run used its default.
+    before = {**ExperimentConfig.from_config_dict({}).to_dict()[section], **saved.get(section, {})}
+    diffs = [f"{section}.{k}: {before.get(k)!r} -> {want[section][k]!r}"
+             for k in keys if before.get(k) != want[section][k]]
     if diffs:
       raise UserError(f"workdir {workdir} holds a run of a different model ({'; '.join(diffs)}); "
                       "use a new --workdir, or the config it was trained with")
 
 
+def inherit_pretrained(config: ExperimentConfig) -> ExperimentConfig:
+  """With init_from: the pretrained workdir's architecture and tokenizer replace the config's
+  (dropout, the matmul/activation precision and the scale options stay the config's); a
+  different family is an error."""
+  if not config.init_from:
+    return config
+  from research.config import validate  # pylint: disable=import-outside-toplevel
+  pretrained = load_experiment_config(config.init_from)
+  if pretrained.model.family != config.model.family:
+    raise ConfigError(f"init_from={config.init_from} holds a {pretrained.model.family} model but "
+                      f"this config is model.family={config.model.family}; fine-tune it with a "
+                      f"{pretrained.model.family} config, or start from another workdir")
+  model = dataclasses.replace(pretrained.model, dropout_rate=config.model.dropout_rate,
+                              scan_layers=config.model.scan_layers, remat=config.model.remat,
+                              matmul_dtype=config.model.matmul_dtype,
+                              activation_dtype=config.model.activation_dtype)
+  data = dataclasses.replace(config.data, tokenizer=pretrained.data.tokenizer,
+                             tokenizer_path=pretrained.data.tokenizer_path,
+                             vocab_size=pretrained.data.vocab_size)
+  config = dataclasses.replace(config, model=model, data=data)
+  validate(config)
+  return config
+
+
+def merge_pretrained(params: Any, pretrained: Any, source: str) -> tuple[Any, list, list]:
+  """params with every leaf the pretrained tree has at the same path replaced by it.
+
+  Returns (merged, new paths, unused pretrained paths). A leaf at the same path with another
+  shape, or no shared leaf at all, is a ConfigError.
+  """
+  flat_pre = {jax.tree_util.keystr(k): v for k, v in
+              jax.tree_util.tree_flatten_with_path(pretrained)[0]}
+  used, new = set(), []
+
+  def pick(path, leaf):
+    key = jax.tree_util.keystr(path)
+    if key not in flat_pre:
+      new.append(key)
+      return leaf
+    value = flat_pre[key]
+    if value.shape != leaf.shape:
+      raise ConfigError(f"init_from={source}: parameter {key} has shape {value.shape} there but "
+                        f"{leaf.shape} in this model; the architectures differ")
+    used.add(key)
+    return np.asarray(value, leaf.dtype)
+
+  merged = jax.tree_util.tree_map_with_path(pick, params)
+  if not used:
+    raise ConfigError(f"init_from={source}: no parameter of that checkpoint fits this model "
+                      "(different family or layout)")
+  return merged, new, sorted(set(flat_pre) - used)
+
+
+def init_from_pretrained(exp: Experiment, rng: Array, pretrained: Any) -> TrainState:
+  """A fresh state (step 0, new optimizer) whose parameters come from `pretrained` (the params
+  of config.init_from) where it has them; task heads it lacks keep their random initialisation."""
+  source = exp.config.init_from
+  fresh = create_state(exp.model, exp.tx, exp.config, exp.shardings, rng)
+  merged, new, unused = merge_pretrained(jax.device_get(fresh.params),
+                                         jax.device_get(pretrained), source)
+  print(f"initialised from {source}: {len(jax.tree.leaves(merged)) - len(new)} tensors loaded"
+        + (f"; new: {', '.join(new)}" if new else "")
+        + (f"; unused: {', '.join(unused)}" if unused else ""), file=sys.stderr)
+
+  def fresh_optimizer(params):
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=exp.tx.init(params))
+
+  return jax.jit(fresh_optimizer, out_shardings=exp.shardings)(merged)
+
+
 def make_step_fns(exp: Experiment):
   cfg = exp.config
-  loss_fn = objectives.LOSSES[cfg.model.family]
+  loss_fn = exp.loss_fn
   batch_sharding = sharding.batch_sharding(exp.mesh, cfg.rules)
   step = jax.jit(
       functools.partial(train_step, model=exp.model, tx=exp.tx, loss_fn=loss_fn,
@@ -286,13 +387,22 @@ def make_step_fns(exp: Experiment):
   return step, evaluate
 
 
-def evaluate_split(exp: Experiment, eval_fn, params, max_batches: int = 0) -> dict[str, float]:
-  """Loss/perplexity/accuracy over the evaluation split (all of it unless max_batches)."""
+def evaluate_split(exp: Experiment, eval_fn, params, max_batches: int = 0,
+                   task_examples: int | None = None) -> dict[str, Any]:
+  """Loss/perplexity/accuracy over the evaluation split (all of it unless max_batches), and for
+  a task its metrics on the first task_examples examples (default task.eval_examples, 0: all)."""
   total = None
   for local_batch in exp.eval_batches(max_batches):
     batch = sharding.shard_batch(local_batch, exp.mesh, exp.config.rules)
     total = metrics_lib.add_sums(total, eval_fn(params, batch))
-  return metrics_lib.summarize(total or {}, prefix="eval/")
+  result: dict[str, Any] = metrics_lib.summarize(total or {}, prefix="eval/")
+  if exp.is_task:
+    from research import tasks  # pylint: disable=import-outside-toplevel
+    examples = exp.config.task.eval_examples if task_examples is None else task_examples
+    params = jax.device_get(params) if jax.process_count() == 1 else params
+    metrics = tasks.task_metrics(exp, params, exp.config.data.eval_split, examples)
+    result.update({f"eval/{k}": v for k, v in metrics.items()})
+  return result
 
 
 def _progress(total: int, initial: int):
@@ -304,7 +414,11 @@ def _progress(total: int, initial: int):
 def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the run in `workdir`; returns the final evaluation metrics."""
   workdir = pathlib.Path(workdir).resolve()
+  config = inherit_pretrained(config)  # checked before anything is written
   workdir.mkdir(parents=True, exist_ok=True)
+  if config.init_from:
+    from research import tasks  # pylint: disable=import-outside-toplevel
+    tasks.copy_tokenizer(config.init_from, workdir)
   exp = build_experiment(config, workdir)
   cfg = exp.config
   check_resumable(workdir, cfg)
@@ -312,12 +426,16 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict[str, floa
                                        async_save=cfg.train.async_checkpoints)
   train_iter = iter(exp.train_batches())
   step_fn, eval_fn = make_step_fns(exp)
+  latest = checkpointer.latest_step()
+  # Read before entering the run's mesh: restore_params builds a one-device mesh of its own.
+  pretrained = restore_params(cfg.init_from)[2] if cfg.init_from and latest is None else None
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(cfg.rules):
-    latest = checkpointer.latest_step()
     if latest is not None:
       state = checkpointer.restore(latest, ckpt_lib.abstract_like(exp.abstract_state,
                                                                   exp.shardings), train_iter)
       print(f"resumed from {checkpointer.directory / str(latest)}", file=sys.stderr)
+    elif cfg.init_from:
+      state = init_from_pretrained(exp, jax.random.key(cfg.train.seed), pretrained)
     else:
       state = create_state(exp.model, exp.tx, cfg, exp.shardings, jax.random.key(cfg.train.seed))
     if jax.process_index() == 0:  # only once the run has really started
@@ -393,6 +511,9 @@ def _train_loop(exp: Experiment, state: TrainState, train_iter: Iterator, step_f
   start = int(jax.device_get(state.step))
   writer = metrics_lib.MetricWriter(workdir)
   tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+  # Model FLOPs utilisation: analytic FLOPs of a step over the peak (measured once on CPUs).
+  flops_per_step = flops_lib.training_flops_per_step(cfg)
+  peak_flops, _ = flops_lib.peak_flops(cfg)
   schedule = learning_rate_schedule(cfg)
   stop_on_nonfinite = cfg.train.nonfinite == "stop"
   bar = _progress(total_steps, start)
@@ -416,15 +537,18 @@ def _train_loop(exp: Experiment, state: TrainState, train_iter: Iterator, step_f
                         "train/learning_rate": float(schedule(step)),
                         "train/skipped_steps": window.skipped_total,
                         "train/tokens_per_second": n * tokens_per_step / elapsed,
-                        "train/steps_per_second": n / elapsed})
+                        "train/steps_per_second": n / elapsed,
+                        "train/model_flops_per_second": n * flops_per_step / elapsed,
+                        "train/mfu": n * flops_per_step / elapsed / peak_flops})
         writer.write(done, scalars)
         bar.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}",
                         tok_s=f"{scalars['train/tokens_per_second']:,.0f}", refresh=False)
       bar.update(1)
       if (cfg.train.eval_every and done % cfg.train.eval_every == 0) or done == total_steps:
         final = evaluate_split(exp, eval_fn, state.params, cfg.train.eval_batches)
-        writer.write(done, final)
-        bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()))
+        writer.write(done, {k: v for k, v in final.items() if isinstance(v, (int, float))})
+        bar.write(f"step {done}: " + ", ".join(
+            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in final.items()))
         window.started = time.perf_counter()  # evaluation time is not training throughput
       if save:
         checkpointer.save(done, state, train_iter, cfg.to_dict(), force=True)
@@ -455,7 +579,7 @@ def restore_params(workdir: str | pathlib.Path, config: ExperimentConfig | None 
   config = config or load_experiment_config(workdir)
   mesh = mesh or sharding.make_mesh(dataclasses.replace(
       config, mesh=dataclasses.replace(config.mesh, data=1, fsdp=1, tensor=1)), jax.devices()[:1])
-  model = models.build_model(config.model)
+  model, _, _ = build_model_and_loss(config)
   tx = build_optimizer(config)
   abstract, shardings = state_shardings(model, tx, config, mesh)
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)

@@ -5,8 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
-# Prepare the bundled Tiny Shakespeare once, so that parallel workers never race to build it.
-.venv/bin/python -c "from research.config import DataConfig; from research.data import corpora; corpora.prepared_builder(DataConfig())"
+# Prepare the bundled corpora and task datasets once, so that parallel workers never race to
+# build them.
+.venv/bin/python -c "
+from research.config import DataConfig
+from research.data import corpora, tasks
+corpora.prepared_builder(DataConfig())
+for name in tasks.BUILDERS:
+  tasks.prepared_builder(name, corpora.data_dir(DataConfig()))
+"
 set +e
 .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" "$@"
 rc=$?

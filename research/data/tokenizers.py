@@ -205,13 +205,17 @@ class HFTokenizer(Tokenizer):
     pad: the first of <pad>, [PAD], <|pad|>, <|padding|>, else the file's padding token,
          else eos (GPT-2 style: pad positions carry weight 0 anyway);
     unk: the first of <unk>, [UNK], <|unk|>, else eos (byte-level models never emit unk).
-  `encode` adds no special tokens (no [CLS]/[SEP] or BOS): the LM stream places EOS itself.
+  `encode` adds no special tokens (no [CLS]/[SEP] or BOS): the LM stream places EOS itself;
+  `encode(text, add_special_tokens=True)` applies the file's template, as a model input from
+  `transformers` has it (BERT: [CLS] text [SEP]). The file's padding and truncation are ignored.
+  The project's <mask> token is BERT's [MASK] when the vocabulary has only that one.
   """
 
   kind = "hf"
   _EOS = ("</s>", "<eos>", "<|endoftext|>", "<|end_of_text|>", "[SEP]")
   _PAD = ("<pad>", "[PAD]", "<|pad|>", "<|padding|>")
   _UNK = ("<unk>", "[UNK]", "<|unk|>")
+  _ALIASES = {"<mask>": "[MASK]"}
 
   def __init__(self, tokenizer_json: str):
     import tokenizers  # pylint: disable=g-import-not-at-top
@@ -229,6 +233,10 @@ class HFTokenizer(Tokenizer):
     self.pad_id = pad if pad is not None else (padding["pad_id"] if padding else self.eos_id)
     unk = find(self._UNK)
     self.unk_id = unk if unk is not None else self.eos_id
+    # A file saved for batched model inputs (e.g. padded to 128 and truncated there) would
+    # otherwise pad or cut every text, a whole corpus included.
+    self._tok.no_padding()
+    self._tok.no_truncation()
 
   @classmethod
   def from_file(cls, path: str | os.PathLike) -> HFTokenizer:
@@ -248,14 +256,17 @@ class HFTokenizer(Tokenizer):
   def vocab_size(self) -> int:
     return self._tok.get_vocab_size(with_added_tokens=True)
 
-  def encode(self, text: str) -> np.ndarray:
-    return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+  def encode(self, text: str, add_special_tokens: bool = False) -> np.ndarray:
+    return np.asarray(self._tok.encode(text, add_special_tokens=add_special_tokens).ids,
+                      dtype=np.int32)
 
   def decode(self, ids: Iterable[int]) -> str:
     return self._tok.decode(self._drop_pad(ids), skip_special_tokens=False)
 
   def token_to_id(self, token: str) -> int:
     i = self._tok.token_to_id(token)
+    if i is None and token in self._ALIASES:
+      i = self._tok.token_to_id(self._ALIASES[token])
     if i is None:
       raise DataError(f"token {token!r} is not in the tokenizer.json vocabulary")
     return i

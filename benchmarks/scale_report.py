@@ -1,0 +1,113 @@
+"""Figures of the scale options: compile time against depth (scanned or not), FSDP memory.
+
+  .venv/bin/python benchmarks/scale_report.py [--layers=4,12,24] [--out=FILE.json]
+
+1. Compile seconds of research.train's step (forward, backward, AdamW) for the default GPT's
+   shape (configs/gpt_shakespeare_char.py) at each depth, with and without model.scan_layers,
+   interleaved, a fresh batch size per measurement so that nothing comes from a cache.
+2. Per-device bytes of the compiled step's arguments on mesh fsdp=8 (8 CPU devices, made here
+   with --xla_force_host_platform_device_count; batch 16), for each family, against the state's
+   total / 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
+
+import flax.linen as nn  # pylint: disable=wrong-import-position
+import jax  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+from research import bench, train  # pylint: disable=wrong-import-position
+from research.config import ExperimentConfig, load_config_file  # pylint: disable=wrong-import-position
+from research.paths import REPO_ROOT  # pylint: disable=wrong-import-position
+
+FAMILY_CONFIGS = {"decoder": "configs/gpt_shakespeare_char.py",
+                  "encoder": "configs/bert_shakespeare_mlm.py",
+                  "encoder_decoder": "configs/t5_shakespeare_span.py"}
+
+
+def config_of(path: str, **sections) -> ExperimentConfig:
+  config = load_config_file(str(REPO_ROOT / path))
+  config.model.vocab_size = 168  # what the char tokenizer gives with 100 sentinels
+  for section, values in sections.items():
+    config[section].update(values)
+  return ExperimentConfig.from_config_dict(config)
+
+
+def abstract_batch(config: ExperimentConfig):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                      bench.synthetic_batch(config))
+
+
+def compile_seconds(num_layers: int, scan: bool, batch_size: int) -> float:
+  config = config_of(FAMILY_CONFIGS["decoder"], mesh=dict(data=1),
+                     model=dict(num_layers=num_layers, scan_layers=scan),
+                     data=dict(batch_size=batch_size))
+  exp = bench.synthetic_experiment(config, jax.devices()[:1])
+  step, _ = train.make_step_fns(exp)
+  with jax.set_mesh(exp.mesh), nn.logical_axis_rules(config.rules):
+    lowered = step.lower(exp.abstract_state, abstract_batch(config))
+    start = time.perf_counter()
+    lowered.compile()
+    return time.perf_counter() - start
+
+
+def fsdp_bytes(family: str, scan: bool) -> dict:
+  config = config_of(FAMILY_CONFIGS[family], mesh=dict(data=1, fsdp=8, tensor=1),
+                     model=dict(scan_layers=scan), data=dict(batch_size=16))
+  exp = bench.synthetic_experiment(config, jax.devices()[:8])
+  step, _ = train.make_step_fns(exp)
+  data = abstract_batch(config)
+  with jax.set_mesh(exp.mesh), nn.logical_axis_rules(config.rules):
+    compiled = step.lower(exp.abstract_state, data).compile()
+  nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+  state = nbytes(exp.abstract_state)
+  per_device = compiled.memory_analysis().argument_size_in_bytes - nbytes(data) / 8
+  return {"family": family, "scan_layers": scan, "state_bytes": state,
+          "per_device_bytes": per_device, "ratio_to_ideal": per_device / (state / 8)}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--layers", default="4,12,24")
+  parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--out", default="")
+  args = parser.parse_args()
+  depths = [int(x) for x in args.layers.split(",")]
+  compile_times = {(d, s): [] for d in depths for s in (False, True)}
+  for r in range(args.rounds):
+    for d in depths:
+      for s in (False, True):
+        compile_times[(d, s)].append(compile_seconds(d, s, batch_size=12 + r))
+  print("compile seconds of the train step (median of rounds):")
+  print(f"  {'layers':>6} {'unscanned':>10} {'scanned':>10}")
+  for d in depths:
+    print(f"  {d:>6} {np.median(compile_times[(d, False)]):>10.2f} "
+          f"{np.median(compile_times[(d, True)]):>10.2f}")
+  fsdp = [fsdp_bytes(f, s) for f in FAMILY_CONFIGS for s in (False, True)]
+  print("per-device parameter + optimizer bytes on fsdp=8 (ideal: total / 8):")
+  for row in fsdp:
+    print(f"  {row['family']:<16} {'scanned' if row['scan_layers'] else 'unscanned':<9} "
+          f"{row['per_device_bytes'] / 2**20:8.3f} MiB of {row['state_bytes'] / 2**20:8.3f} "
+          f"MiB = {row['ratio_to_ideal']:.3f} x total/8")
+  if args.out:
+    pathlib.Path(args.out).write_text(json.dumps({
+        "compile_s": {f"{d}_{'scanned' if s else 'unscanned'}": v
+                      for (d, s), v in compile_times.items()},
+        "fsdp": fsdp}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+  main()

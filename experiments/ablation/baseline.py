@@ -1,0 +1,40 @@
+"""Baseline of the architecture ablation (experiments/architecture_ablation.py): a T5-style
+encoder-decoder pretrained with span corruption on character-level Tiny Shakespeare.
+
+Every arm is this file plus the few lines its own file changes (`python -m research.config_diff
+experiments/ablation/baseline.py experiments/ablation/<arm>.py` prints them). The blocks are the
+same in every arm (pre-norm RMSNorm, rotary positions, which all three families and all their
+attention masks support, GELU MLP, no biases, tied embeddings), so only the composition of the
+blocks and the objective differ.
+
+float32 matmuls: at these widths bfloat16 operands measured no faster on the 2-core CPU.
+
+Sizes are matched in parameters, as T5's "P" arms are (Raffel et al. 2020, Table 2): 2 encoder
++ 2 decoder layers here against 4 layers in the decoder-only and encoder-only arms. A decoder
+layer of an encoder-decoder also holds cross-attention (4 E^2 weights), so this baseline's MLP is
+384 wide instead of 512: 2 (4E^2 + 2E*384) + 2 (8E^2 + 2E*384) = 4 (4E^2 + 2E*512) = 786,432
+weights in the blocks of every arm at E = 128 (embeddings and norms differ by the vocabulary:
+span corruption adds 100 sentinel tokens).
+
+The runner sets train.steps from the FLOP budget (steps = budget / training FLOPs per step),
+train.seed, and how often to evaluate and checkpoint. Alone it trains like any config:
+  python -m research.train --config=experiments/ablation/baseline.py --workdir=runs/ablation_base
+"""
+
+from research.config import base_config
+
+
+def get_config():
+  config = base_config()
+  config.model.update(
+      family="encoder_decoder", num_layers=2, num_decoder_layers=2, num_heads=4, embed_dim=128,
+      mlp_dim=384, max_len=128, position="rope", norm="rmsnorm", norm_position="pre",
+      mlp_activation="gelu", use_bias=False, dropout_rate=0.0, tie_embeddings=True)
+  config.objective.update(name="span_corruption", noise_density=0.15, mean_span_length=3.0)
+  config.optimizer.update(learning_rate=2e-3, end_learning_rate=1e-4, warmup_steps=100,
+                          schedule="cosine", weight_decay=0.1, decay_rule="matrices_no_embed",
+                          clip_norm=1.0)
+  config.data.update(dataset="tiny_shakespeare", tokenizer="char", seq_len=128, batch_size=16)
+  config.train.update(steps=2000, seed=0, log_every=10, eval_every=500, eval_batch_size=64,
+                      checkpoint_every=500)
+  return config

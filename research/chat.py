@@ -1,0 +1,122 @@
+"""Chat with an instruction-tuned decoder (configs/alpaca_gpt.py) in the terminal.
+
+  python -m research.chat --workdir=runs/alpaca_gpt                      # interactive
+  python -m research.chat --workdir=runs/alpaca_gpt --prompt="Give three tips for staying healthy."
+
+The conversation is written in the template the model was fine-tuned on (research/tasks.py):
+  User: <message>\\nAssistant: <reply><eos>\\n User: ...
+Earlier turns are kept while they fit in the context window (model.max_len minus the tokens
+to generate); the oldest go first. Type /reset to forget the conversation, /quit (or Ctrl-D)
+to leave.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from research import decode, tasks, train
+from research.config import UserError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A decoder workdir (e.g. SFT on alpaca).",
+                               required=True)
+_PROMPT = flags.DEFINE_string("prompt", None, "Answer this once and exit (no interaction).")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Longest reply, in tokens.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.7, "Softmax temperature; 0 = greedy.")
+_TOP_P = flags.DEFINE_float("top_p", 0.9, "Nucleus sampling mass (1.0 = off).")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+
+
+class Chat:
+  """A conversation with a decoder: history of (user, reply) turns and the model to extend it."""
+
+  def __init__(self, workdir: str, max_new_tokens: int, sampling: decode.SamplingConfig,
+               seed: int = 0):
+    from research.data.tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
+    self.config, self.model, self.params = train.restore_params(workdir)
+    if self.config.model.family != "decoder":
+      raise UserError(f"{workdir} holds a {self.config.model.family} model; chat needs a "
+                      "decoder (e.g. one fine-tuned with configs/alpaca_gpt.py)")
+    self.tokenizer = load_tokenizer(pathlib.Path(workdir) / "tokenizer")
+    self.max_new_tokens = max_new_tokens
+    if not 0 < max_new_tokens < self.config.model.max_len:
+      raise UserError(f"--max_new_tokens must be in [1, model.max_len={self.config.model.max_len})")
+    self.sampling = sampling
+    self.rng = jax.random.key(seed)
+    self.history: list[tuple[str, str]] = []
+
+  def _turn_ids(self, user: str, reply: str | None) -> np.ndarray:
+    encode = lambda t: np.asarray(self.tokenizer.encode(t), np.int32)
+    ids = [encode(tasks.USER_PREFIX + user + tasks.ASSISTANT_PREFIX)]
+    if reply is not None:
+      ids += [encode(reply), np.array([self.tokenizer.eos_id], np.int32),
+              encode(tasks.TURN_SEPARATOR)]
+    return np.concatenate(ids)
+
+  def context_ids(self, message: str) -> np.ndarray:
+    """The prompt: as many recent turns as fit, then the new message."""
+    budget = self.config.model.max_len - self.max_new_tokens
+    current = self._turn_ids(message, None)
+    if len(current) > budget:  # keep the end of an over-long message (and the reply cue)
+      current = current[-budget:]
+    parts = [current]
+    used = len(current)
+    for user, reply in reversed(self.history):
+      turn = self._turn_ids(user, reply)
+      if used + len(turn) > budget:
+        break
+      parts.insert(0, turn)
+      used += len(turn)
+    return np.concatenate(parts)
+
+  def reply(self, message: str) -> str:
+    ids = self.context_ids(message)
+    self.rng, rng = jax.random.split(self.rng)
+    out = decode.generate(self.model, self.params, ids[None], self.max_new_tokens, rng,
+                          self.sampling, eos_id=self.tokenizer.eos_id)[0, len(ids):]
+    hits = np.flatnonzero(out == self.tokenizer.eos_id)
+    text = self.tokenizer.decode(out[:hits[0]] if hits.size else out).strip()
+    self.history.append((message, text))
+    return text
+
+
+def main(argv) -> None:
+  train.quiet_logs()
+  train.reject_positional_args(argv)
+
+  def body():
+    if _TEMPERATURE.value < 0 or not 0 < _TOP_P.value <= 1:
+      raise UserError("--temperature must be >= 0 and --top_p in (0, 1]")
+    chat = Chat(_WORKDIR.value, _MAX_NEW.value,
+                decode.SamplingConfig(temperature=_TEMPERATURE.value, top_p=_TOP_P.value),
+                _SEED.value)
+    if _PROMPT.value is not None:
+      if not _PROMPT.value.strip():
+        raise UserError("--prompt is empty; ask something")
+      print(chat.reply(_PROMPT.value))
+      return
+    print("Chatting with the model in", _WORKDIR.value, "(/reset forgets, /quit leaves)",
+          file=sys.stderr)
+    while True:
+      try:
+        message = input("you> ").strip()
+      except (EOFError, KeyboardInterrupt):
+        print(file=sys.stderr)
+        return
+      if message in ("/quit", "/exit"):
+        return
+      if message == "/reset":
+        chat.history.clear()
+        continue
+      if message:
+        print("assistant>", chat.reply(message), flush=True)
+
+  train.run_cli(body)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=train.parse_flags)

@@ -1,0 +1,235 @@
+"""Hugging Face checkpoints (BERT, GPT-2, T5) in and out of training workdirs.
+
+  python -m research.convert --from_hf=DIR --workdir=OUT   # HF model directory -> workdir
+  python -m research.convert --to_hf=OUT --workdir=DIR     # workdir -> HF model directory
+
+DIR holds config.json, model.safetensors and, when it has one, tokenizer.json (no PyTorch needed).
+An imported workdir is what research.train writes, so research.generate, research.evaluate and
+fine-tuning with --config.init_from=OUT take it: OUT/config.json (data.tokenizer='hf', the
+family's pretraining objective, data on Tiny Shakespeare), OUT/tokenizer/, and a checkpoint of
+step 0 holding the parameters and a fresh optimizer state. OUT/hf_import/ keeps the original
+config.json and tokenizer side files, which an export reuses.
+
+From Python (a notebook):
+
+  from research import convert
+  model, params, tokenizer, config = convert.load_hf("path/to/gpt2")
+  logits = model.apply({"params": params}, tokenizer.encode("Hello world")[None])
+
+The weight mapping itself is research/hf.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import shutil
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from research import hf, models
+from research.config import ExperimentConfig, ModelConfig, UserError
+
+IMPORT_DIR = "hf_import"  # inside an imported workdir: the original files an export reuses
+# Small files of a Hugging Face directory that describe the tokenizer and generation defaults.
+_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+# Entries of config.json that transformers derives from others on loading.
+_DERIVED_KEYS = ("dense_act_fn", "is_gated_act")
+_OBJECTIVES = {"decoder": "causal_lm", "encoder": "masked_lm", "encoder_decoder": "span_corruption"}
+
+
+def _count_sentinels(tokenizer) -> int:
+  """How many of <extra_id_0>, <extra_id_1>, ... the tokenizer holds (T5's span sentinels)."""
+  count = 0
+  while count < 10_000:
+    try:
+      tokenizer.token_to_id(f"<extra_id_{count}>")
+    except UserError:
+      break
+    count += 1
+  return count
+
+
+def experiment_config(model_config: ModelConfig, tokenizer=None,
+                      tokenizer_path: str = "") -> ExperimentConfig:
+  """The workdir config of an imported model: the family's pretraining objective and the
+  default data (Tiny Shakespeare) read with the checkpoint's own tokenizer."""
+  family = model_config.family
+  objective: dict[str, Any] = {"name": _OBJECTIVES[family]}
+  if family == "encoder_decoder":
+    sentinels = _count_sentinels(tokenizer) if tokenizer is not None else 0
+    objective = {"name": "span_corruption", "num_sentinels": sentinels} if sentinels else {
+        "name": "prefix_lm"}
+  return ExperimentConfig.from_config_dict({
+      "model": dataclasses.asdict(model_config),
+      # batch 8: divisible by the data axis of 1, 2, 4 or 8 devices
+      "data": {"tokenizer": "hf", "tokenizer_path": tokenizer_path,
+               "seq_len": min(64, model_config.max_len), "batch_size": 8},
+      "objective": objective})
+
+
+def _tokenizer_of(directory: pathlib.Path):
+  from research.data.tokenizers import HFTokenizer  # pylint: disable=import-outside-toplevel
+  text = hf.read_tokenizer_json(directory)
+  return HFTokenizer(text) if text is not None else None
+
+
+def _print_notes(notes: list[str]) -> None:
+  for note in notes:
+    print(f"note: {note}", file=sys.stderr)
+
+
+def _import_notes(imported: hf.Imported, tokenizer, directory: pathlib.Path) -> list[str]:
+  notes = []
+  if imported.fresh:
+    notes.append(f"the checkpoint lacks {len(imported.fresh)} of our parameters "
+                 f"({', '.join(imported.fresh)}): initialised at random")
+  if imported.unused:
+    notes.append(f"ignored {len(imported.unused)} tensors no mapping reads: "
+                 f"{', '.join(imported.unused[:5])}{' ...' if len(imported.unused) > 5 else ''}")
+  if tokenizer is None:
+    notes.append(f"{directory} has no {hf.TOKENIZER_FILE}: the workdir has no tokenizer, so "
+                 "research.generate / evaluate cannot read text with it")
+  elif tokenizer.vocab_size > imported.model_config.vocab_size:
+    notes.append(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                 f"{imported.model_config.vocab_size} embeddings")
+  return notes
+
+
+def load_hf(directory: str | pathlib.Path) -> tuple[Any, Any, Any, ExperimentConfig]:
+  """(model, params, tokenizer or None, config) of a Hugging Face directory, in memory.
+
+  `model` is the family's pretraining model (models.build_model): logits are
+  `model.apply({"params": params}, tokens)` (encoder_decoder: `(encoder_tokens, decoder_tokens)`).
+  """
+  directory = pathlib.Path(directory)
+  imported = hf.import_params(directory)
+  tokenizer = _tokenizer_of(directory)
+  _print_notes(_import_notes(imported, tokenizer, directory))
+  config = experiment_config(imported.model_config, tokenizer)
+  params = jax.tree.map(jnp.asarray, imported.params)
+  return models.build_model(config.model), params, tokenizer, config
+
+
+def import_hf(directory: str | pathlib.Path, workdir: str | pathlib.Path
+              ) -> tuple[ExperimentConfig, list[str]]:
+  """Writes the workdir of a Hugging Face directory; returns its config and notes."""
+  # Imported here: train pulls in the optimizer and checkpoint machinery, not needed by load_hf.
+  from research import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  from research import train  # pylint: disable=import-outside-toplevel
+  directory, workdir = pathlib.Path(directory), pathlib.Path(workdir).resolve()
+  if (workdir / "config.json").exists() or ckpt_lib.checkpoint_dir(workdir).exists():
+    raise hf.ConvertError(f"{workdir} already holds a workdir; import into a new --workdir")
+  imported = hf.import_params(directory)  # all checks pass before anything is written
+  tokenizer = _tokenizer_of(directory)
+  notes = _import_notes(imported, tokenizer, directory)
+  workdir.mkdir(parents=True, exist_ok=True)
+  tokenizer_path = ""
+  if tokenizer is not None:
+    tokenizer.save(workdir / "tokenizer")
+    manifest = json.loads((workdir / "tokenizer" / "manifest.json").read_text(encoding="utf-8"))
+    tokenizer_path = str(workdir / "tokenizer" / manifest["tokenizer_file"])
+  config = experiment_config(imported.model_config, tokenizer, tokenizer_path)
+  params = jax.tree.map(jnp.asarray, imported.params)
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=train.build_optimizer(config).init(params))
+  checkpointer = ckpt_lib.Checkpointer(workdir, async_save=False)
+  try:
+    checkpointer.save(0, state, None, config.to_dict(), force=True)
+  finally:
+    checkpointer.close()
+  keep = workdir / IMPORT_DIR
+  keep.mkdir(exist_ok=True)
+  for name in (hf.CONFIG_FILE, *_SIDE_FILES):
+    if (directory / name).is_file():
+      shutil.copyfile(directory / name, keep / name)
+  (keep / "import.json").write_text(json.dumps(
+      {"source": str(directory.resolve()), "fresh": imported.fresh, "unused": imported.unused},
+      indent=1) + "\n")
+  # Last, as research.train does: a workdir with a config.json has its checkpoint.
+  (workdir / "config.json").write_text(config.to_json())
+  return config, notes
+
+
+def export_hf(workdir: str | pathlib.Path, out: str | pathlib.Path) -> list[str]:
+  """Writes the latest checkpoint of a workdir as a Hugging Face directory; returns notes."""
+  from research import train  # pylint: disable=import-outside-toplevel
+  from research.data import tokenizers  # pylint: disable=import-outside-toplevel
+  workdir, out = pathlib.Path(workdir).resolve(), pathlib.Path(out).resolve()
+  if out == workdir:
+    raise hf.ConvertError("--to_hf must name a directory other than --workdir (both hold a "
+                          "config.json)")
+  config, _, params = train.restore_params(workdir)
+  tokenizer = None
+  if (workdir / "tokenizer" / tokenizers.MANIFEST).is_file():
+    tokenizer = tokenizers.load_tokenizer(workdir / "tokenizer")
+  base_file = workdir / IMPORT_DIR / hf.CONFIG_FILE
+  base = json.loads(base_file.read_text(encoding="utf-8")) if base_file.is_file() else {}
+  # An imported model keeps its original token ids; a model trained here takes its tokenizer's.
+  special_ids = {} if base or tokenizer is None else {"eos": tokenizer.eos_id,
+                                                      "pad": tokenizer.pad_id}
+  hf_config, tensors, notes = hf.export_params(config.model, params, special_ids)
+  hf_config = {**{k: v for k, v in base.items() if k not in _DERIVED_KEYS}, **hf_config}
+  out.mkdir(parents=True, exist_ok=True)
+  hf.write_tensors(out / hf.WEIGHTS_FILE, tensors)
+  (out / hf.CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+  if tokenizer is not None and tokenizer.kind == "hf":
+    manifest = json.loads((workdir / "tokenizer" / tokenizers.MANIFEST).read_text())
+    shutil.copyfile(workdir / "tokenizer" / manifest["tokenizer_file"], out / hf.TOKENIZER_FILE)
+    for name in _SIDE_FILES:
+      if (workdir / IMPORT_DIR / name).is_file():
+        shutil.copyfile(workdir / IMPORT_DIR / name, out / name)
+  elif tokenizer is not None:
+    notes.append(f"the workdir's tokenizer is '{tokenizer.kind}', which has no tokenizer.json: "
+                 "only the model was written")
+  return notes
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv) -> None:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from research import train  # pylint: disable=import-outside-toplevel
+  train.quiet_logs()
+  train.reject_positional_args(argv)
+  flags_ = flags.FLAGS
+
+  def body():
+    from_hf, to_hf, workdir = flags_.from_hf, flags_.to_hf, flags_.workdir
+    if bool(from_hf) == bool(to_hf):
+      raise UserError("pass exactly one of --from_hf=HF_DIR (import into --workdir) and "
+                      "--to_hf=HF_DIR (export --workdir)")
+    if not workdir:
+      raise UserError("--workdir is required")
+    if from_hf:
+      config, notes = import_hf(from_hf, workdir)
+      m = config.model
+      print(f"imported {from_hf}: family {m.family}, {m.num_layers} layers, width "
+            f"{m.embed_dim}, vocabulary {m.vocab_size}; workdir {pathlib.Path(workdir).resolve()}")
+    else:
+      notes = export_hf(workdir, to_hf)
+      print(f"exported {workdir} to {pathlib.Path(to_hf).resolve()}")
+    _print_notes(notes)
+
+  train.run_cli(body)
+
+
+def define_flags() -> None:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flags.DEFINE_string("from_hf", "", "A Hugging Face model directory to import into --workdir.")
+  flags.DEFINE_string("to_hf", "", "A directory to write --workdir into, in Hugging Face layout.")
+  flags.DEFINE_string("workdir", "", "The workdir written (import) or read (export).")
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from research.train import parse_flags  # pylint: disable=g-import-not-at-top
+  define_flags()
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,254 @@
+"""Analytic FLOPs of the three families, matmul peaks, and model FLOPs utilisation (MFU).
+
+FLOPs here are "model FLOPs": the matmuls the model's math needs, 2 FLOPs per multiply-add,
+nothing for element-wise work (norms, activations, softmax, the optimizer), which is a few
+percent at most at any width worth measuring. Training counts 3x the forward matmuls: the
+backward pass computes, for every product, one gradient per operand, each as large as the
+forward product. Recomputation under `model.remat` is not counted (it is overhead, not model
+work), so MFU does not improve by rematerialising.
+
+What is counted is what the models in models.py compute:
+  - attention: the Q, K, V and output projections (K and V with num_kv_heads heads), and the
+    quadratic term, QK^T and the attention-weighted values, over the full T x S score matrix
+    (a causal mask zeroes half of it, but XLA's attention computes all of it);
+  - MLP: two matrices, or three when gated (swiglu, geglu);
+  - token embeddings: a gather, no FLOPs; the LM head (tied or not) projects every position onto
+    the vocabulary;
+  - EncoderLM's MLM head runs on every position, not only the masked ones: a transform (E x E)
+    and the tied vocabulary projection;
+  - encoder-decoder: the decoder's cross-attention projects keys and values of every encoder
+    position in every decoder layer;
+  - classifier heads: the encoder's pooler (E x E) and classifier (E x classes) on its first
+    position, the decoder's classifier on its last real one; extractive QA: a start/end
+    projection (E x 2) on every position.
+
+Peaks: `measured_peak` times a large square matmul on this host (cached per process);
+`published_peak` looks up the datasheet peak of an accelerator by its `device_kind`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research import objectives
+from research.config import ConfigError, ExperimentConfig, ModelConfig
+
+HEADS = ("lm", "mlm", "classifier", "last_token_classifier", "span", "none")
+# The pretraining head each family's model (models.build_model) carries.
+PRETRAINING_HEAD = {"decoder": "lm", "encoder": "mlm", "encoder_decoder": "lm"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward FLOPs of the pieces (per example)
+# ---------------------------------------------------------------------------------------------
+
+
+def _gated(model: ModelConfig) -> bool:
+  return model.mlp_activation in ("swiglu", "geglu")
+
+
+def attention_flops(model: ModelConfig, query_len: int, key_len: int) -> dict[str, int]:
+  """One attention layer: projections (linear in length) and scores (quadratic)."""
+  e, n, k, h = model.embed_dim, model.num_heads, model.resolved_kv_heads, model.resolved_head_dim
+  projections = 2 * query_len * e * n * h  # query
+  projections += 2 * 2 * key_len * e * k * h  # key, value
+  projections += 2 * query_len * n * h * e  # output
+  scores = 2 * 2 * query_len * key_len * n * h  # QK^T and weights @ V
+  return {"projections": projections, "scores": scores}
+
+
+def mlp_flops(model: ModelConfig, length: int) -> int:
+  matrices = 3 if _gated(model) else 2
+  return 2 * length * model.embed_dim * model.mlp_dim * matrices
+
+
+def stack_flops(model: ModelConfig, num_layers: int, length: int, *,
+                cross_length: int = 0) -> dict[str, int]:
+  """num_layers Blocks on `length` positions; cross_length > 0 adds cross-attention to that
+  many encoder positions."""
+  self_attention = attention_flops(model, length, length)
+  out = {"attention_projections": self_attention["projections"],
+         "attention_scores": self_attention["scores"],
+         "mlp": mlp_flops(model, length)}
+  if cross_length:
+    cross = attention_flops(model, length, cross_length)
+    out["cross_attention_projections"] = cross["projections"]
+    out["cross_attention_scores"] = cross["scores"]
+  return {name: num_layers * value for name, value in out.items()}
+
+
+def head_flops(model: ModelConfig, head: str, length: int, num_classes: int = 2) -> int:
+  """The output head on a stack of `length` positions."""
+  e, v = model.embed_dim, model.vocab_size
+  if head == "lm":
+    return 2 * length * e * v
+  if head == "mlm":
+    return 2 * length * e * e + 2 * length * e * v
+  if head == "classifier":  # EncoderClassifier: pooler + classifier on the first token
+    return 2 * e * e + 2 * e * num_classes
+  if head == "last_token_classifier":  # DecoderClassifier
+    return 2 * e * num_classes
+  if head == "span":
+    return 2 * length * e * 2
+  if head == "none":
+    return 0
+  raise ConfigError(f"unknown head {head!r}; one of {list(HEADS)}")
+
+
+def forward_flops(model: ModelConfig, input_len: int, target_len: int = 0, *,
+                  head: str | None = None, num_classes: int = 2) -> dict[str, int]:
+  """Forward matmul FLOPs of one example, by component, plus 'total'.
+
+  input_len: the decoder-only or encoder input length; target_len: the encoder-decoder's
+  decoder length (0: input_len). head: see HEADS; None takes the family's pretraining head.
+  """
+  if model.vocab_size <= 0 and (head or PRETRAINING_HEAD[model.family]) in ("lm", "mlm"):
+    raise ConfigError("model.vocab_size is 0 (taken from the tokenizer at build time): count "
+                      "FLOPs of the resolved config (train.build_experiment(...).config) or set "
+                      "model.vocab_size")
+  head = head or PRETRAINING_HEAD[model.family]
+  if model.family == "encoder_decoder":
+    target_len = target_len or input_len
+    encoder = stack_flops(model, model.num_layers, input_len)
+    decoder = stack_flops(model, model.num_decoder_layers or model.num_layers, target_len,
+                          cross_length=input_len)
+    out = {f"encoder/{k}": v for k, v in encoder.items()}
+    out.update({f"decoder/{k}": v for k, v in decoder.items()})
+    out["head"] = head_flops(model, head, target_len, num_classes)
+  else:
+    out = stack_flops(model, model.num_layers, input_len)
+    out["head"] = head_flops(model, head, input_len, num_classes)
+  out["total"] = sum(out.values())
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Training FLOPs of an experiment
+# ---------------------------------------------------------------------------------------------
+
+
+def sequence_lengths(config: ExperimentConfig) -> tuple[int, int]:
+  """(input length, decoder target length) of the batches the config trains on.
+
+  Decoder-only and encoder: (seq_len, 0). Encoder-decoder: span corruption targets hold the
+  sentinels, the noise and EOS (objectives.span_corruption_target_length); prefix LM and UL2
+  pad both sides to seq_len; a fine-tuning task reads task.max_input_len (0: seq_len) and
+  writes task.max_target_len.
+  """
+  seq_len = config.data.seq_len
+  if config.model.family != "encoder_decoder":
+    return seq_len, 0
+  if config.task.name:
+    return config.task.max_input_len or seq_len, config.task.max_target_len
+  if config.objective.name == "span_corruption":
+    return seq_len, objectives.span_corruption_target_length(seq_len, config.objective)
+  return seq_len, seq_len
+
+
+def training_head(config: ExperimentConfig) -> str:
+  """The output head a run trains: the family's pretraining head, or its fine-tuning task's."""
+  family, task = config.model.family, config.task.name
+  if task == "sst2" and family == "encoder":
+    return "classifier"
+  if task == "sst2" and family == "decoder":
+    return "last_token_classifier"
+  if task == "squad" and family == "encoder":
+    return "span"
+  return PRETRAINING_HEAD[family]
+
+
+def training_flops_per_example(config: ExperimentConfig) -> int:
+  """Forward + backward matmul FLOPs of one training example (3x the forward)."""
+  input_len, target_len = sequence_lengths(config)
+  return 3 * forward_flops(config.model, input_len, target_len,
+                           head=training_head(config))["total"]
+
+
+def training_flops_per_step(config: ExperimentConfig) -> int:
+  """Model FLOPs of one optimizer step on the global batch (gradient accumulation included)."""
+  return config.data.batch_size * training_flops_per_example(config)
+
+
+def training_flops_per_token(config: ExperimentConfig) -> float:
+  """Training FLOPs per input token (batch_size x seq_len tokens per step, as the logs count)."""
+  return training_flops_per_example(config) / config.data.seq_len
+
+
+# ---------------------------------------------------------------------------------------------
+# Peaks and MFU
+# ---------------------------------------------------------------------------------------------
+
+# Dense (no sparsity) datasheet peaks per JAX device, FLOP/s, at JAX's default matmul precision:
+# bfloat16 operands, and float32 operands as XLA runs them by default (TF32 tensor cores on
+# NVIDIA Ampere and later; one bf16 pass on TPU). Patterns are matched in order against
+# jax.Device.device_kind. TPU v2/v3 expose each core as a device (half a chip).
+PUBLISHED_PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
+    (r"TPU v2", {"bfloat16": 22.5e12, "float32": 22.5e12}),
+    (r"TPU v3", {"bfloat16": 61.5e12, "float32": 61.5e12}),
+    (r"TPU v4", {"bfloat16": 275e12, "float32": 275e12}),
+    (r"TPU v5 ?lite|TPU v5e", {"bfloat16": 197e12, "float32": 197e12}),
+    (r"TPU v5", {"bfloat16": 459e12, "float32": 459e12}),  # v5p
+    (r"TPU v6 ?lite|TPU v6e", {"bfloat16": 918e12, "float32": 918e12}),
+    (r"H100 PCIe", {"bfloat16": 756e12, "float32": 378e12}),
+    (r"H100|H200|H800", {"bfloat16": 989e12, "float32": 494e12}),
+    (r"B200", {"bfloat16": 2250e12, "float32": 1100e12}),
+    (r"A100|A800", {"bfloat16": 312e12, "float32": 156e12}),
+    (r"L40S", {"bfloat16": 362e12, "float32": 183e12}),
+    (r"\bL4\b", {"bfloat16": 121e12, "float32": 60e12}),
+    (r"\bA10G?\b", {"bfloat16": 125e12, "float32": 62.5e12}),
+)
+
+
+def published_peak(device_kind: str, dtype: str = "bfloat16") -> float | None:
+  """Datasheet peak FLOP/s of one device of this kind, or None when unknown (e.g. CPUs)."""
+  for pattern, peaks in PUBLISHED_PEAKS:
+    if re.search(pattern, device_kind):
+      return peaks[dtype]
+  return None
+
+
+@functools.cache
+def measured_peak(dtype: str = "float32", size: int = 1024, repeats: int = 10) -> float:
+  """FLOP/s of a (size x size) @ (size x size) jnp.dot on the default device, operands in
+  `dtype`, float32 results (as layers.dense runs them); the median of `repeats` timed runs.
+
+  Measured once per process and dtype (the first call takes well under a second on a CPU).
+  On a CPU this is what one process gets from all its cores: the fake devices of
+  --xla_force_host_platform_device_count share them.
+  """
+  operand = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
+  device = jax.local_devices()[0]
+  # Its own one-device mesh: the caller may be inside a training run's mesh context.
+  with jax.set_mesh(jax.make_mesh((1,), ("x",), devices=[device])):
+    keys = jax.random.split(jax.random.key(0))
+    a, b = (jax.device_put(jax.random.normal(k, (size, size), operand), device) for k in keys)
+    product = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+    product(a, b).block_until_ready()  # compile and warm up
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      product(a, b).block_until_ready()
+      times.append(time.perf_counter() - start)
+  return 2 * size**3 / float(np.median(times))
+
+
+def peak_flops(config: ExperimentConfig) -> tuple[float, str]:
+  """(peak FLOP/s of all the devices a run uses, where it came from) for MFU.
+
+  train.peak_flops > 0 is taken as given; else the published peak of the device kind times the
+  device count; else (CPUs) a matmul measured here in the config's matmul dtype, times the
+  process count (one host's cores serve all of its devices).
+  """
+  if config.train.peak_flops > 0:
+    return config.train.peak_flops, "config"
+  dtype = config.model.matmul_dtype
+  published = published_peak(jax.devices()[0].device_kind, dtype)
+  if published is not None:
+    return published * jax.device_count(), "published"
+  return measured_peak(dtype) * jax.process_count(), "measured"

@@ -1,0 +1,91 @@
+"""research.bench and experiments/accelerator_benchmark.py on shrunk configs: the figures are
+all there and sane (the speeds themselves are benchmarks, not tests)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from research import bench, models
+from research.config import ConfigError, ExperimentConfig, load_config_file
+from research.paths import REPO_ROOT
+
+SHRINK = {"model.num_layers": 1, "model.num_decoder_layers": 1, "model.embed_dim": 32,
+          "model.mlp_dim": 64, "model.num_heads": 2, "model.max_len": 32, "data.seq_len": 32,
+          "data.batch_size": 8}
+
+
+def run_module(*args):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_bench_cli_prints_a_table_and_writes_json(tmp_path):
+  out = tmp_path / "bench.json"
+  result = run_module("research.bench", "--config=configs/gpt_shakespeare_char.py",
+                      *[f"--config.{k}={v}" for k, v in SHRINK.items()], "--steps=4",
+                      "--warmup=1", "--decode_tokens=16", "--pipeline_batches=5",
+                      f"--workdir={tmp_path / 'work'}", f"--out={out}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  for row in ("step time", "tokens/s", "MFU", "memory/device", "input pipeline", "decode"):
+    assert row in result.stdout
+  r = json.loads(out.read_text())
+  train = r["train"]
+  step = train["step_ms"]
+  assert 0 < step["p10"] <= step["median"] <= step["p90"]
+  assert train["compile_s"] > 0 and train["tokens_per_s"] > 0
+  assert train["flops_per_step"] > 0 and np.isfinite(train["final_loss"])
+  assert train["memory_per_device"]["argument"] > 4 * r["parameters"]  # params + Adam moments
+  assert r["peaks"]["measured_bfloat16"] > 0 and r["peaks"]["published"] is None  # a CPU
+  assert 0 < r["mfu"]["vs_measured_float32"] < 1.5  # the peak is measured, so noisy
+  assert r["pipeline"]["examples_per_s"] > 0 and r["pipeline"]["step_examples_per_s"] > 0
+  d = r["decode"]
+  assert d["family"] == "decoder" and d["new_tokens"] == 16
+  assert d["cached_tokens_per_s"] > 0 and d["recompute_tokens_per_s"] > 0
+  assert d["same_tokens"] == 1.0  # the cache and the recomputation agree
+
+
+def test_encoder_decoder_decoding_with_and_without_cache_agree():
+  config = load_config_file(str(REPO_ROOT / "configs/t5_shakespeare_span.py"))
+  for key, value in {**SHRINK, "model.vocab_size": 48}.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  config = ExperimentConfig.from_config_dict(config)
+  model = models.build_model(config.model)
+  shapes = nn.unbox(jax.eval_shape(lambda: model.init(
+      jax.random.key(0), *models.dummy_inputs(config.model, 8))["params"]))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: 0.5 * rng.standard_normal(s.shape).astype(s.dtype), shapes)
+  # 40 new tokens: longer than max_len=32, which the benchmark raises for the cache.
+  d = bench.bench_decode(config, params, new_tokens=40, batch_size=2, repeats=1)
+  assert d["family"] == "encoder_decoder" and d["max_len"] == 40 and d["input_len"] == 32
+  assert d["cached_tokens_per_s"] > 0 and d["recompute_tokens_per_s"] > 0
+  assert d["same_tokens"] == 1.0
+
+
+def test_bench_refuses_what_it_cannot_run():
+  config = ExperimentConfig.from_config_dict({"model": {"vocab_size": 0}})
+  with pytest.raises(ConfigError, match="vocab_size"):
+    bench.synthetic_experiment(config)
+  with pytest.raises(ConfigError, match="skip"):
+    bench.run(config, skip=("train",))
+
+
+def test_accelerator_benchmark_runs_tiny_on_cpu(tmp_path):
+  out = tmp_path / "accelerator.json"
+  # One family keeps the test short; the encoder-decoder step is benchmarked above.
+  result = run_module("experiments.accelerator_benchmark", "--tiny", "--families=decoder",
+                      f"--out={out}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(out.read_text())
+  assert [r["family"] for r in rows] == ["decoder"]
+  for r in rows:
+    assert r["step_ms"]["median"] > 0 and r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1.5
+    assert r["peak_source"] == "measured bf16 matmul"
+  assert "MFU" in result.stdout

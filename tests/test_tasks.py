@@ -1,0 +1,256 @@
+"""Fine-tuning tasks: TFDS builders, formats, the SFT loss mask, span QA windows, padded
+decoding, init_from, and every task config end to end on a shrunk model."""
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from research import decode, models, paths, tasks, train
+from research.config import ConfigError, DataError, ExperimentConfig, load_config_file
+from research.data import tasks as task_data
+from research.data import tokenizers
+
+CONFIGS = paths.REPO_ROOT / "configs"
+TASK_CONFIGS = ["sst2_bert", "sst2_gpt", "sst2_t5", "squad_bert", "squad_t5", "spa_eng_t5",
+                "spa_eng_gpt", "scitldr_t5", "scitldr_gpt", "alpaca_gpt"]
+TINY_MODEL = dict(num_layers=1, num_decoder_layers=1, num_heads=2, embed_dim=32, mlp_dim=64)
+
+
+def shrunk(name: str, **task) -> ExperimentConfig:
+  config = load_config_file(str(CONFIGS / f"{name}.py"))
+  config.model.update(**TINY_MODEL)
+  config.data.update(tokenizer="char", batch_size=8)
+  config.train.update(steps=2, eval_every=0, checkpoint_every=2, log_every=1,
+                      async_checkpoints=False)
+  config.task.update(eval_examples=6, eval_batch_size=4, **task)
+  return ExperimentConfig.from_config_dict(config)
+
+
+# ------------------------------------------------------------------------------------------
+# Builders and malformed data
+# ------------------------------------------------------------------------------------------
+
+
+def test_builders_read_every_bundled_row():
+  data_dir = str(paths.TFDS_DATA_DIR)
+  assert len(task_data.load_records("sst2", "validation", data_dir)) == 872
+  assert len(task_data.load_records("spa_eng", "test", data_dir)) == 2000
+  squad = task_data.load_records("squad", "validation", data_dir)
+  assert len(squad) == 526
+  for r in squad[:50]:
+    for text, start in zip(r["answers"], r["answer_starts"]):
+      assert r["context"][start:start + len(text)] == text
+  tldr = task_data.load_records("scitldr", "test", data_dir)
+  assert len(tldr) == 618 and all(isinstance(s, str) for s in tldr[0]["all_summaries"])
+  assert len(tldr[0]["all_summaries"]) > 1  # the test split has several references
+  assert set(task_data.load_records("alpaca", "validation", data_dir)[0]) == {
+      "instruction", "input", "output"}
+
+
+@pytest.mark.parametrize("task,files,message", [
+    ("sst2", {"train.tsv": "sentence\tlabel\ngood\t1\nmissing a column\n",
+              "dev.tsv": "sentence\tlabel\nok\t1\n"}, r"train.tsv:3: expected 2 tab-separated"),
+    ("sst2", {"train.tsv": "sentence\tlabel\ngood\t7\n", "dev.tsv": "sentence\tlabel\n"},
+     r"train.tsv:2: label '7' is not 0 or 1"),
+    ("spa_eng", {"train.tsv": "es\ten\nHola\n", "validation.tsv": "es\ten\n",
+                 "test.tsv": "es\ten\n"}, r"train.tsv:2: expected 2"),
+    ("squad", {"train.jsonl": json.dumps({"id": "q", "context": "short", "question": "?",
+                                          "answers": [{"text": "long", "answer_start": 40}]}),
+               "validation.jsonl": ""}, r"train.jsonl:1: answer 'long' at answer_start=40"),
+    ("scitldr", {"train.jsonl": json.dumps({"id": "a", "document": "  ", "summary": "s"}),
+                 "validation.jsonl": "", "test.jsonl": ""}, r"train.jsonl:1: empty 'document'"),
+    ("alpaca", {"train.jsonl": '{"instruction": "x"}', "validation.jsonl": ""},
+     r"train.jsonl:1: field 'input' is missing"),
+])
+def test_malformed_rows_name_file_and_line(tmp_path, task, files, message):
+  for name, text in files.items():
+    (tmp_path / name).write_text(text)
+  with pytest.raises(DataError, match=message):
+    task_data.prepared_builder(task, str(tmp_path / "tfds"), folder=str(tmp_path))
+  assert not list((tmp_path / "tfds").glob("*/*/dataset_info.json"))  # nothing was written
+
+
+# ------------------------------------------------------------------------------------------
+# Formats
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def char_tokenizer():
+  return tokenizers.CharTokenizer("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ :;,.!?\n")
+
+
+def test_sft_loss_mask_covers_exactly_the_response(char_tokenizer):
+  config = shrunk("alpaca_gpt", max_target_len=16)
+  config = dataclasses.replace(config, data=dataclasses.replace(config.data, seq_len=64))
+  featurizer = tasks.Featurizer(config, char_tokenizer)
+  records = [{"instruction": "Name a color.", "input": "", "output": "Blue."},
+             {"instruction": "Add.", "input": "one and two", "output": "three"}]
+  batch = featurizer.collate(featurizer.features(records) + [None])
+  for row, record in enumerate(records):
+    response = list(char_tokenizer.encode(record["output"])) + [char_tokenizer.eos_id]
+    weighted = batch["targets"][row][batch["weights"][row] == 1]
+    assert list(weighted) == response  # the response and its EOS, nothing else
+    prompt = tasks.USER_PREFIX + tasks._instruction(record) + tasks.ASSISTANT_PREFIX
+    unweighted = batch["inputs"][row][:len(prompt)]
+    assert char_tokenizer.decode(unweighted) == prompt
+  assert batch["weights"][2].sum() == 0  # a padding row carries no loss
+
+
+def test_span_windows_label_the_answer_and_best_span_finds_it(char_tokenizer):
+  config = shrunk("squad_bert", doc_stride=8, max_answer_len=10)
+  config = dataclasses.replace(config, data=dataclasses.replace(config.data, seq_len=40))
+  featurizer = tasks.Featurizer(config, char_tokenizer)
+  context = "the quick brown fox jumps over the lazy dog and runs far away"
+  start = context.index("lazy dog")
+  record = {"question": "who?", "context": context, "answers": ["lazy dog"],
+            "answer_starts": [start]}
+  windows = featurizer.span_features(record, 0)
+  assert len(windows) > 1  # the context needs several overlapping windows
+  covered = [w for w in windows if w["start"] > 0]
+  assert covered
+  for w in covered:
+    text = char_tokenizer.decode(w["tokens"][w["start"]:w["end"] + 1])
+    assert text == "lazy dog"
+    scores_start = np.full(len(w["tokens"]), -5.0)
+    scores_end = np.full(len(w["tokens"]), -5.0)
+    scores_start[w["start"]], scores_end[w["end"]] = 3.0, 3.0
+    first = int(np.argmax(w["token_types"]))
+    _, i, j = tasks.best_span(scores_start, scores_end, first, len(w["tokens"]) - 2, 10)
+    assert (i, j) == (w["start"], w["end"])
+  # A window without the answer points at the lead token.
+  assert any(w["start"] == 0 and w["end"] == 0 for w in windows)
+
+
+def test_sentencepiece_offsets_are_character_offsets():
+  sp = tokenizers.SentencePieceTokenizer.train(["Kenya (/ˈkɛnjə/) is in Africa."] * 50, 282)
+  text = "Kenya (/ˈkɛnjə/) is in Africa."
+  ids, offsets = tasks.encode_with_offsets(sp, text)
+  assert list(ids) == list(sp.encode(text))
+  assert "".join(text[a:b] for a, b in offsets) == text
+
+
+# ------------------------------------------------------------------------------------------
+# Decoding prompts of different lengths
+# ------------------------------------------------------------------------------------------
+
+
+def test_padded_prompts_decode_like_each_prompt_alone():
+  cfg = models.ModelConfig(family="decoder", vocab_size=23, num_layers=2, num_heads=2,
+                           embed_dim=32, mlp_dim=64, max_len=32, position="rope")
+  model = models.Decoder(cfg)
+  params = model.init(jax.random.key(0), np.zeros((1, 8), np.int32))["params"]
+  prompts = [np.array([3, 4, 5, 6, 7]), np.array([9, 10]), np.array([11, 12, 13, 14, 15, 16])]
+  width = max(len(p) for p in prompts)
+  padded = np.zeros((3, width), np.int32)
+  for i, p in enumerate(prompts):
+    padded[i, :len(p)] = p
+  lengths = np.array([len(p) for p in prompts])
+  together = decode.generate_padded(model, params, padded, lengths, 6)
+  beams, _, _ = decode.beam_search(model, params, padded, 1, 6, eos_id=22,
+                                   prompt_lengths=lengths)
+  for i, p in enumerate(prompts):
+    alone = decode.generate(model, params, p[None], 6, jax.random.key(0),
+                            decode.SamplingConfig(temperature=0.0))[0, len(p):]
+    np.testing.assert_array_equal(together[i], alone)
+    np.testing.assert_array_equal(beams[i, 0], alone)  # beam size 1 is greedy
+
+
+# ------------------------------------------------------------------------------------------
+# Every task config, end to end (shrunk)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", TASK_CONFIGS)
+def test_task_config_trains_and_evaluates(tmp_path, name):
+  config = shrunk(name)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(result["eval/loss"])
+  metric = {"sst2": "eval/accuracy", "squad": "eval/f1", "spa_eng": "eval/bleu",
+            "scitldr": "eval/rougeL", "alpaca": "eval/rougeL"}[config.task.name]
+  assert result["eval/examples"] == 6 and 0 <= result[metric] <= 100
+  if config.task.name == "spa_eng":
+    assert result["eval/bleu_signature"].startswith("nrefs:1|")
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert any(metric in l for l in lines)  # the periodic evaluation is logged
+
+
+def test_evaluate_entry_point_scores_the_whole_split(tmp_path):
+  from research import evaluate  # pylint: disable=import-outside-toplevel
+  config = shrunk("sst2_gpt")
+  train.train_and_evaluate(config, str(tmp_path))
+  result = evaluate.evaluate_workdir(str(tmp_path))
+  assert result["task"] == "sst2" and result["examples"] == 872 and result["tokens"] == 872
+  assert 0 <= result["accuracy"] <= 1
+
+
+# ------------------------------------------------------------------------------------------
+# Fine-tuning from a pretrained workdir
+# ------------------------------------------------------------------------------------------
+
+
+def test_init_from_loads_the_encoder_adds_the_head_and_rejects_other_families(tmp_path):
+  from tests.test_train import shrunk_config  # pylint: disable=import-outside-toplevel
+  pretrain = shrunk_config(2, "configs/bert_shakespeare_mlm.py")
+  train.train_and_evaluate(pretrain, str(tmp_path / "mlm"))
+  _, _, pretrained = train.restore_params(tmp_path / "mlm")
+
+  config = dataclasses.replace(shrunk("sst2_bert"), init_from=str(tmp_path / "mlm"))
+  config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=1))
+  train.train_and_evaluate(config, str(tmp_path / "sst2"))
+  tuned_config, _, tuned = train.restore_params(tmp_path / "sst2")
+  # The architecture is the pretrained one; dropout is the task config's.
+  pretrained_config = train.load_experiment_config(tmp_path / "mlm")
+  assert tuned_config.model == dataclasses.replace(pretrained_config.model, dropout_rate=0.1)
+  assert set(tuned) == {"encoder", "pooler", "classifier"}
+  # The tokenizer is the pretrained run's (characters of Shakespeare, with <mask>).
+  assert (tmp_path / "sst2" / "tokenizer" / "manifest.json").read_text() == (
+      tmp_path / "mlm" / "tokenizer" / "manifest.json").read_text()
+  # One step moved the encoder from the pretrained values, but only a little.
+  before = jax.tree.leaves(pretrained["encoder"])
+  after = jax.tree.leaves(tuned["encoder"])
+  assert all(a.shape == b.shape for a, b in zip(after, before))
+  assert max(float(np.abs(a - b).max()) for a, b in zip(after, before)) < 0.05
+
+  wrong = dataclasses.replace(shrunk("sst2_gpt"), init_from=str(tmp_path / "mlm"))
+  with pytest.raises(ConfigError, match="holds a encoder model but this config is model.family"
+                                        "=decoder"):
+    train.train_and_evaluate(wrong, str(tmp_path / "wrong"))
+  assert not (tmp_path / "wrong").exists()
+
+
+def test_merge_rejects_a_shape_mismatch():
+  params = {"encoder": {"w": np.zeros((4, 8))}, "head": np.zeros(2)}
+  merged, new, unused = train.merge_pretrained(
+      params, {"encoder": {"w": np.ones((4, 8))}, "mlm": np.ones(3)}, "src")
+  assert merged["encoder"]["w"].sum() == 32 and new == ["['head']"] and unused == ["['mlm']"]
+  with pytest.raises(ConfigError, match=r"shape \(4, 9\) there but \(4, 8\)"):
+    train.merge_pretrained(params, {"encoder": {"w": np.ones((4, 9))}}, "src")
+  with pytest.raises(ConfigError, match="no parameter"):
+    train.merge_pretrained(params, {"other": np.ones(1)}, "src")
+
+
+# ------------------------------------------------------------------------------------------
+# Chat
+# ------------------------------------------------------------------------------------------
+
+
+def test_chat_answers_once_and_keeps_history_within_the_context(tmp_path):
+  from research import chat as chat_lib  # pylint: disable=import-outside-toplevel
+  config = shrunk("alpaca_gpt")
+  train.train_and_evaluate(config, str(tmp_path))
+  chat = chat_lib.Chat(str(tmp_path), max_new_tokens=8,
+                       sampling=decode.SamplingConfig(temperature=0.0))
+  first = chat.reply("Give three tips for staying healthy.")
+  assert isinstance(first, str) and chat.history == [("Give three tips for staying healthy.",
+                                                      first)]
+  for i in range(40):  # a long conversation: old turns fall out of the window
+    chat.history.append((f"question {i} " * 3, "answer " * 5))
+  ids = chat.context_ids("last one?")
+  assert len(ids) <= config.model.max_len - 8
+  assert chat.tokenizer.decode(ids).endswith(tasks.USER_PREFIX + "last one?" +
+                                             tasks.ASSISTANT_PREFIX)
