@@ -5,7 +5,9 @@
 1. Compile seconds of research.train's step (forward, backward, AdamW) for the default GPT's
    shape (configs/gpt_shakespeare_char.py) at each depth, with and without model.scan_layers,
    interleaved, a fresh batch size per measurement so that nothing comes from a cache.
-2. Per-device bytes of the compiled step's arguments on mesh fsdp=8 (8 CPU devices, made here
+2. Step time of the default GPT with each scale option (unscanned, scanned, remat full and
+   dots_saveable), interleaved in rounds: what the options cost on a CPU.
+3. Per-device bytes of the compiled step's arguments on mesh fsdp=8 (8 CPU devices, made here
    with --xla_force_host_platform_device_count; batch 16), for each family, against the state's
    total / 8.
 """
@@ -30,7 +32,8 @@ import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from research import bench, train  # pylint: disable=wrong-import-position
-from research.config import ExperimentConfig, load_config_file  # pylint: disable=wrong-import-position
+from research.config import (ExperimentConfig,  # pylint: disable=wrong-import-position
+                             load_config_file)
 from research.paths import REPO_ROOT  # pylint: disable=wrong-import-position
 
 FAMILY_CONFIGS = {"decoder": "configs/gpt_shakespeare_char.py",
@@ -64,6 +67,25 @@ def compile_seconds(num_layers: int, scan: bool, batch_size: int) -> float:
     return time.perf_counter() - start
 
 
+STEP_VARIANTS = {"unscanned": {}, "scanned": {"scan_layers": True},
+                 "remat full": {"remat": "full"}, "remat dots_saveable": {"remat": "dots_saveable"}}
+
+
+def step_times(rounds: int, steps: int = 10) -> dict[str, float]:
+  """Median ms/step of each variant, interleaved: round r runs `steps` steps of each in turn."""
+  runs = {}
+  for name, model in STEP_VARIANTS.items():
+    config = config_of(FAMILY_CONFIGS["decoder"], mesh=dict(data=1), model=model)
+    step = bench.compile_train_step(bench.synthetic_experiment(config, jax.devices()[:1]),
+                                    [bench.synthetic_batch(config, s) for s in range(4)])
+    step.run(3)
+    runs[name] = (step, [])
+  for _ in range(rounds):
+    for step, times in runs.values():
+      times += step.run(steps)
+  return {name: 1e3 * float(np.median(times)) for name, (_, times) in runs.items()}
+
+
 def fsdp_bytes(family: str, scan: bool) -> dict:
   config = config_of(FAMILY_CONFIGS[family], mesh=dict(data=1, fsdp=8, tensor=1),
                      model=dict(scan_layers=scan), data=dict(batch_size=16))
@@ -82,20 +104,26 @@ def fsdp_bytes(family: str, scan: bool) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--layers", default="4,12,24")
+  parser.add_argument("--skip_compile", action="store_true")
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--out", default="")
   args = parser.parse_args()
   depths = [int(x) for x in args.layers.split(",")]
   compile_times = {(d, s): [] for d in depths for s in (False, True)}
-  for r in range(args.rounds):
+  for r in range(0 if args.skip_compile else args.rounds):
     for d in depths:
       for s in (False, True):
         compile_times[(d, s)].append(compile_seconds(d, s, batch_size=12 + r))
-  print("compile seconds of the train step (median of rounds):")
-  print(f"  {'layers':>6} {'unscanned':>10} {'scanned':>10}")
-  for d in depths:
+  if not args.skip_compile:
+    print("compile seconds of the train step (median of rounds):")
+    print(f"  {'layers':>6} {'unscanned':>10} {'scanned':>10}")
+  for d in depths if not args.skip_compile else ():
     print(f"  {d:>6} {np.median(compile_times[(d, False)]):>10.2f} "
           f"{np.median(compile_times[(d, True)]):>10.2f}")
+  steps = step_times(args.rounds * 2)
+  print("ms/step of the default GPT (median, interleaved):")
+  for name, ms in steps.items():
+    print(f"  {name:<20} {ms:8.2f}")
   fsdp = [fsdp_bytes(f, s) for f in FAMILY_CONFIGS for s in (False, True)]
   print("per-device parameter + optimizer bytes on fsdp=8 (ideal: total / 8):")
   for row in fsdp:
@@ -106,7 +134,7 @@ def main() -> None:
     pathlib.Path(args.out).write_text(json.dumps({
         "compile_s": {f"{d}_{'scanned' if s else 'unscanned'}": v
                       for (d, s), v in compile_times.items()},
-        "fsdp": fsdp}, indent=2) + "\n")
+        "step_ms": steps, "fsdp": fsdp}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

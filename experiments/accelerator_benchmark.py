@@ -34,7 +34,6 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
 
 from research import bench, flops, models, train  # pylint: disable=wrong-import-position
 from research.config import ConfigError, ExperimentConfig  # pylint: disable=wrong-import-position

@@ -6,7 +6,8 @@
 Prints a table and (with --out) writes the same figures as JSON:
   - the training step (research.train's, on the config's mesh): compile time, then the median,
     p10 and p90 of --steps timed steps after --warmup untimed ones, each on a batch already on
-    the device; tokens/s; analytic FLOPs per step (research/flops.py) and model FLOP/s;
+    the device; tokens/s; analytic FLOPs per step (research/flops.py; XLA's own count of the
+    compiled step beside it) and model FLOP/s;
   - MFU against matmul peaks measured in this process (float32 and bfloat16 operands), and
     against the chip's published peak on a GPU or TPU;
   - per-device memory of the compiled step (XLA's memory analysis);
@@ -264,7 +265,7 @@ def _fit_params(params: Any, shapes: Any) -> Any:
 
 def bench_decode(config: ExperimentConfig, params: Any, new_tokens: int = 256,
                  batch_size: int = 1, prompt_len: int = 8,
-                 repeats: int = 3) -> dict[str, Any] | None:
+                 repeats: int = 5) -> dict[str, Any] | None:
   """Greedy new tokens/s with the KV cache and with full recomputation. The model's max_len is
   raised to hold prompt + new tokens (a learned position table is zero-padded to match).
   None for the encoder family, which fills masks in one pass."""

@@ -22,13 +22,14 @@ from absl import app, flags
 from research import decode, tasks, train
 from research.config import UserError
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A decoder workdir (e.g. SFT on alpaca).",
-                               required=True)
-_PROMPT = flags.DEFINE_string("prompt", None, "Answer this once and exit (no interaction).")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Longest reply, in tokens.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.7, "Softmax temperature; 0 = greedy.")
-_TOP_P = flags.DEFINE_float("top_p", 0.9, "Nucleus sampling mass (1.0 = off).")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+def define_flags() -> None:
+  """The CLI's flags (defined only when run as a program, so importing Chat defines none)."""
+  flags.DEFINE_string("workdir", None, "A decoder workdir (e.g. SFT on alpaca).", required=True)
+  flags.DEFINE_string("prompt", None, "Answer this once and exit (no interaction).")
+  flags.DEFINE_integer("max_new_tokens", 128, "Longest reply, in tokens.")
+  flags.DEFINE_float("temperature", 0.7, "Softmax temperature; 0 = greedy.")
+  flags.DEFINE_float("top_p", 0.9, "Nucleus sampling mass (1.0 = off).")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
 class Chat:
@@ -87,19 +88,19 @@ class Chat:
 def main(argv) -> None:
   train.quiet_logs()
   train.reject_positional_args(argv)
+  f = flags.FLAGS
 
   def body():
-    if _TEMPERATURE.value < 0 or not 0 < _TOP_P.value <= 1:
+    if f.temperature < 0 or not 0 < f.top_p <= 1:
       raise UserError("--temperature must be >= 0 and --top_p in (0, 1]")
-    chat = Chat(_WORKDIR.value, _MAX_NEW.value,
-                decode.SamplingConfig(temperature=_TEMPERATURE.value, top_p=_TOP_P.value),
-                _SEED.value)
-    if _PROMPT.value is not None:
-      if not _PROMPT.value.strip():
+    chat = Chat(f.workdir, f.max_new_tokens,
+                decode.SamplingConfig(temperature=f.temperature, top_p=f.top_p), f.seed)
+    if f.prompt is not None:
+      if not f.prompt.strip():
         raise UserError("--prompt is empty; ask something")
-      print(chat.reply(_PROMPT.value))
+      print(chat.reply(f.prompt))
       return
-    print("Chatting with the model in", _WORKDIR.value, "(/reset forgets, /quit leaves)",
+    print("Chatting with the model in", f.workdir, "(/reset forgets, /quit leaves)",
           file=sys.stderr)
     while True:
       try:
@@ -119,4 +120,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=train.parse_flags)

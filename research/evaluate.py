@@ -23,10 +23,12 @@ from research import checkpoint as ckpt_lib
 from research import train
 from research.config import UserError
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
-_SPLIT = flags.DEFINE_string("split", "", "Split to evaluate (default: the config's eval split).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_OUTPUT = flags.DEFINE_string("output", "", "Where to write the JSON (default: WORKDIR/eval.json).")
+def define_flags() -> None:
+  """The CLI's flags (defined only when run as a program: importing this module defines none)."""
+  flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
+  flags.DEFINE_string("split", "", "Split to evaluate (default: the config's eval split).")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_string("output", "", "Where to write the JSON (default: WORKDIR/eval.json).")
 
 
 def evaluate_workdir(workdir: str, split: str = "", step: int | None = None) -> dict:
@@ -54,11 +56,13 @@ def main(argv) -> None:
   train.quiet_logs()
   train.reject_positional_args(argv)
 
+  f = flags.FLAGS
+
   def body():
-    result = evaluate_workdir(_WORKDIR.value, _SPLIT.value, _STEP.value)
+    result = evaluate_workdir(f.workdir, f.split, f.step)
     for key, value in result.items():
       print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
-    output = pathlib.Path(_OUTPUT.value or pathlib.Path(_WORKDIR.value) / "eval.json")
+    output = pathlib.Path(f.output or pathlib.Path(f.workdir) / "eval.json")
     if jax.process_index() == 0:
       output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {output}", file=sys.stderr)
@@ -67,4 +71,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=train.parse_flags)

@@ -212,13 +212,13 @@ class Experiment:
       return self.data.train
     return self.data.train.random_map(self.transform, seed=self.config.data.shuffle_seed)
 
-  def eval_batches(self, max_batches: int = 0) -> Iterator[dict]:
-    """The whole evaluation split (or its first max_batches), the objective applied with a
-    fixed seed per batch so that every evaluation sees the same corruption."""
+  def eval_batches(self, max_batches: int = 0, max_examples: int = 0) -> Iterator[dict]:
+    """The whole evaluation split (or its first max_batches; a task's first max_examples), the
+    objective applied with a fixed seed per batch so every evaluation sees the same corruption."""
     batch_size = self.config.train.eval_batch_size or self.config.data.batch_size
     if self.transform is None:
       yield from self.data.eval_batches(self.config.data.eval_split, batch_size, max_batches,
-                                        self.config.task.eval_examples)
+                                        max_examples)
       return
     for i, batch in enumerate(self.data.eval_batches(batch_size, max_batches=max_batches)):
       yield self.transform(batch, np.random.default_rng([self.config.train.seed, i]))
@@ -391,14 +391,14 @@ def evaluate_split(exp: Experiment, eval_fn, params, max_batches: int = 0,
                    task_examples: int | None = None) -> dict[str, Any]:
   """Loss/perplexity/accuracy over the evaluation split (all of it unless max_batches), and for
   a task its metrics on the first task_examples examples (default task.eval_examples, 0: all)."""
+  examples = exp.config.task.eval_examples if task_examples is None else task_examples
   total = None
-  for local_batch in exp.eval_batches(max_batches):
+  for local_batch in exp.eval_batches(max_batches, examples):
     batch = sharding.shard_batch(local_batch, exp.mesh, exp.config.rules)
     total = metrics_lib.add_sums(total, eval_fn(params, batch))
   result: dict[str, Any] = metrics_lib.summarize(total or {}, prefix="eval/")
   if exp.is_task:
     from research import tasks  # pylint: disable=import-outside-toplevel
-    examples = exp.config.task.eval_examples if task_examples is None else task_examples
     params = jax.device_get(params) if jax.process_count() == 1 else params
     metrics = tasks.task_metrics(exp, params, exp.config.data.eval_split, examples)
     result.update({f"eval/{k}": v for k, v in metrics.items()})

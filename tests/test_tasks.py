@@ -23,7 +23,7 @@ TINY_MODEL = dict(num_layers=1, num_decoder_layers=1, num_heads=2, embed_dim=32,
 def shrunk(name: str, **task) -> ExperimentConfig:
   config = load_config_file(str(CONFIGS / f"{name}.py"))
   config.model.update(**TINY_MODEL)
-  config.data.update(tokenizer="char", batch_size=8)
+  config.data.update(tokenizer="char", batch_size=8, train_split="train[:64]")
   config.train.update(steps=2, eval_every=0, checkpoint_every=2, log_every=1,
                       async_checkpoints=False)
   config.task.update(eval_examples=6, eval_batch_size=4, **task)

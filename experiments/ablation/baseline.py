@@ -3,22 +3,23 @@ encoder-decoder pretrained with span corruption on character-level Tiny Shakespe
 
 Every arm is this file plus the few lines its own file changes (`python -m research.config_diff
 experiments/ablation/baseline.py experiments/ablation/<arm>.py` prints them). The blocks are the
-same in every arm (pre-norm RMSNorm, rotary positions, which all three families and all their
-attention masks support, GELU MLP, no biases, tied embeddings), so only the composition of the
-blocks and the objective differ.
-
-float32 matmuls: at these widths bfloat16 operands measured no faster on the 2-core CPU.
+same in every arm, so only their composition and the objective differ: pre-norm RMSNorm, rotary
+positions (which all three families and all their attention masks support), a GELU MLP, no
+biases, tied embeddings, float32 matmuls (bfloat16 operands measured no faster at these widths
+on the 2-core CPU).
 
 Sizes are matched in parameters, as T5's "P" arms are (Raffel et al. 2020, Table 2): 2 encoder
 + 2 decoder layers here against 4 layers in the decoder-only and encoder-only arms. A decoder
-layer of an encoder-decoder also holds cross-attention (4 E^2 weights), so this baseline's MLP is
-384 wide instead of 512: 2 (4E^2 + 2E*384) + 2 (8E^2 + 2E*384) = 4 (4E^2 + 2E*512) = 786,432
-weights in the blocks of every arm at E = 128 (embeddings and norms differ by the vocabulary:
-span corruption adds 100 sentinel tokens).
+layer of an encoder-decoder also holds cross-attention (4 E^2 weights), so this baseline's MLP
+is 384 wide instead of 512: 2 (4E^2 + 2E*384) + 2 (8E^2 + 2E*384) = 4 (4E^2 + 2E*512) = 786,432
+weights in the blocks' matrices of every arm at E = 128. Beyond those: the token embeddings
+(span corruption adds 100 sentinel tokens to the 68 of the character vocabulary), the norms,
+and the encoder-only arm's MLM head (E x E); 0.80-0.81M parameters in all.
 
 The runner sets train.steps from the FLOP budget (steps = budget / training FLOPs per step),
-train.seed, and how often to evaluate and checkpoint. Alone it trains like any config:
+the seed, and how often to evaluate and checkpoint. Alone it trains like any config:
   python -m research.train --config=experiments/ablation/baseline.py --workdir=runs/ablation_base
+Results: OUT/report.md of `python -m experiments.architecture_ablation --out=OUT`.
 """
 
 from research.config import base_config

@@ -18,6 +18,7 @@ document or summary), and nothing is written.
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import sys
@@ -257,11 +258,19 @@ def _decode(value):
 
 
 def load_records(task: str, split: str, data_dir: str, folder: str | None = None) -> list[Record]:
-  """Every record of a split as a plain dict (str, int, list), in file order."""
+  """Every record of a split as a plain dict (str, int, list), in file order. TFDS slices
+  work too: 'train[:1000]', 'validation[:10%]'. Read once per process in one bulk request
+  (array_record serves a whole split ~6x faster so than record by record) and cached: callers
+  must not modify what it returns."""
+  return _cached_records(task, split, str(data_dir), None if folder is None else str(folder))
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_records(task: str, split: str, data_dir: str, folder: str | None) -> list[Record]:
   builder = prepared_builder(task, data_dir, folder)
-  if split not in builder.info.splits:
+  if split.split("[")[0] not in builder.info.splits:
     raise DataError(f"task {task} has no split {split!r}; its splits are "
                     f"{sorted(builder.info.splits)}")
   source = builder.as_data_source(split=split)
-  return [{k: _decode(v) for k, v in source[i].items() if k != "index"}
-          for i in range(len(source))]
+  return [{k: _decode(v) for k, v in row.items() if k != "index"}
+          for row in source.__getitems__(range(len(source)))]
