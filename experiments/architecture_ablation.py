@@ -704,7 +704,8 @@ def write_report(out: pathlib.Path, arms: list[str], seeds: list[int], plans: di
   plot_losses(out / "loss_vs_flops.png", arms, seeds, plans, results)
   plot_downstream(out / "downstream.png", arms, seeds, stats)
   budget = settings["budget_flops"]
-  flags = f"--out={out} --budget_flops={budget:g} --seeds={','.join(map(str, seeds))} " \
+  shown_out = out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out
+  flags = f"--out={shown_out} --budget_flops={budget:g} --seeds={','.join(map(str, seeds))} " \
           f"--arms={','.join(arms)}" + (" --tiny" if settings["tiny"] else "")
   lines = [
       "# Architecture ablation: compute-matched pretraining, then fine-tuning",
