@@ -27,10 +27,8 @@ before every stage names the arm, seed and stage and estimates the time left fro
 finished so far. JAX's persistent compilation cache lives in OUT/jax_cache.
 
 Runtime of the default (5 arms x 2 seeds: 10 pretrainings of ~820-1460 steps, 10 SST-2 and 8
-translation fine-tunings of 100 steps): about 35 minutes on 2 free CPU cores (30-45 by the
-spread of the estimate), from step and stage times measured on the shared machine under a load
-of ~6 and scaled by the 2.2x that the default GPT's step time showed there against its idle
-figure. --tiny (tiny models, a few steps each, 2 seeds): 2m23s measured on idle cores (issue #7 asks
+translation fine-tunings of 100 steps): 31m42s measured on 2 idle CPU cores
+(experiments/ablation_report/). --tiny (tiny models, a few steps each, 2 seeds): 2m23s measured on idle cores (issue #7 asks
 for 2 minutes; its 28 stages are compile-bound).
 """
 
