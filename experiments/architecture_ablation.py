@@ -28,8 +28,8 @@ finished so far. JAX's persistent compilation cache lives in OUT/jax_cache.
 
 Runtime of the default (5 arms x 2 seeds: 10 pretrainings of ~820-1460 steps, 10 SST-2 and 8
 translation fine-tunings of 100 steps): 31m42s measured on 2 idle CPU cores
-(experiments/ablation_report/). --tiny (tiny models, a few steps each, 2 seeds): 2m23s measured on idle cores (issue #7 asks
-for 2 minutes; its 28 stages are compile-bound).
+(experiments/ablation_report/). --tiny (tiny models, a few steps each, 2 seeds): 2m23s measured
+on idle cores (issue #7 asks for 2 minutes; its 28 stages are compile-bound).
 """
 
 from __future__ import annotations

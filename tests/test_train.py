@@ -46,8 +46,9 @@ def run_cli(*args, cwd=REPO_ROOT):
 # Resuming is one code path for every family: the default suite runs it on the causal decoder
 # and the encoder-decoder (the largest state); prefix LM and BERT are marked slow.
 @pytest.mark.parametrize("config_file", [
-    c if c.endswith(("gpt_shakespeare_char.py", "t5_shakespeare_span.py"))
-    else pytest.param(c, marks=pytest.mark.slow) for c in FAMILY_CONFIGS])
+    "configs/gpt_shakespeare_char.py", "configs/t5_shakespeare_span.py",
+    pytest.param("configs/gpt_shakespeare_prefixlm.py", marks=pytest.mark.slow),
+    pytest.param("configs/bert_shakespeare_mlm.py", marks=pytest.mark.slow)])
 def test_resume_continues_the_same_run(tmp_path, config_file):
   straight = tmp_path / "straight"
   train.train_and_evaluate(shrunk_config(8, config_file), straight)
