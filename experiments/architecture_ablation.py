@@ -26,10 +26,17 @@ different budget, --tiny or changed arm config on the same OUT is refused. A pro
 before every stage names the arm, seed and stage and estimates the time left from the stages
 finished so far. JAX's persistent compilation cache lives in OUT/jax_cache.
 
+--workers=N runs N arms at once, each in its own process (its seeds one after another, so that
+the later seeds load the first one's compiled programs from the cache; its output goes to
+OUT/<arm>/log.txt), and logs each stage as it finishes. The default is one, so that the
+report's wall times and MFU are measured on an otherwise idle machine; --tiny, whose stages
+are compile-bound, defaults to TINY_WORKERS, and the report says when stages shared the machine.
+
 Runtime of the default (5 arms x 2 seeds: 10 pretrainings of ~820-1460 steps, 10 SST-2 and 8
 translation fine-tunings of 100 steps): 31m42s measured on 2 idle CPU cores
-(experiments/ablation_report/). --tiny (tiny models, a few steps each, 2 seeds): 2m23s measured
-on idle cores (issue #7 asks for 2 minutes; its 28 stages are compile-bound).
+(experiments/ablation_report/). --tiny (tiny models, a few steps each, 2 seeds, 28 stages):
+1m39s on 2 idle cores with its default three workers (median of 3 runs: 97, 99, 100 s; one
+process: 2m19s).
 """
 
 from __future__ import annotations
@@ -73,6 +80,10 @@ TINY_MLP_DIVISOR = 4
 # Tiny runs are compile-bound: without LLVM's optimisations a tiny stage compiles ~2.5x faster
 # (measured on the 2-core CPU); the default runs keep them, their steps dominate.
 TINY_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# --tiny's stages are mostly tracing and compilation, which leave a core idle much of the time:
+# on the 2-core CPU, one worker took 2m19s, two 1m48s and three 1m33s-1m40s (idle cores); five
+# were no faster than three. Tiny models leave an accelerator's memory room for three.
+TINY_WORKERS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,9 +365,11 @@ class Progress:
   """The progress line: which arm, seed and stage runs, and the time left, estimated from the
   stages finished so far (in this process or recorded by an earlier one)."""
 
-  def __init__(self, todo: list[tuple[str, int, str]], known: dict[tuple[str, str], list[float]]):
+  def __init__(self, todo: list[tuple[str, int, str]], known: dict[tuple[str, str], list[float]],
+               workers: int = 1):
     self.todo = todo  # (arm, seed, stage) still to run, in order
     self.known = known  # (arm, stage) -> seconds of finished ones
+    self.workers = workers  # stages running at once: the time left is shared among them
     self.started = time.perf_counter()
     self.done = 0
 
@@ -370,15 +383,23 @@ class Progress:
     every = [s for seconds in self.known.values() for s in seconds]
     return float(np.mean(every)) if every else None
 
-  def line(self, arm: str, seed: int, stage: str, detail: str) -> str:
-    remaining = self.todo[self.done:]
+  def time_left(self, remaining: list[tuple[str, int, str]]) -> str:
     estimates = [self.estimate(a, st) for a, _, st in remaining]
     if any(e is None for e in estimates):
-      left = "time left: known after the first stage"
-    else:
-      left = f"about {format_seconds(sum(estimates))} left"
+      return "time left: known after the first stage"
+    return f"about {format_seconds(sum(estimates) / self.workers)} left"
+
+  def line(self, arm: str, seed: int, stage: str, detail: str) -> str:
     return (f"[ablation {self.done + 1}/{len(self.todo)}] {arm} seed {seed}: {stage} "
-            f"({detail}); {format_seconds(time.perf_counter() - self.started)} elapsed, {left}")
+            f"({detail}); {format_seconds(time.perf_counter() - self.started)} elapsed, "
+            f"{self.time_left(self.todo[self.done:])}")
+
+  def finished_line(self, arm: str, seed: int, stage: str, seconds: float,
+                    remaining: list[tuple[str, int, str]]) -> str:
+    """After finished(): for stages run by workers, which report when a stage ends."""
+    return (f"[ablation {self.done}/{len(self.todo)}] {arm} seed {seed}: {stage} done in "
+            f"{format_seconds(seconds)}; {format_seconds(time.perf_counter() - self.started)} "
+            f"elapsed, {self.time_left(remaining)}")
 
   def finished(self, arm: str, stage: str, seconds: float) -> None:
     self.known.setdefault((arm, stage), []).append(seconds)
@@ -423,8 +444,10 @@ def finetune_record(task: str, config: ExperimentConfig, result: dict, seconds: 
 
 
 def run_arm_seed(arm: str, seed: int, plan: Plan, directory: pathlib.Path, tiny: bool,
-                 progress: Progress, log) -> dict[str, dict]:
-  """Every stage of one arm and seed, skipping those with a record; returns the records."""
+                 progress: Progress, log, concurrent: int = 1) -> dict[str, dict]:
+  """Every stage of one arm and seed, skipping those with a record; returns the records.
+  `concurrent`: how many arm-seeds run at once (--workers), kept in each record because it
+  makes the stage's wall time and MFU those of a shared machine."""
   records = {}
   for stage in stages_of(plan.family):
     path = directory / f"{stage}.json"
@@ -442,16 +465,21 @@ def run_arm_seed(arm: str, seed: int, plan: Plan, directory: pathlib.Path, tiny:
       log(progress.line(arm, seed, stage, f"fine-tuning, {config.train.steps} steps"))
       result, seconds, resumed = run_stage(config, workdir)
       records[stage] = finetune_record(stage, config, result, seconds, resumed)
+    records[stage]["concurrent"] = concurrent
     write_json(path, records[stage])
     progress.finished(arm, stage, seconds)
   return records
 
 
 def run_ablation(out: pathlib.Path, arms: list[str], seeds: list[int], budget: float,
-                 tiny: bool, log=print) -> dict[str, Any]:
+                 tiny: bool, log=print, workers: int = 1, worker_of: int = 0) -> dict[str, Any]:
   """Runs (or resumes, or skips) every stage of every arm and seed, seed by seed, then writes
   the report. Returns {"plans": {arm: Plan}, "results": {(arm, seed): record},
-  "failed": [message, ...], "interrupted": whether a run was stopped (SIGTERM)}."""
+  "failed": [message, ...], "interrupted": whether a run was stopped (SIGTERM)}.
+
+  workers > 1 runs that many arm-seeds at once, each in its own process (run_in_workers).
+  worker_of = N > 0: this process is one of N such workers; it runs its stages and writes no
+  report."""
   for arm in arms:
     arm_path(arm)  # every name checked before anything runs
   settings = {"budget_flops": budget, "tiny": tiny,
@@ -471,16 +499,19 @@ def run_ablation(out: pathlib.Path, arms: list[str], seeds: list[int], budget: f
           todo.append((arm, seed, stage))
         else:
           known.setdefault((arm, stage), []).append(record["wall_s"])
-  progress = Progress(todo, known)
+  progress = Progress(todo, known, workers)
   failed, interrupted = [], False
-  try:
-    for seed in seeds:  # seed by seed: an interrupted ablation has whole comparisons first
-      for arm in arms:
+  pending = [(arm, seed) for seed in seeds for arm in arms  # seed by seed: an interrupted
+             if not (seed_dir(arm, seed) / "result.json").exists()]  # one has whole comparisons
+  if workers > 1:
+    failed, interrupted = run_in_workers(out, pending, plans, settings, workers, progress, log)
+  else:
+    try:
+      for arm, seed in pending:
         directory = seed_dir(arm, seed)
-        if (directory / "result.json").exists():
-          continue
         try:
-          records = run_arm_seed(arm, seed, plans[arm], directory, tiny, progress, log)
+          records = run_arm_seed(arm, seed, plans[arm], directory, tiny, progress, log,
+                                 max(1, worker_of))
         except FloatingPointError as e:  # a diverged run: the other arms still run
           failed.append(f"{arm} seed {seed}: {e}")
           log(f"[ablation] {arm} seed {seed} failed: {e}")
@@ -488,14 +519,88 @@ def run_ablation(out: pathlib.Path, arms: list[str], seeds: list[int], budget: f
                                for stage in stages_of(plans[arm].family)))
           continue
         write_json(directory / "result.json", {"arm": arm, "seed": seed, **records})
-  except Interrupted as e:
-    interrupted = True
-    log(f"[ablation] stopped: {e}; rerun the same command to continue from there")
+    except Interrupted as e:
+      interrupted = True
+      log(f"[ablation] stopped: {e}; rerun the same command to continue from there")
   results = {(arm, seed): read_json(seed_dir(arm, seed) / "result.json")
              for seed in seeds for arm in arms}
   results = {key: record for key, record in results.items() if record is not None}
-  write_report(out, arms, seeds, plans, results, settings, failed)
+  if not worker_of:
+    write_report(out, arms, seeds, plans, results, settings, failed)
   return {"plans": plans, "results": results, "failed": failed, "interrupted": interrupted}
+
+
+def run_in_workers(out: pathlib.Path, pending: list[tuple[str, int]], plans: dict[str, Plan],
+                   settings: dict, workers: int, progress: Progress,
+                   log) -> tuple[list[str], bool]:
+  """Runs the pending arm-seeds in `workers` processes at a time, one process per arm (its
+  seeds in turn, so that the later ones load the first one's programs from the compilation
+  cache): `python -m experiments.architecture_ablation --arms=ARM --seeds=... --worker_of=N`,
+  its output in OUT/<arm>/log.txt. Logs each stage as its record appears. SIGTERM or Ctrl-C is
+  passed on to the workers (research.train checkpoints and returns); the caller then writes
+  the report. Returns (failed, interrupted)."""
+  import signal  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  queue = list(dict.fromkeys(arm for arm, _ in pending))  # arms in order of first appearance
+  seeds_of = {arm: [seed for a, seed in pending if a == arm] for arm in queue}
+  running, failed, gone = {}, [], set()  # gone: arms whose worker failed
+  # (arm, seed, stage) with a record: those of earlier runs, then as the workers write them.
+  todo = set(progress.todo)
+  seen = {(arm, seed, stage) for arm, seed in pending for stage in stages_of(plans[arm].family)
+          if (arm, seed, stage) not in todo}
+  stop = []
+
+  def request_stop(signum, frame):
+    del frame
+    stop.append(signum)
+    for process in running.values():
+      process.send_signal(signal.SIGTERM)
+
+  previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+  env = dict(os.environ)
+  # Several processes share one accelerator: none may take most of its memory up front.
+  env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+  try:
+    while (queue and not stop) or running:
+      while queue and not stop and len(running) < workers:
+        arm = queue.pop(0)
+        seeds = ",".join(map(str, seeds_of[arm]))
+        command = [sys.executable, "-m", "experiments.architecture_ablation", f"--out={out}",
+                   f"--arms={arm}", f"--seeds={seeds}",
+                   f"--budget_flops={settings['budget_flops']!r}", f"--worker_of={workers}"]
+        command += ["--tiny"] if settings["tiny"] else []
+        with open(out / arm / "log.txt", "a", encoding="utf-8") as log_file:
+          running[arm] = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file,
+                                          stderr=subprocess.STDOUT)
+        log(f"[ablation] {arm} seeds {seeds}: started (output in {arm}/log.txt)")
+      time.sleep(0.2)
+      for arm, process in list(running.items()):
+        for seed in seeds_of[arm]:
+          for stage in stages_of(plans[arm].family):
+            record = read_json(out / arm / f"seed{seed}" / f"{stage}.json")
+            if (arm, seed, stage) in seen or record is None:
+              continue
+            seen.add((arm, seed, stage))
+            progress.finished(arm, stage, record["wall_s"])
+            remaining = [t for t in progress.todo if t not in seen and t[0] not in gone]
+            log(progress.finished_line(arm, seed, stage, record["wall_s"], remaining))
+        if process.poll() is None:
+          continue
+        del running[arm]
+        if process.returncode != 0 and not stop:
+          gone.add(arm)
+          lines = (out / arm / "log.txt").read_text(errors="replace").strip().splitlines()
+          failed.append(f"{arm}: {lines[-1] if lines else 'no output'} (exit status "
+                        f"{process.returncode}; {out / arm / 'log.txt'})")
+          log(f"[ablation] {failed[-1]}")
+          progress.skipped(sum((arm, seed, stage) not in seen for seed in seeds_of[arm]
+                               for stage in stages_of(plans[arm].family)))
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  if stop:
+    log("[ablation] stopped; rerun the same command to continue from there")
+  return failed, bool(stop)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -695,6 +800,17 @@ def machine() -> str:
           f"{', '.join(kinds)}")
 
 
+def shared_machine_note(results: dict) -> str:
+  """Says so when stages ran several at a time (--workers): their wall times and MFU then
+  measure a shared machine, not the arm alone."""
+  most = max((stage.get("concurrent", 1) for record in results.values()
+              for stage in record.values() if isinstance(stage, dict)), default=1)
+  if most <= 1:
+    return ""
+  return (f"; up to {most} arm-seeds ran at once (--workers), so wall times and MFU are "
+          "those of a shared machine and do not compare arms")
+
+
 def write_report(out: pathlib.Path, arms: list[str], seeds: list[int], plans: dict[str, Plan],
                  results: dict, settings: dict, failed: list[str] = ()) -> pathlib.Path:
   """OUT/report.md, the two plots and OUT/results.json from the records."""
@@ -731,7 +847,7 @@ def write_report(out: pathlib.Path, arms: list[str], seeds: list[int], plans: di
       "compilation, left out), against the peak research/flops.py uses (on CPUs a matmul "
       "measured at start-up).",
       f"- Machine of the last run: {machine()}; wall times are those of the runs that "
-      "finished each stage.",
+      "finished each stage" + shared_machine_note(results) + ".",
       "",
       "## Results",
       "",
@@ -866,7 +982,8 @@ def main(argv) -> None:
   f = flags.FLAGS
 
   def body():
-    if f.tiny:  # before JAX starts its backend, which reads XLA_FLAGS once
+    if f.tiny and TINY_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+      # before JAX starts its backend, which reads XLA_FLAGS once
       os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TINY_XLA_FLAGS}".strip()
     if not f.out:
       raise UserError("--out=DIR is required (where the runs and the report go)")
@@ -876,11 +993,22 @@ def main(argv) -> None:
     arms = list(f.arms)
     if not arms or len(set(arms)) != len(arms):
       raise UserError(f"--arms needs distinct arm names, got {arms}")
+    workers = f.workers or (TINY_WORKERS if f.tiny else 1)
+    if workers < 1 or f.worker_of < 0:
+      raise UserError(f"--workers must be a positive number of processes, got {f.workers}")
+    if workers > 1:  # the workers share the accelerator, if any, with this process
+      os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     out = pathlib.Path(f.out).resolve()
     enable_compilation_cache(out / "jax_cache")
     start = time.perf_counter()
-    outcome = run_ablation(out, arms, parse_seeds(f.seeds), budget,
-                           f.tiny, log=lambda line: print(line, file=sys.stderr, flush=True))
+    log = lambda line: print(line, file=sys.stderr, flush=True)
+    if f.worker_of:  # one of run_in_workers' processes
+      outcome = run_ablation(out, arms, parse_seeds(f.seeds), budget, f.tiny, log,
+                             worker_of=f.worker_of)
+      if outcome["failed"]:
+        raise UserError("; ".join(outcome["failed"]))
+      return
+    outcome = run_ablation(out, arms, parse_seeds(f.seeds), budget, f.tiny, log, workers)
     print(f"report: {pathlib.Path(f.out) / 'report.md'} ({len(outcome['results'])} arm-seed "
           f"results, {format_seconds(time.perf_counter() - start)})")
     if outcome["failed"]:
@@ -898,6 +1026,10 @@ def define_flags() -> None:
   flags.DEFINE_list("seeds", ["0", "1"], "Seeds; each arm runs once per seed.")
   flags.DEFINE_list("arms", list(DEFAULT_ARMS), "Arms: files of experiments/ablation/.")
   flags.DEFINE_bool("tiny", False, "Tiny models and a few steps each (tests, a quick look).")
+  flags.DEFINE_integer("workers", 0, f"Arm-seeds run at once, each in its own process (0: "
+                       f"{TINY_WORKERS} with --tiny, else 1, so that wall times and MFU in the "
+                       "report are measured on an otherwise idle machine).")
+  flags.DEFINE_integer("worker_of", 0, "Internal: set by --workers for the processes it starts.")
 
 
 if __name__ == "__main__":

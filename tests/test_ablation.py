@@ -7,6 +7,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import textwrap
 import time
 
 import jax
@@ -64,8 +65,14 @@ def test_tiny_ablation_writes_the_report_plots_and_every_arm(tiny_run):
     assert len(values["sst2"]["values"]) == 2
   assert "**encdec_lm** (T5: Enc-dec, 6 layers (P, M/2), LM): `objective.name:" in report
   assert "not comparable across objectives" in report
-  assert f"[ablation 1/28] {ablation.DEFAULT_ARMS[0]} seed 0: pretrain" in result.stderr
-  assert "left" in result.stderr.split("[ablation 2/28]")[1].splitlines()[0]
+  # --tiny runs TINY_WORKERS arms at once, each process logging to OUT/<arm>/log.txt; this
+  # process reports every stage as its record appears, with the time left.
+  assert f"[ablation] {ablation.DEFAULT_ARMS[0]} seeds 0,1: started" in result.stderr
+  assert all((out / arm / "log.txt").exists() for arm in ablation.DEFAULT_ARMS)
+  done = [line for line in result.stderr.splitlines() if " done in " in line]
+  assert len(done) == 28 and done[-1].startswith("[ablation 28/28]")
+  assert "left" in done[1]
+  assert f"up to {ablation.TINY_WORKERS} arm-seeds ran at once (--workers)" in report
 
 
 def test_rerun_skips_everything_finished(tiny_run):
@@ -84,11 +91,12 @@ def test_an_interrupted_stage_resumes_from_its_workdir(tiny_run):
   out = tiny_run[0]
   # The stage's record was lost after its run checkpointed its last step: the rerun runs
   # this stage alone, and training resumes at that checkpoint (only the evaluation is left).
+  # In this process (--workers=1): its progress line comes before the stage.
   seed_dir = out / "decoder_lm" / "seed1"
   before = json.loads((seed_dir / "spa_eng.json").read_text())
   (seed_dir / "spa_eng.json").unlink()
   (seed_dir / "result.json").unlink()
-  result = run_cli(f"--out={out}", "--tiny")
+  result = run_cli(f"--out={out}", "--tiny", "--workers=1")
   assert result.returncode == 0, result.stderr[-3000:]
   progress = [line for line in result.stderr.splitlines() if line.startswith("[ablation")]
   assert len(progress) == 1 and progress[0].startswith("[ablation 1/1] decoder_lm seed 1: spa_eng")
@@ -110,6 +118,7 @@ def test_other_settings_on_the_same_out_are_refused(tiny_run):
     (["--arms=decoder_lm,nope"], "no arm 'nope'"),
     (["--seeds=0,x"], "--seeds must be integers"),
     (["--budget_flops=-1"], "--budget_flops must be a positive"),
+    (["--workers=-2"], "--workers must be a positive"),
 ])
 def test_bad_flags_are_one_error_line(tmp_path, flags, message):
   result = run_cli(f"--out={tmp_path / 'out'}", "--tiny", *flags)
@@ -242,3 +251,36 @@ def test_a_run_stopped_before_its_last_step_stops_the_ablation(tmp_path, monkeyp
     ablation.run_stage(config, tmp_path / "run")
   assert ablation.latest_checkpoint(tmp_path / "run") == 3
   assert ablation.latest_checkpoint(tmp_path / "none") is None
+
+
+def test_workers_report_stages_and_failures(tmp_path, monkeypatch):
+  # run_in_workers with a stand-in for the worker command: arm "ok" writes its two stage
+  # records, arm "bad" fails with a message; both run at once.
+  fake = tmp_path / "fake_python"
+  fake.write_text(textwrap.dedent("""\
+      #!/bin/sh
+      for a in "$@"; do case $a in --out=*) out=${a#--out=};; --arms=*) arm=${a#--arms=};; esac; done
+      if [ "$arm" = bad ]; then echo "error: bad seed 0: loss is nan"; exit 2; fi
+      mkdir -p "$out/ok/seed0"
+      for stage in pretrain sst2; do echo '{"wall_s": 1.0}' > "$out/ok/seed0/$stage.json"; done
+      """))
+  fake.chmod(0o755)
+  monkeypatch.setattr(sys, "executable", str(fake))
+  out = tmp_path / "out"
+  for arm in ("ok", "bad"):
+    (out / arm).mkdir(parents=True)
+  plans = {arm: fake_plan(arm, "encoder", "masked_lm") for arm in ("ok", "bad")}
+  # An earlier run finished bad's pretraining: not reported again, not in the count.
+  ablation.write_json(out / "bad" / "seed0" / "pretrain.json", {"wall_s": 5.0})
+  todo = [("ok", 0, "pretrain"), ("ok", 0, "sst2"), ("bad", 0, "sst2")]
+  progress = ablation.Progress(todo, {}, workers=2)
+  lines = []
+  failed, interrupted = ablation.run_in_workers(
+      out, [("ok", 0), ("bad", 0)], plans, {"budget_flops": 1e9, "tiny": True}, 2, progress,
+      lines.append)
+  assert not interrupted
+  assert len(failed) == 1 and failed[0].startswith("bad: error: bad seed 0: loss is nan")
+  assert "exit status 2" in failed[0]
+  done = [line for line in lines if " done in " in line]
+  assert len(done) == 2 and done[-1].startswith("[ablation 2/3] ok seed 0: sst2 done in 1s")
+  assert progress.done == 3  # the failed arm's last stage counted as skipped
