@@ -75,16 +75,55 @@ def _dense_fwd(x, kernel, operand_dtype):
   return _mm(x, kernel, operand_dtype), (x, kernel)
 
 
+def _transposed(a: Array, operand_dtype) -> Array:
+  """A transposed copy of a 2-D array in the operand dtype, laid out row-major in memory.
+
+  Left to itself, XLA turns a transpose into a column-major layout of the same bytes; XLA's CPU
+  backend runs a bfloat16 product with such an operand in float32 (its operand upcaster) and
+  off the fast matmul path. Through a 1-D barrier the transposed order has to be materialised.
+  """
+  rows, cols = a.shape
+  if operand_dtype == jnp.float32:
+    return a.T
+  flat = jax.lax.optimization_barrier(a.astype(operand_dtype).T.reshape(rows * cols))
+  return flat.reshape(cols, rows)
+
+
 def _dense_bwd(operand_dtype, residuals, grad):
   x, kernel = residuals
   x2 = x.reshape(-1, x.shape[-1])  # (M, C)
   g2 = grad.reshape(-1, grad.shape[-1])  # (M, F)
-  grad_x = _mm(g2, kernel.T, operand_dtype).reshape(x.shape)
-  grad_kernel = _mm(x2.T, g2, operand_dtype)  # (C, M) @ (M, F)
-  return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
+  grad_x = _mm(g2, _transposed(kernel, operand_dtype), operand_dtype)  # (M, F) @ (F, C)
+  grad_kernel = _mm(_transposed(x2, operand_dtype), g2, operand_dtype)  # (C, M) @ (M, F)
+  return grad_x.reshape(x.shape).astype(x.dtype), grad_kernel.astype(kernel.dtype)
 
 
 dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense_transposed(x: Array, weight: Array, operand_dtype=jnp.float32) -> Array:
+  """x (..., C) @ weight.T for a weight stored (F, C): a tied output layer's embedding table.
+  Its own gradient rule, so that every product of the three is a plain row-major one (through
+  `dense` on `weight.T`, XLA folds the transposes into an orientation its CPU backend cannot run
+  with bfloat16 operands)."""
+  return _mm(x, _transposed(weight, operand_dtype), operand_dtype)
+
+
+def _dense_transposed_fwd(x, weight, operand_dtype):
+  return dense_transposed(x, weight, operand_dtype), (x, weight)
+
+
+def _dense_transposed_bwd(operand_dtype, residuals, grad):
+  x, weight = residuals
+  x2 = x.reshape(-1, x.shape[-1])  # (M, C)
+  g2 = grad.reshape(-1, grad.shape[-1])  # (M, F)
+  grad_x = _mm(g2, weight, operand_dtype)  # (M, F) @ (F, C)
+  grad_weight = _mm(_transposed(g2, operand_dtype), x2, operand_dtype)  # (F, M) @ (M, C)
+  return grad_x.reshape(x.shape).astype(x.dtype), grad_weight.astype(weight.dtype)
+
+
+dense_transposed.defvjp(_dense_transposed_fwd, _dense_transposed_bwd)
 
 
 def normal_init(std: float):
@@ -149,7 +188,7 @@ class Embed(nn.Module):
   def attend(self, x: Array) -> Array:  # (B, T, E) -> (B, T, V) float32
     if self.config.scale_tied_logits:  # T5 v1.0: keeps logits O(1) with its N(0, 1) embeddings
       x = x * self.config.embed_dim ** -0.5
-    return dense(x, self.embedding.T, dtype(self.config.matmul_dtype))
+    return dense_transposed(x, self.embedding, dtype(self.config.matmul_dtype))
 
 
 class LearnedPositions(nn.Module):

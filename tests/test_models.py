@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research import decode
+from research import decode, layers
 from research.config import ModelConfig
 from research.models import Decoder
 
@@ -99,6 +99,29 @@ def test_bf16_matmul_policy_is_close_to_float32():
   np.testing.assert_allclose(out16, out32, atol=5e-2)
   grads = jax.grad(lambda p: model16.apply({"params": p}, tokens).mean())(params)
   assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("operand_dtype", [jnp.float32, jnp.bfloat16])
+def test_linear_gradient_rules_match_autodiff(operand_dtype):
+  # layers.dense and layers.dense_transposed (the tied output layer) have their own gradient
+  # rules that lay out every product row-major; they must give autodiff's gradients of the
+  # plain products (bfloat16 operands: to bfloat16's precision).
+  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (2, 5, 8))
+  w = jax.random.normal(kw, (8, 6))
+  cot = jax.random.normal(kg, (2, 5, 6))
+  plain = lambda x, w: jnp.einsum("btc,cf->btf", x.astype(operand_dtype), w.astype(operand_dtype),
+                                  preferred_element_type=jnp.float32)
+  tol = dict(rtol=1e-5, atol=1e-5) if operand_dtype == jnp.float32 else dict(atol=0.1)
+  for ours, weight in ((lambda x, w: layers.dense(x, w, operand_dtype), w),
+                       (lambda x, w: layers.dense_transposed(x, w, operand_dtype), w.T)):
+    reference = plain if weight is w else lambda x, wt: plain(x, wt.T)
+    out, vjp = jax.vjp(jax.jit(ours), x, weight)
+    ref_out, ref_vjp = jax.vjp(reference, x, weight)
+    np.testing.assert_allclose(out, ref_out, **tol)
+    for got, want in zip(vjp(cot), ref_vjp(cot)):
+      assert got.shape == want.shape and got.dtype == jnp.float32
+      np.testing.assert_allclose(got, want, **tol)
 
 
 def test_greedy_generation_matches_argmax_of_full_forward():
