@@ -75,18 +75,23 @@ def _dense_fwd(x, kernel, operand_dtype):
   return _mm(x, kernel, operand_dtype), (x, kernel)
 
 
-def _transposed(a: Array, operand_dtype) -> Array:
-  """A transposed copy of a 2-D array in the operand dtype, laid out row-major in memory.
+def _materialized(a: Array, perm: tuple[int, ...], operand_dtype) -> Array:
+  """a.transpose(perm) in the operand dtype, laid out row-major in memory.
 
-  Left to itself, XLA turns a transpose into a column-major layout of the same bytes; XLA's CPU
+  Left to itself, XLA turns a transpose into a non-default layout of the same bytes; XLA's CPU
   backend runs a bfloat16 product with such an operand in float32 (its operand upcaster) and
   off the fast matmul path. Through a 1-D barrier the transposed order has to be materialised.
+  In float32 the plain transpose is as fast (measured), and GPUs and TPUs have no such upcast,
+  so there the transpose is left to XLA.
   """
-  rows, cols = a.shape
-  if operand_dtype == jnp.float32:
-    return a.T
-  flat = jax.lax.optimization_barrier(a.astype(operand_dtype).T.reshape(rows * cols))
-  return flat.reshape(cols, rows)
+  t = a.astype(operand_dtype).transpose(perm)
+  if operand_dtype == jnp.float32 or jax.default_backend() != "cpu":
+    return t
+  return jax.lax.optimization_barrier(t.reshape(-1)).reshape(t.shape)
+
+
+def _transposed(a: Array, operand_dtype) -> Array:
+  return _materialized(a, (1, 0), operand_dtype)
 
 
 def _dense_bwd(operand_dtype, residuals, grad):
@@ -124,6 +129,32 @@ def _dense_transposed_bwd(operand_dtype, residuals, grad):
 
 
 dense_transposed.defvjp(_dense_transposed_fwd, _dense_transposed_bwd)
+
+
+def _swap_last(a: Array, operand_dtype) -> Array:
+  return _materialized(a, tuple(range(a.ndim - 2)) + (a.ndim - 1, a.ndim - 2), operand_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def batched_matmul(a: Array, b: Array, operand_dtype=jnp.float32) -> Array:
+  """a (..., M, K) @ b (..., K, N) -> (..., M, N) in float32, operands cast to `operand_dtype`:
+  attention's products. Its gradient rule multiplies row-major transposed copies, as `dense`'s
+  does, so that the backward products keep bfloat16 operands on a CPU."""
+  return _mm(a, b, operand_dtype)
+
+
+def _batched_matmul_fwd(a, b, operand_dtype):
+  return _mm(a, b, operand_dtype), (a, b)
+
+
+def _batched_matmul_bwd(operand_dtype, residuals, grad):
+  a, b = residuals
+  grad_a = _mm(grad, _swap_last(b, operand_dtype), operand_dtype)  # (M, N) @ (N, K)
+  grad_b = _mm(_swap_last(a, operand_dtype), grad, operand_dtype)  # (K, M) @ (M, N)
+  return grad_a.astype(a.dtype), grad_b.astype(b.dtype)
+
+
+batched_matmul.defvjp(_batched_matmul_fwd, _batched_matmul_bwd)
 
 
 def normal_init(std: float):
@@ -390,26 +421,35 @@ def attention_core(q: Array, k: Array, v: Array, *, mask: Array | None, bias: Ar
   without the 1/sqrt(H) when config.scale_attention is False (T5)."""
   operand = dtype(config.matmul_dtype)
   q, k, v = q.astype(operand), k.astype(operand), v.astype(operand)
-  scale = None if config.scale_attention else 1.0  # None: the library's 1/sqrt(H)
-  if dropout is None:
-    # The library kernel: fused (cuDNN flash attention) on GPU, plain XLA on CPU.
+  if dropout is None and (config.attention == "cudnn" or (
+      config.attention == "auto" and jax.default_backend() == "gpu")):
+    # The library kernel: fused (cuDNN flash attention) where it applies.
+    scale = None if config.scale_attention else 1.0  # None: the library's 1/sqrt(H)
     return _library_attention(q, k, v, bias=bias, mask=mask, scale=scale,
                               choice=config.attention).astype(dtype(config.activation_dtype))
-  # Dropout on attention weights needs the probabilities, which the fused kernel never forms.
+  # Written out: dropout on the attention weights needs the probabilities, which the fused
+  # kernel never forms; elsewhere (CPUs) batched_matmul keeps bfloat16 products bfloat16 in the
+  # backward pass, which the library's XLA path does not.
   b, t, n, h = q.shape
-  groups = n // k.shape[2]
-  q = q.reshape(b, t, k.shape[2], groups, h)
-  logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
-  logits = logits.reshape(b, n, t, -1)
+  s, kv_heads = k.shape[1], k.shape[2]
+  groups = n // kv_heads
+  # (B, K, G*T, H) queries, (B, K, H, S) keys, (B, K, S, H) values: row-major batched products.
+  q = _materialized(q.reshape(b, t, kv_heads, groups, h), (0, 2, 3, 1, 4), operand)
+  q = q.reshape(b, kv_heads, groups * t, h)
+  logits = batched_matmul(q, _materialized(k, (0, 2, 3, 1), operand), operand)
+  logits = logits.reshape(b, n, t, s)
   if config.scale_attention:
     logits = logits / np.sqrt(h)
   if bias is not None:
     logits = logits + bias
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  probs = dropout(jax.nn.softmax(logits, axis=-1))  # (B, N, T, S)
-  probs = probs.reshape(b, k.shape[2], groups, t, -1).astype(operand)
-  out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v, preferred_element_type=jnp.float32)
+  probs = jax.nn.softmax(logits, axis=-1)  # (B, N, T, S)
+  if dropout is not None:
+    probs = dropout(probs)
+  probs = probs.reshape(b, kv_heads, groups * t, s)
+  out = batched_matmul(probs, _materialized(v, (0, 2, 1, 3), operand), operand)
+  out = out.reshape(b, kv_heads, groups, t, h).transpose(0, 3, 1, 2, 4)  # (B, T, K, G, H)
   return out.reshape(b, t, n, h).astype(dtype(config.activation_dtype))
 
 

@@ -124,6 +124,36 @@ def test_linear_gradient_rules_match_autodiff(operand_dtype):
       np.testing.assert_allclose(got, want, **tol)
 
 
+@pytest.mark.parametrize("operand_dtype", [jnp.float32, jnp.bfloat16])
+def test_batched_matmul_gradient_and_attention_match_the_library(operand_dtype):
+  # layers.batched_matmul's gradient rule against autodiff, and the written-out attention
+  # (grouped queries, a causal mask) against jax.nn.dot_product_attention, values and gradients.
+  ka, kb, kg = jax.random.split(jax.random.key(1), 3)
+  a, b = jax.random.normal(ka, (2, 3, 5, 4)), jax.random.normal(kb, (2, 3, 4, 6))
+  cot = jax.random.normal(kg, (2, 3, 5, 6))
+  # bfloat16: the library's gradients are bfloat16 themselves (8 bits of mantissa).
+  tol = dict(rtol=1e-5, atol=1e-5) if operand_dtype == jnp.float32 else dict(rtol=2e-2, atol=0.1)
+  plain = lambda a, b: jnp.matmul(a.astype(operand_dtype), b.astype(operand_dtype),
+                                  preferred_element_type=jnp.float32)
+  ours = jax.jit(lambda a, b: layers.batched_matmul(a, b, operand_dtype))
+  for got, want in zip(jax.vjp(ours, a, b)[1](cot), jax.vjp(plain, a, b)[1](cot)):
+    np.testing.assert_allclose(got, want, **tol)
+  config = dataclasses.replace(SMALL, matmul_dtype=jnp.dtype(operand_dtype).name)
+  kq, kk, kv = jax.random.split(jax.random.key(2), 3)
+  q = jax.random.normal(kq, (2, 7, 4, 8))
+  k, v = jax.random.normal(kk, (2, 7, 2, 8)), jax.random.normal(kv, (2, 7, 2, 8))
+  mask = jnp.tril(jnp.ones((7, 7), bool))[None, None]
+  ours = lambda q, k, v: layers.attention_core(q, k, v, mask=mask, bias=None, config=config)
+  library = lambda q, k, v: jax.nn.dot_product_attention(
+      q.astype(operand_dtype), k.astype(operand_dtype), v.astype(operand_dtype),
+      mask=mask).astype(jnp.float32)
+  np.testing.assert_allclose(jax.jit(ours)(q, k, v), library(q, k, v), **tol)
+  loss = lambda f: lambda *x: jnp.sum(f(*x) * jnp.arange(8.0))
+  for got, want in zip(jax.jit(jax.grad(loss(ours), (0, 1, 2)))(q, k, v),
+                       jax.grad(loss(library), (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(got, want, **tol)
+
+
 def test_greedy_generation_matches_argmax_of_full_forward():
   model, params = _init(SMALL)
   prompt = np.array([[1, 2, 3]], np.int32)
