@@ -557,9 +557,6 @@ def run_in_workers(out: pathlib.Path, pending: list[tuple[str, int]], plans: dic
       process.send_signal(signal.SIGTERM)
 
   previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-  env = dict(os.environ)
-  # Several processes share one accelerator: none may take most of its memory up front.
-  env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
   try:
     while (queue and not stop) or running:
       while queue and not stop and len(running) < workers:
@@ -570,7 +567,7 @@ def run_in_workers(out: pathlib.Path, pending: list[tuple[str, int]], plans: dic
                    f"--budget_flops={settings['budget_flops']!r}", f"--worker_of={workers}"]
         command += ["--tiny"] if settings["tiny"] else []
         with open(out / arm / "log.txt", "a", encoding="utf-8") as log_file:
-          running[arm] = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file,
+          running[arm] = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file,
                                           stderr=subprocess.STDOUT)
         log(f"[ablation] {arm} seeds {seeds}: started (output in {arm}/log.txt)")
       time.sleep(0.2)
@@ -994,10 +991,10 @@ def main(argv) -> None:
     if not arms or len(set(arms)) != len(arms):
       raise UserError(f"--arms needs distinct arm names, got {arms}")
     workers = f.workers or (TINY_WORKERS if f.tiny else 1)
-    if workers < 1 or f.worker_of < 0:
+    if workers < 1:
       raise UserError(f"--workers must be a positive number of processes, got {f.workers}")
-    if workers > 1:  # the workers share the accelerator, if any, with this process
-      os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    if workers > 1:  # this process and its workers (who inherit it) share any accelerator:
+      os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # none may take most of its memory
     out = pathlib.Path(f.out).resolve()
     enable_compilation_cache(out / "jax_cache")
     start = time.perf_counter()

@@ -60,21 +60,6 @@ def _mm(a: Array, b: Array, operand_dtype) -> Array:
                     preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def dense(x: Array, kernel: Array, operand_dtype=jnp.float32) -> Array:
-  """x (..., C) @ kernel (C, F) -> (..., F) in float32, operands cast to `operand_dtype`.
-
-  The custom gradient computes the weight gradient as a plain (C, M) @ (M, F) product on a
-  physically transposed copy of the activations: with autodiff's default, XLA's CPU backend picks
-  a layout for this product that misses its fast matmul path.
-  """
-  return _mm(x, kernel, operand_dtype)
-
-
-def _dense_fwd(x, kernel, operand_dtype):
-  return _mm(x, kernel, operand_dtype), (x, kernel)
-
-
 def _materialized(a: Array, perm: tuple[int, ...], operand_dtype) -> Array:
   """a.transpose(perm) in the operand dtype, laid out row-major in memory.
 
@@ -94,16 +79,41 @@ def _transposed(a: Array, operand_dtype) -> Array:
   return _materialized(a, (1, 0), operand_dtype)
 
 
-def _dense_bwd(operand_dtype, residuals, grad):
-  x, kernel = residuals
-  x2 = x.reshape(-1, x.shape[-1])  # (M, C)
-  g2 = grad.reshape(-1, grad.shape[-1])  # (M, F)
-  grad_x = _mm(g2, _transposed(kernel, operand_dtype), operand_dtype)  # (M, F) @ (F, C)
-  grad_kernel = _mm(_transposed(x2, operand_dtype), g2, operand_dtype)  # (C, M) @ (M, F)
-  return grad_x.reshape(x.shape).astype(x.dtype), grad_kernel.astype(kernel.dtype)
+def _swap_last(a: Array, operand_dtype) -> Array:
+  return _materialized(a, tuple(range(a.ndim - 2)) + (a.ndim - 1, a.ndim - 2), operand_dtype)
 
 
-dense.defvjp(_dense_fwd, _dense_bwd)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def batched_matmul(a: Array, b: Array, operand_dtype=jnp.float32) -> Array:
+  """a (..., M, K) @ b (..., K, N) -> (..., M, N) in float32, operands cast to `operand_dtype`:
+  the linear layers' (through `dense`) and attention's products. Its gradient rule multiplies
+  row-major transposed copies, so that the backward products keep bfloat16 operands on a CPU."""
+  return _mm(a, b, operand_dtype)
+
+
+def _batched_matmul_fwd(a, b, operand_dtype):
+  return _mm(a, b, operand_dtype), (a, b)
+
+
+def _batched_matmul_bwd(operand_dtype, residuals, grad):
+  a, b = residuals
+  grad_a = _mm(grad, _swap_last(b, operand_dtype), operand_dtype)  # (M, N) @ (N, K)
+  grad_b = _mm(_swap_last(a, operand_dtype), grad, operand_dtype)  # (K, M) @ (M, N)
+  return grad_a.astype(a.dtype), grad_b.astype(b.dtype)
+
+
+batched_matmul.defvjp(_batched_matmul_fwd, _batched_matmul_bwd)
+
+
+def dense(x: Array, kernel: Array, operand_dtype=jnp.float32) -> Array:
+  """x (..., C) @ kernel (C, F) -> (..., F) in float32, operands cast to `operand_dtype`.
+
+  One (M, C) @ (C, F) batched_matmul over the flattened leading axes, for its gradient rule:
+  the weight gradient is a plain (C, M) @ (M, F) product on a row-major transposed copy of the
+  activations (autodiff's default lets XLA's CPU backend pick a layout off its fast path).
+  """
+  out = batched_matmul(x.reshape(-1, x.shape[-1]), kernel, operand_dtype)
+  return out.reshape(x.shape[:-1] + (kernel.shape[-1],))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -129,32 +139,6 @@ def _dense_transposed_bwd(operand_dtype, residuals, grad):
 
 
 dense_transposed.defvjp(_dense_transposed_fwd, _dense_transposed_bwd)
-
-
-def _swap_last(a: Array, operand_dtype) -> Array:
-  return _materialized(a, tuple(range(a.ndim - 2)) + (a.ndim - 1, a.ndim - 2), operand_dtype)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def batched_matmul(a: Array, b: Array, operand_dtype=jnp.float32) -> Array:
-  """a (..., M, K) @ b (..., K, N) -> (..., M, N) in float32, operands cast to `operand_dtype`:
-  attention's products. Its gradient rule multiplies row-major transposed copies, as `dense`'s
-  does, so that the backward products keep bfloat16 operands on a CPU."""
-  return _mm(a, b, operand_dtype)
-
-
-def _batched_matmul_fwd(a, b, operand_dtype):
-  return _mm(a, b, operand_dtype), (a, b)
-
-
-def _batched_matmul_bwd(operand_dtype, residuals, grad):
-  a, b = residuals
-  grad_a = _mm(grad, _swap_last(b, operand_dtype), operand_dtype)  # (M, N) @ (N, K)
-  grad_b = _mm(_swap_last(a, operand_dtype), grad, operand_dtype)  # (K, M) @ (M, N)
-  return grad_a.astype(a.dtype), grad_b.astype(b.dtype)
-
-
-batched_matmul.defvjp(_batched_matmul_fwd, _batched_matmul_bwd)
 
 
 def normal_init(std: float):
