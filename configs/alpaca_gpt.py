@@ -17,7 +17,7 @@ def get_config():
   config.model.update(
       family="decoder", num_layers=6, num_heads=4, embed_dim=256, mlp_dim=688, max_len=256,
       position="rope", norm="rmsnorm", norm_position="pre", mlp_activation="swiglu",
-      use_bias=False, dropout_rate=0.1, tie_embeddings=True, matmul_dtype="bfloat16")
+      use_bias=False, dropout_rate=0.1, tie_embeddings=True, matmul_dtype="auto")
   config.task.update(name="alpaca", max_target_len=128, eval_examples=50, eval_batch_size=50)
   config.optimizer.update(learning_rate=1e-3, end_learning_rate=1e-5, warmup_steps=100,
                           weight_decay=0.1, clip_norm=1.0)

@@ -30,7 +30,7 @@ def get_config():
   config.model.update(
       family="decoder", num_layers=4, num_heads=4, embed_dim=128, mlp_dim=344, max_len=64,
       position="rope", norm="rmsnorm", norm_position="pre", mlp_activation="swiglu",
-      use_bias=False, dropout_rate=0.0, tie_embeddings=True, matmul_dtype="bfloat16")
+      use_bias=False, dropout_rate=0.0, tie_embeddings=True, matmul_dtype="auto")
   config.optimizer.update(
       learning_rate=3e-3, end_learning_rate=1e-4, warmup_steps=100, schedule="cosine",
       b1=0.9, b2=0.99, weight_decay=0.1, decay_rule="matrices_no_embed", clip_norm=1.0)

@@ -16,7 +16,7 @@ def get_config():
       family="encoder_decoder", num_layers=3, num_decoder_layers=3, num_heads=4, embed_dim=256,
       mlp_dim=1024, max_len=256, position="relative", norm="rmsnorm", norm_position="pre",
       mlp_activation="relu", use_bias=False, dropout_rate=0.1, tie_embeddings=True,
-      matmul_dtype="bfloat16")
+      matmul_dtype="auto")
   config.task.update(name="scitldr", max_input_len=256, max_target_len=48, decoding="greedy",
                      eval_examples=200, eval_batch_size=64)
   config.optimizer.update(learning_rate=1e-3, end_learning_rate=1e-5, warmup_steps=100,

@@ -21,7 +21,7 @@ def get_config():
       family="encoder_decoder", num_layers=3, num_decoder_layers=3, num_heads=4, embed_dim=256,
       mlp_dim=1024, max_len=64, position="relative", norm="rmsnorm", norm_position="pre",
       mlp_activation="relu", use_bias=False, dropout_rate=0.1, tie_embeddings=True,
-      matmul_dtype="bfloat16")
+      matmul_dtype="auto")
   config.task.update(name="spa_eng", max_input_len=24, max_target_len=24, decoding="beam",
                      beam_size=4, length_penalty=0.6, eval_examples=500, eval_batch_size=128)
   config.optimizer.update(learning_rate=2e-3, end_learning_rate=2e-5, warmup_steps=200,

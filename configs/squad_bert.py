@@ -16,7 +16,7 @@ def get_config():
   config.model.update(
       family="encoder", num_layers=4, num_heads=4, embed_dim=128, mlp_dim=512, max_len=256,
       position="rope", norm="layernorm", norm_position="pre", mlp_activation="gelu",
-      use_bias=True, dropout_rate=0.1, num_token_types=2, matmul_dtype="bfloat16")
+      use_bias=True, dropout_rate=0.1, num_token_types=2, matmul_dtype="auto")
   config.task.update(name="squad", doc_stride=64, max_answer_len=30, eval_batch_size=64)
   config.optimizer.update(learning_rate=1e-3, end_learning_rate=1e-5, warmup_steps=100,
                           weight_decay=0.01, clip_norm=1.0)

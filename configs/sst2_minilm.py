@@ -21,7 +21,7 @@ from research.config import derive
 def get_config():
   config = derive(__file__, "sst2_bert.py")
   config.init_from = "runs/minilm"
-  config.model.update(dropout_rate=0.1, matmul_dtype="bfloat16")
+  config.model.update(dropout_rate=0.1, matmul_dtype="auto")
   config.optimizer.update(learning_rate=1e-4, end_learning_rate=0.0, warmup_steps=40,
                           weight_decay=0.01, decay_rule="matrices_no_embed", clip_norm=1.0)
   config.data.update(seq_len=56, batch_size=32)  # 56 word pieces hold nearly every sentence

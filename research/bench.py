@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import decode, flops, models, sharding, train
+from research import decode, flops, layers, models, sharding, train
 from research.config import ConfigError, ExperimentConfig
 
 Array = jax.Array
@@ -184,7 +184,7 @@ def peaks(config: ExperimentConfig) -> dict[str, Any]:
   out = {"measured_float32": flops.measured_peak("float32"),
          "measured_bfloat16": flops.measured_peak("bfloat16"),
          "published": None, "device_kind": kind}
-  published = flops.published_peak(kind, config.model.matmul_dtype)
+  published = flops.published_peak(kind, layers.resolve_matmul_dtype(config.model.matmul_dtype))
   if published is not None:
     out["published"] = published * jax.device_count()
   return out
@@ -396,6 +396,7 @@ def format_table(result: dict[str, Any]) -> str:
   rows = [
       ("model", f"{m['family']}, {m['num_layers']} layers, width {m['embed_dim']}, "
                 f"{result['parameters'] / 1e6:.2f}M parameters, matmul {m['matmul_dtype']}"
+                + (f" ({layers.resolve_matmul_dtype('auto')})" if m["matmul_dtype"] == "auto" else "")
                 f"{', scanned' if m['scan_layers'] else ''}"
                 f"{', remat ' + m['remat'] if m['remat'] != 'none' else ''}"),
       ("batch", f"{cfg['data']['batch_size']} x {cfg['data']['seq_len']} tokens"

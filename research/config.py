@@ -67,7 +67,9 @@ class ModelConfig:
   # Precision policy, honoured by every matmul in layers.py.
   param_dtype: str = "float32"  # master weights
   activation_dtype: str = "float32"  # residual stream, norms, softmax
-  matmul_dtype: str = "float32"  # operands of matmuls; results always accumulate in float32
+  # Operands of matmuls (results always accumulate in float32); "auto": bfloat16 where the
+  # hardware multiplies it natively (GPU, TPU, CPUs with AMX), float32 elsewhere.
+  matmul_dtype: str = "float32"
   # Scale options.
   scan_layers: bool = False
   remat: str = "none"  # none | full | dots_saveable
@@ -304,7 +306,7 @@ _CHOICES = {
     ("model", "attention"): ("auto", "xla", "cudnn"),
     ("model", "param_dtype"): ("float32", "bfloat16"),
     ("model", "activation_dtype"): ("float32", "bfloat16"),
-    ("model", "matmul_dtype"): ("float32", "bfloat16"),
+    ("model", "matmul_dtype"): ("float32", "bfloat16", "auto"),
     ("optimizer", "schedule"): ("cosine", "linear", "constant"),
     ("optimizer", "decay_rule"): ("matrices", "matrices_no_embed"),
     ("data", "tokenizer"): ("char", "sentencepiece", "hf"),

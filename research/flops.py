@@ -38,6 +38,7 @@ import numpy as np
 
 from research import objectives
 from research.config import ConfigError, ExperimentConfig, ModelConfig
+from research.layers import resolve_matmul_dtype
 
 HEADS = ("lm", "mlm", "classifier", "last_token_classifier", "span", "none")
 # The pretraining head each family's model (models.build_model) carries.
@@ -247,7 +248,7 @@ def peak_flops(config: ExperimentConfig) -> tuple[float, str]:
   """
   if config.train.peak_flops > 0:
     return config.train.peak_flops, "config"
-  dtype = config.model.matmul_dtype
+  dtype = resolve_matmul_dtype(config.model.matmul_dtype)
   published = published_peak(jax.devices()[0].device_kind, dtype)
   if published is not None:
     return published * jax.device_count(), "published"

@@ -288,8 +288,12 @@ def check_resumable(workdir: pathlib.Path, config: ExperimentConfig) -> None:
     return
   saved = json.loads(saved_file.read_text())
   want = config.to_dict()
+  # The precision policy is how a run computes, not what it trains: a run may resume with
+  # another one (matmul_dtype="auto" resolves differently on another machine).
+  precision = ("matmul_dtype", "activation_dtype")
   for section in ("model", "data"):
-    keys = ("tokenizer", "seq_len", "dataset") if section == "data" else want[section].keys()
+    keys = (("tokenizer", "seq_len", "dataset") if section == "data" else
+            [k for k in want[section] if k not in precision])
     # A key the saved config lacks was added to the code later: the run used its default.
     before = {**ExperimentConfig.from_config_dict({}).to_dict()[section], **saved.get(section, {})}
     diffs = [f"{section}.{k}: {before.get(k)!r} -> {want[section][k]!r}"

@@ -1,5 +1,6 @@
 """End to end: the real train_and_evaluate and CLIs on a shrunk Tiny Shakespeare config."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -145,3 +146,20 @@ def test_bad_input_is_one_clear_line_and_leaves_the_workdir_alone(cli_workdir, f
   assert "Traceback" not in result.stderr
   assert _checkpoint_files(cli_workdir) == before
   assert (cli_workdir / "config.json").read_text() == config_before
+
+
+def test_a_run_resumes_under_another_precision_policy_but_not_another_model(tmp_path):
+  """matmul_dtype="auto" resolves per machine, so the precision policy is not model identity."""
+  config = ExperimentConfig.from_config_dict(
+      load_config_file(str(REPO_ROOT / "configs/gpt_shakespeare_char.py")))
+  (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+  train.check_resumable(tmp_path, config)
+  for model in (dict(matmul_dtype="float32"), dict(matmul_dtype="bfloat16"),
+                dict(activation_dtype="bfloat16")):
+    train.check_resumable(tmp_path, _with_model(config, **model))
+  with pytest.raises(train.UserError, match="holds a run of a different model"):
+    train.check_resumable(tmp_path, _with_model(config, embed_dim=48))
+
+
+def _with_model(config, **changes):
+  return dataclasses.replace(config, model=dataclasses.replace(config.model, **changes))
