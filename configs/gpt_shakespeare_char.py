@@ -7,19 +7,24 @@ the whole validation split (seed 0; sweep in the README):
   + rotary positions instead of a learned table                    1.780 -> 1.725
   + RMSNorm and a SwiGLU MLP of width 344 (same parameter count)   1.725 -> 1.678
 and weight decay only on the linear layers' kernels (not on embeddings, norms or biases), and
-bfloat16 matmul operands with float32 accumulation (layers.py's precision policy; parameters,
-activations and the optimizer stay float32): on the 2-core CPU's AMX units the step is ~1.35x
-faster than in float32, at the same validation loss (float32: 1.689 and 1.695 for seeds 0, 1).
+matmul_dtype="auto" (layers.py's precision policy; parameters, activations and the optimizer
+stay float32): bfloat16 matmul operands with float32 accumulation where the hardware multiplies
+bf16 natively, float32 elsewhere. On a 2-core CPU with AMX the bf16 step is ~1.35x faster than
+float32, at the same validation loss (float32: 1.689 and 1.695 for seeds 0, 1); on an AVX2-only
+CPU (AMD EPYC, no AVX-512) bf16 is emulated and 1.4x slower, so "auto" runs float32 there.
 
   python -m research.train --config=configs/gpt_shakespeare_char.py --workdir=runs/gpt_shakespeare_char
   python -m research.generate --workdir=runs/gpt_shakespeare_char --prompt="ROMEO:"
 
 Result (2 CPU cores, 0.80M parameters): validation loss over the whole split 1.693 (seed 0) and
-1.698 (seed 1, --config.train.seed=1); nanoGPT's own recipe gives 1.895-1.907 on this split.
-Wall time with the machine to itself: the 2000 steps in ~62 s (70 s for the whole train
+1.698 (seed 1, --config.train.seed=1) with bf16 operands (an AMX CPU); 1.692 (seed 0) in
+float32 on the AVX2-only CPU; nanoGPT's own recipe gives 1.895-1.907 on this split.
+Wall time with the machine to itself, AMX CPU: the 2000 steps in ~62 s (70 s for the whole train
 command), `bash scripts/quickstart.sh` end to end (setup check, compilation, training,
 evaluations, checkpoints, a 300-character sample) in 86 s (float32 matmuls: 93 s and 112 s);
 a rerun while the machine ran everything slower (the PyTorch peer, too) took 123 s.
+AVX2-only CPU (float32): the train command in 3m52s (the PyTorch peer's step is 1.12x slower
+than ours there; `--config.model.matmul_dtype=bfloat16` would make ours 1.4x slower).
 """
 
 from research.config import base_config

@@ -393,10 +393,11 @@ def format_table(result: dict[str, Any]) -> str:
   """The figures as an aligned two-column table."""
   cfg, step, mfu, peak = result["config"], result["train"], result["mfu"], result["peaks"]
   m = cfg["model"]
+  matmul = layers.resolve_matmul_dtype(m["matmul_dtype"])
+  matmul = f"auto: {matmul}" if m["matmul_dtype"] == "auto" else matmul
   rows = [
       ("model", f"{m['family']}, {m['num_layers']} layers, width {m['embed_dim']}, "
-                f"{result['parameters'] / 1e6:.2f}M parameters, matmul {m['matmul_dtype']}"
-                + (f" ({layers.resolve_matmul_dtype('auto')})" if m["matmul_dtype"] == "auto" else "")
+                f"{result['parameters'] / 1e6:.2f}M parameters, matmul {matmul}"
                 f"{', scanned' if m['scan_layers'] else ''}"
                 f"{', remat ' + m['remat'] if m['remat'] != 'none' else ''}"),
       ("batch", f"{cfg['data']['batch_size']} x {cfg['data']['seq_len']} tokens"
