@@ -88,7 +88,7 @@ def single_device_run(family):
 # Every family on the mesh with all three axes in the default suite; the other meshes (slow:
 # they keep the suite under 15 minutes) run with `pytest -m slow`.
 @pytest.mark.parametrize("family, mesh", [
-    ("decoder", (2, 2, 2)), ("decoder", (1, 2, 4)),
+    ("decoder", (2, 2, 2)), pytest.param("decoder", (1, 2, 4), marks=pytest.mark.slow),
     pytest.param("decoder", (8, 1, 1), marks=pytest.mark.slow),
     ("encoder", (2, 2, 2)), pytest.param("encoder", (1, 2, 4), marks=pytest.mark.slow),
     ("encoder_decoder", (2, 2, 2)),

@@ -44,10 +44,11 @@ def run_cli(*args, cwd=REPO_ROOT):
                         text=True, timeout=300)
 
 
-# Resuming is one code path for every family: the default suite runs it on the causal decoder
-# and the encoder-decoder (the largest state); prefix LM and BERT are marked slow.
+# Resuming is one code path for every family: the default suite runs it on the causal decoder;
+# the encoder-decoder, prefix LM and BERT are marked slow.
 @pytest.mark.parametrize("config_file", [
-    "configs/gpt_shakespeare_char.py", "configs/t5_shakespeare_span.py",
+    "configs/gpt_shakespeare_char.py",
+    pytest.param("configs/t5_shakespeare_span.py", marks=pytest.mark.slow),
     pytest.param("configs/gpt_shakespeare_prefixlm.py", marks=pytest.mark.slow),
     pytest.param("configs/bert_shakespeare_mlm.py", marks=pytest.mark.slow)])
 def test_resume_continues_the_same_run(tmp_path, config_file):
