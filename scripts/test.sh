@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up and run the default test suite (slow checks are marked and left to benchmarks).
-# Three pytest workers on the 2 cores: the tests are dominated by single-threaded XLA
-# compilation and by subprocess start-up, which leave a core idle part of the time.
+# Two pytest workers: the tests are dominated by single-threaded XLA compilation. The workers and
+# the training CLIs the tests start share one JAX persistent compilation cache, made new for each
+# run of the suite: many tests compile the same shrunk programs again in a new process (measured
+# on tests/test_reliability.py + tests/test_train.py: 221 s with it, 318 s without).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -15,8 +17,11 @@ corpora.prepared_builder(DataConfig())
 for name in tasks.BUILDERS:
   tasks.prepared_builder(name, corpora.data_dir(DataConfig()))
 "
+cache=$(mktemp -d -t jax-test-cache.XXXXXX)
+trap 'rm -rf "$cache"' EXIT
+export JAX_COMPILATION_CACHE_DIR="$cache" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.5
 set +e
-.venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-3}" "$@"
+.venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
