@@ -1,12 +1,15 @@
 """Figures of the scale options: compile time against depth (scanned or not), FSDP memory.
 
   .venv/bin/python benchmarks/scale_report.py [--layers=4,12,24] [--out=FILE.json]
+  .venv/bin/python benchmarks/scale_report.py --skip_compile --skip_fsdp --step_shape=10.7m \
+      --rounds=2 --step_steps=3          # scanned vs unscanned at the 10.7M shape (README)
 
 1. Compile seconds of research.train's step (forward, backward, AdamW) for the default GPT's
    shape (configs/gpt_shakespeare_char.py) at each depth, with and without model.scan_layers,
    interleaved, a fresh batch size per measurement so that nothing comes from a cache.
-2. Step time of the default GPT with each scale option (unscanned, scanned, remat full and
-   dots_saveable), interleaved in rounds: what the options cost on a CPU.
+2. Step time of the default GPT (or, --step_shape=10.7m, the 10.7M GPT in float32) with each
+   scale option (unscanned, scanned, scanned with dots_saveable, remat full and dots_saveable),
+   interleaved in rounds: what the options cost on a CPU.
 3. Per-device bytes of the compiled step's arguments on mesh fsdp=8 (8 CPU devices, made here
    with --xla_force_host_platform_device_count; batch 16), for each family, against the state's
    total / 8.
@@ -68,14 +71,24 @@ def compile_seconds(num_layers: int, scan: bool, batch_size: int) -> float:
 
 
 STEP_VARIANTS = {"unscanned": {}, "scanned": {"scan_layers": True},
+                 "scanned dots_saveable": {"scan_layers": True, "remat": "dots_saveable"},
                  "remat full": {"remat": "full"}, "remat dots_saveable": {"remat": "dots_saveable"}}
+# --step_shape=10.7m: the PyTorch peer's larger GPT (nanoGPT's architecture, 6 layers, 6 heads,
+# width 384, context 256, batch 8, as in benchmarks/compare_torch_peer.py), in float32.
+SHAPE_10_7M = dict(config="configs/gpt_shakespeare_char_nanogpt.py",
+                   model=dict(num_layers=6, num_heads=6, embed_dim=384, mlp_dim=1536, max_len=256,
+                              vocab_size=65, matmul_dtype="float32"),
+                   data=dict(seq_len=256, batch_size=8))
 
 
-def step_times(rounds: int, steps: int = 10) -> dict[str, float]:
+def step_times(rounds: int, steps: int = 10, shape: str = "default") -> dict[str, float]:
   """Median ms/step of each variant, interleaved: round r runs `steps` steps of each in turn."""
   runs = {}
+  sections = SHAPE_10_7M if shape == "10.7m" else dict(config=FAMILY_CONFIGS["decoder"],
+                                                        model={}, data={})
   for name, model in STEP_VARIANTS.items():
-    config = config_of(FAMILY_CONFIGS["decoder"], mesh=dict(data=1), model=model)
+    config = config_of(sections["config"], mesh=dict(data=1),
+                       model={**sections["model"], **model}, data=sections["data"])
     step = bench.compile_train_step(bench.synthetic_experiment(config, jax.devices()[:1]),
                                     [bench.synthetic_batch(config, s) for s in range(4)])
     step.run(3)
@@ -106,6 +119,10 @@ def main() -> None:
   parser.add_argument("--layers", default="4,12,24")
   parser.add_argument("--skip_compile", action="store_true")
   parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--step_shape", choices=["default", "10.7m"], default="default",
+                      help="shape of the step-time comparison (the default GPT's, or 10.7M)")
+  parser.add_argument("--step_steps", type=int, default=10, help="steps per variant per round")
+  parser.add_argument("--skip_fsdp", action="store_true")
   parser.add_argument("--out", default="")
   args = parser.parse_args()
   depths = [int(x) for x in args.layers.split(",")]
@@ -120,12 +137,15 @@ def main() -> None:
   for d in depths if not args.skip_compile else ():
     print(f"  {d:>6} {np.median(compile_times[(d, False)]):>10.2f} "
           f"{np.median(compile_times[(d, True)]):>10.2f}")
-  steps = step_times(args.rounds * 2)
-  print("ms/step of the default GPT (median, interleaved):")
+  steps = step_times(args.rounds * 2, args.step_steps, args.step_shape)
+  print(f"ms/step of the {'10.7M' if args.step_shape == '10.7m' else 'default'} GPT "
+        "(median, interleaved):")
   for name, ms in steps.items():
     print(f"  {name:<20} {ms:8.2f}")
-  fsdp = [fsdp_bytes(f, s) for f in FAMILY_CONFIGS for s in (False, True)]
-  print("per-device parameter + optimizer bytes on fsdp=8 (ideal: total / 8):")
+  fsdp = [] if args.skip_fsdp else [fsdp_bytes(f, s) for f in FAMILY_CONFIGS
+                                      for s in (False, True)]
+  if fsdp:
+    print("per-device parameter + optimizer bytes on fsdp=8 (ideal: total / 8):")
   for row in fsdp:
     print(f"  {row['family']:<16} {'scanned' if row['scan_layers'] else 'unscanned':<9} "
           f"{row['per_device_bytes'] / 2**20:8.3f} MiB of {row['state_bytes'] / 2**20:8.3f} "

@@ -70,8 +70,8 @@ class ModelConfig:
   # Operands of matmuls (results always accumulate in float32); "auto": bfloat16 where the
   # hardware multiplies it natively (GPU, TPU, CPUs with AMX), float32 elsewhere.
   matmul_dtype: str = "float32"
-  # Scale options. On a CPU, scanned layers cost 1.18x the unscanned step at the 10.7M GPT shape
-  # and 1.09x with remat="dots_saveable" (README, Performance): the stacked residuals.
+  # Scale options. On a CPU, scanned layers cost 1.12-1.19x the unscanned step at the 10.7M GPT
+  # shape (stacked residuals; README, Performance), 1.03-1.21x with remat="dots_saveable".
   scan_layers: bool = False
   remat: str = "none"  # none | full | dots_saveable
   # Attention kernel of jax.nn.dot_product_attention: "auto" takes cuDNN's fused (flash)
