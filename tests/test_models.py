@@ -101,7 +101,6 @@ def test_bf16_matmul_policy_is_close_to_float32():
   assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
 
 
-
 @pytest.mark.parametrize("backend, amx, want", [
     ("cpu", False, "float32"), ("cpu", True, "bfloat16"), ("gpu", False, "bfloat16"),
     ("tpu", False, "bfloat16")])
@@ -115,12 +114,13 @@ def test_auto_matmul_dtype_follows_the_hardware(monkeypatch, backend, amx, want)
 
 
 def test_auto_matmul_dtype_runs_what_it_resolves_to():
-  model32, params = _init(SMALL)
+  _, params = _init(SMALL)
   tokens = jax.random.randint(jax.random.key(3), (2, 8), 0, SMALL.vocab_size)
   resolved = layers.resolve_matmul_dtype("auto")
   want = Decoder(dataclasses.replace(SMALL, matmul_dtype=resolved)).apply({"params": params}, tokens)
   auto = Decoder(dataclasses.replace(SMALL, matmul_dtype="auto")).apply({"params": params}, tokens)
   np.testing.assert_array_equal(auto, want)
+
 
 @pytest.mark.parametrize("operand_dtype", [jnp.float32, jnp.bfloat16])
 def test_linear_gradient_rules_match_autodiff(operand_dtype):
