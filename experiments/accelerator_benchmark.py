@@ -80,9 +80,10 @@ def make_config(family: str, size: str, *, tiny: bool = False, batch_size: int =
 def benchmark(config: ExperimentConfig, steps: int, warmup: int) -> dict:
   exp = bench.synthetic_experiment(config)
   batches = [bench.synthetic_batch(config, seed) for seed in range(2)]
+  before = bench.measure_peaks()
   step = bench.bench_train_step(exp, batches, steps, warmup)
   step.pop("state")
-  peak = bench.peaks(config)
+  peak = bench.peaks(config, before, bench.measure_peaks())
   if peak["published"]:
     reference, source = peak["published"], "published"
   else:

@@ -342,7 +342,7 @@ def validate(config: ExperimentConfig) -> None:
     value = getattr(getattr(config, section), key)
     if value not in choices:
       raise ConfigError(f"config {section}.{key}={value!r} is not one of {list(choices)}")
-  m, d, t, o = config.model, config.data, config.train, config.optimizer
+  m, d, o = config.model, config.data, config.optimizer
   for key in ("num_layers", "num_heads", "embed_dim", "mlp_dim", "max_len"):
     if getattr(m, key) <= 0:
       raise ConfigError(f"config model.{key} must be positive, got {getattr(m, key)}")

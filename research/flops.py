@@ -214,14 +214,12 @@ def published_peak(device_kind: str, dtype: str = "bfloat16") -> float | None:
   return None
 
 
-@functools.cache
-def measured_peak(dtype: str = "float32", size: int = 1024, repeats: int = 10) -> float:
+def time_matmul_peak(dtype: str = "float32", size: int = 1024, repeats: int = 10) -> float:
   """FLOP/s of a (size x size) @ (size x size) jnp.dot on the default device, operands in
   `dtype`, float32 results (as layers.dense runs them); the median of `repeats` timed runs.
 
-  Measured once per process and dtype (the first call takes well under a second on a CPU).
-  On a CPU this is what one process gets from all its cores: the fake devices of
-  --xla_force_host_platform_device_count share them.
+  Timed anew at every call (well under a second on a CPU). On a CPU this is what one process
+  gets from all its cores: the fake devices of --xla_force_host_platform_device_count share them.
   """
   operand = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
   device = jax.local_devices()[0]
@@ -229,14 +227,25 @@ def measured_peak(dtype: str = "float32", size: int = 1024, repeats: int = 10) -
   with jax.set_mesh(jax.make_mesh((1,), ("x",), devices=[device])):
     keys = jax.random.split(jax.random.key(0))
     a, b = (jax.device_put(jax.random.normal(k, (size, size), operand), device) for k in keys)
-    product = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-    product(a, b).block_until_ready()  # compile and warm up
+    product = _square_product()
+    product(a, b).block_until_ready()  # compile (once per shape) and warm up
     times = []
     for _ in range(repeats):
       start = time.perf_counter()
       product(a, b).block_until_ready()
       times.append(time.perf_counter() - start)
   return 2 * size**3 / float(np.median(times))
+
+
+@functools.cache
+def _square_product():
+  return jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+
+
+@functools.cache
+def measured_peak(dtype: str = "float32", size: int = 1024, repeats: int = 10) -> float:
+  """time_matmul_peak, measured once per process and dtype (what a training run's MFU uses)."""
+  return time_matmul_peak(dtype, size, repeats)
 
 
 def peak_flops(config: ExperimentConfig) -> tuple[float, str]:

@@ -4,6 +4,9 @@
 # the training CLIs the tests start share one JAX persistent compilation cache, made new for each
 # run of the suite: many tests compile the same shrunk programs again in a new process (measured
 # on tests/test_reliability.py + tests/test_train.py: 221 s with it, 318 s without).
+# --dist loadgroup: tests marked with one xdist_group (those sharing an expensive module
+# fixture) go to one worker, so the fixture is built once. The XLA flags of the test processes
+# are in tests/xla_flags.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -21,7 +24,7 @@ cache=$(mktemp -d -t jax-test-cache.XXXXXX)
 trap 'rm -rf "$cache"' EXIT
 export JAX_COMPILATION_CACHE_DIR="$cache" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.5
 set +e
-.venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" "$@"
+.venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -4,7 +4,6 @@ Every case runs the real CLI against a workdir that already holds a checkpoint.
 """
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import sys
 import pytest
 
 from research.paths import REPO_ROOT
+from xla_flags import cli_env
 from tests.test_train import CONFIG, SHRINK
 
 BASE_FLAGS = [f"--config={CONFIG}"] + [f"--config.{k}={v}" for k, v in SHRINK.items()]
@@ -26,7 +26,7 @@ def workdir(tmp_path_factory):
 
 
 def _cli(module, args, devices=1):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = cli_env(devices)
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
 

@@ -2,7 +2,6 @@
 all there and sane (the speeds themselves are benchmarks, not tests)."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import pytest
 from research import bench, models
 from research.config import ConfigError, ExperimentConfig, load_config_file
 from research.paths import REPO_ROOT
+from xla_flags import cli_env
 
 SHRINK = {"model.num_layers": 1, "model.num_decoder_layers": 1, "model.embed_dim": 32,
           "model.mlp_dim": 64, "model.num_heads": 2, "model.max_len": 32, "data.seq_len": 32,
@@ -21,7 +21,7 @@ SHRINK = {"model.num_layers": 1, "model.num_decoder_layers": 1, "model.embed_dim
 
 
 def run_module(*args):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = cli_env()
   return subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
 
@@ -43,6 +43,9 @@ def test_bench_cli_prints_a_table_and_writes_json(tmp_path):
   assert train["flops_per_step"] > 0 and np.isfinite(train["final_loss"])
   assert train["memory_per_device"]["argument"] > 4 * r["parameters"]  # params + Adam moments
   assert r["peaks"]["measured_bfloat16"] > 0 and r["peaks"]["published"] is None  # a CPU
+  # Timed before and after the step; the faster is the peak.
+  assert r["peaks"]["measured_float32"] == max(r["peaks"]["measured_float32_timings"])
+  assert len(r["peaks"]["measured_float32_timings"]) == 2
   assert 0 < r["mfu"]["vs_measured_float32"] < 1.5  # the peak is measured, so noisy
   assert r["pipeline"]["examples_per_s"] > 0 and r["pipeline"]["step_examples_per_s"] > 0
   d = r["decode"]
@@ -67,6 +70,19 @@ def test_encoder_decoder_decoding_with_and_without_cache_agree():
   assert d["family"] == "encoder_decoder" and d["max_len"] == 40 and d["input_len"] == 32
   assert d["cached_tokens_per_s"] > 0 and d["recompute_tokens_per_s"] > 0
   assert d["same_tokens"] == 1.0
+
+
+def test_the_peak_is_the_fastest_of_its_timings_and_a_spread_is_flagged():
+  config = ExperimentConfig.from_config_dict({})
+  slow_phase = {"float32": 27e9, "bfloat16": 20e9}
+  quiet = {"float32": 70e9, "bfloat16": 43e9}
+  peak = bench.peaks(config, slow_phase, quiet)
+  assert peak["measured_float32"] == 70e9 and peak["measured_bfloat16"] == 43e9
+  assert peak["measured_float32_timings"] == [27e9, 70e9]
+  assert bench.peak_spread(peak) == pytest.approx(70 / 27)
+  assert bench.peak_spread(bench.peaks(config, quiet, quiet)) == 1.0
+  measured = bench.peaks(config)  # timed now when no timing is given
+  assert len(measured["measured_float32_timings"]) == 1 and measured["measured_float32"] > 1e8
 
 
 def test_bench_refuses_what_it_cannot_run():

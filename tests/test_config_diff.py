@@ -1,6 +1,5 @@
 """research.config_diff: the entries in which two experiment configs differ, defaults resolved."""
 
-import os
 import subprocess
 import sys
 
@@ -8,6 +7,7 @@ import pytest
 
 from research import config_diff
 from research.paths import REPO_ROOT
+from xla_flags import cli_env
 
 ABLATION = REPO_ROOT / "experiments" / "ablation"
 
@@ -23,7 +23,7 @@ def diff_lines(a: str, b: str) -> list[str]:
 
 
 def run_cli(*args):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = cli_env()
   return subprocess.run([sys.executable, "-m", "research.config_diff", *args], cwd=REPO_ROOT,
                         env=env, capture_output=True, text=True, timeout=120)
 

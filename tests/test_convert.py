@@ -6,7 +6,6 @@ transformers computed for them (tests/make_hf_fixtures.py, run by hand with torc
 
 import dataclasses
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ from research import convert, hf, models, train
 from research.config import ModelConfig
 from research.data.tokenizers import HFTokenizer
 from research.paths import REPO_ROOT
+from xla_flags import cli_env
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "hf"
 NAMES = ("bert", "gpt2", "t5_v1_0", "t5_v1_1")
@@ -179,7 +179,7 @@ def test_export_of_models_trained_here_computes_the_same(family, overrides, tmp_
 
 def test_cli_import_then_generate(tmp_path):
   workdir = tmp_path / "gpt2"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = cli_env()
 
   def cli(module, *args):
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,

@@ -21,6 +21,7 @@ import pytest
 from research import train
 from research.checkpoint import Checkpointer
 from research.paths import REPO_ROOT
+from xla_flags import cli_env
 from tests.test_train import CONFIG, SHRINK, shrunk_config
 
 BASE_FLAGS = [f"--config={CONFIG}"] + [f"--config.{k}={v}" for k, v in SHRINK.items()]
@@ -34,7 +35,7 @@ def kill_rng():
 
 
 def env_for(devices: int) -> dict:
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return cli_env(devices)
 
 
 def train_cmd(workdir, *flags):

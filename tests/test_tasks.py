@@ -3,7 +3,6 @@ decoding, init_from, and every task config end to end on a shrunk model."""
 
 import dataclasses
 import json
-import pathlib
 
 import jax
 import numpy as np
