@@ -4,9 +4,10 @@
 # the training CLIs the tests start share one JAX persistent compilation cache, made new for each
 # run of the suite: many tests compile the same shrunk programs again in a new process (measured
 # on tests/test_reliability.py + tests/test_train.py: 221 s with it, 318 s without).
-# --dist loadgroup: tests marked with one xdist_group (those sharing an expensive module
-# fixture) go to one worker, so the fixture is built once. The XLA flags of the test processes
-# are in tests/xla_flags.py.
+# xdist's default scheduling first sends each worker a run of ~30 consecutive tests, which keeps
+# the tests of tests/test_ablation.py's 200-s module fixture on one worker; --dist loadgroup with
+# xdist_group marks did not (xdist 3.8 ran tests of one group on both workers and the fixture was
+# built twice). The XLA flags of the test processes are in tests/xla_flags.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -24,7 +25,7 @@ cache=$(mktemp -d -t jax-test-cache.XXXXXX)
 trap 'rm -rf "$cache"' EXIT
 export JAX_COMPILATION_CACHE_DIR="$cache" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.5
 set +e
-.venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"
+.venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -26,11 +26,6 @@ def run_cli(*args):
                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
-# Tests sharing the module fixture `tiny_run` run on one pytest worker, so it is built once
-# (scripts/test.sh runs pytest-xdist with --dist loadgroup).
-ONE_WORKER = pytest.mark.xdist_group("tiny_ablation")
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("ablation") / "out"
@@ -44,7 +39,6 @@ def results_table(report: str) -> list[str]:
   return [line for line in section.splitlines() if line.startswith("| ")][1:]  # no header
 
 
-@ONE_WORKER
 def test_tiny_ablation_writes_the_report_plots_and_every_arm(tiny_run):
   out, result, seconds = tiny_run
   assert result.returncode == 0, result.stderr[-3000:]
@@ -81,7 +75,6 @@ def test_tiny_ablation_writes_the_report_plots_and_every_arm(tiny_run):
   assert f"up to {ablation.TINY_WORKERS} arm-seeds ran at once (--workers)" in report
 
 
-@ONE_WORKER
 def test_rerun_skips_everything_finished(tiny_run):
   out = tiny_run[0]
   records = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/*.json")}
@@ -94,7 +87,6 @@ def test_rerun_skips_everything_finished(tiny_run):
   assert seconds < 60, seconds  # imports and the report only (~5 s on 2 idle cores)
 
 
-@ONE_WORKER
 def test_an_interrupted_stage_resumes_from_its_workdir(tiny_run):
   out = tiny_run[0]
   # The stage's record was lost after its run checkpointed its last step: the rerun runs
@@ -114,7 +106,6 @@ def test_an_interrupted_stage_resumes_from_its_workdir(tiny_run):
   assert (seed_dir / "result.json").exists()
 
 
-@ONE_WORKER
 def test_other_settings_on_the_same_out_are_refused(tiny_run):
   out = tiny_run[0]
   result = run_cli(f"--out={out}", "--tiny", "--budget_flops=1e9")

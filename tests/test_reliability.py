@@ -116,6 +116,11 @@ def test_kill_during_asynchronous_saves_restarts_from_a_complete_checkpoint(
   # A checkpoint every step: most moments of the run are inside an asynchronous save.
   proc = start_train(workdir, "--config.train.steps=12", "--config.train.checkpoint_every=1")
   wait_for_step(workdir, int(kill_rng.integers(2, 10)), proc)
+  # On a loaded machine the first save may still be in flight at that step: the kill must come
+  # after one save has completed, or there is nothing to restart from (a plain restart).
+  deadline = time.time() + 120
+  while not Checkpointer(workdir, read_only=True).all_steps() and time.time() < deadline:
+    time.sleep(0.05)
   time.sleep(float(kill_rng.uniform(0.0, 0.3)))
   proc.send_signal(signal.SIGKILL)
   proc.wait()

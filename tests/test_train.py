@@ -69,11 +69,6 @@ def test_resume_continues_the_same_run(tmp_path, config_file):
                params_a, params_b)
 
 
-# Tests sharing the module fixture `cli_workdir` run on one pytest worker, so it is built once
-# (scripts/test.sh runs pytest-xdist with --dist loadgroup).
-ONE_WORKER = pytest.mark.xdist_group("cli_workdir")
-
-
 @pytest.fixture(scope="module")
 def cli_workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("cli") / "run"
@@ -84,7 +79,6 @@ def cli_workdir(tmp_path_factory):
   return workdir
 
 
-@ONE_WORKER
 def test_cli_writes_checkpoint_events_metrics_and_config(cli_workdir):
   assert sorted(p.name for p in (cli_workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
       "2", "4"]
@@ -96,7 +90,6 @@ def test_cli_writes_checkpoint_events_metrics_and_config(cli_workdir):
   assert saved["model"]["num_layers"] == 1 and saved["model"]["vocab_size"] == 68
 
 
-@ONE_WORKER
 def test_evaluate_cli_scores_the_whole_split(cli_workdir):
   result = run_cli("-m", "research.evaluate", f"--workdir={cli_workdir}")
   assert result.returncode == 0, result.stderr[-3000:]
@@ -107,7 +100,6 @@ def test_evaluate_cli_scores_the_whole_split(cli_workdir):
   assert f"loss: {saved['loss']:.4f}" in result.stdout
 
 
-@ONE_WORKER
 def test_generate_cli_continues_the_prompt(cli_workdir):
   result = run_cli("-m", "research.generate", f"--workdir={cli_workdir}", "--prompt=ROMEO:",
                    "--max_new_tokens=100", "--temperature=0")
@@ -144,7 +136,6 @@ def _checkpoint_files(workdir):
     (["--config.model.embed_dim=48"], "holds a run of a different model"),
     (["--config.objective.name=span_corruption"], "does not fit model.family='decoder'"),
 ])
-@ONE_WORKER
 def test_bad_input_is_one_clear_line_and_leaves_the_workdir_alone(cli_workdir, flags, message):
   before = _checkpoint_files(cli_workdir)
   config_before = (cli_workdir / "config.json").read_text()
