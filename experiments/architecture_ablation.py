@@ -56,10 +56,10 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 # pylint: disable=wrong-import-position
 import ml_collections
 import numpy as np
+from etils import epath
 
-from research import config_diff
-from research.config import (TASK_FAMILIES, ConfigError, ExperimentConfig, UserError,
-                             load_config_file)
+from research import config_diff, paths
+from research.config import ConfigError, ExperimentConfig, UserError, load_config_file
 from research.paths import REPO_ROOT
 # pylint: enable=wrong-import-position
 
@@ -101,7 +101,8 @@ class Finetune:
   tiny: dict[str, Any]
 
   def families(self) -> tuple[str, ...]:
-    return TASK_FAMILIES[self.task]
+    from research import kinds  # pylint: disable=import-outside-toplevel
+    return kinds.KINDS[kinds.TASKS[self.task].kind].FAMILIES
 
 
 # Shared by both tasks: the same optimizer, steps and batch for every arm; no dropout (a few
@@ -202,7 +203,7 @@ def with_steps(config: ml_collections.ConfigDict, steps: int, tiny: bool) -> Exp
   return ExperimentConfig.from_config_dict(config)
 
 
-def finetune_config(task: str, family: str, init_from: pathlib.Path, seed: int,
+def finetune_config(task: str, family: str, init_from: epath.Path, seed: int,
                     tiny: bool) -> ExperimentConfig:
   """The fine-tuning config of `task` for a pretrained workdir of `family`."""
   spec = FINETUNES[task]
@@ -246,7 +247,7 @@ class Plan:
     return self.steps * self.batch_size * self.seq_len
 
 
-def make_plan(arm: str, config: ExperimentConfig, budget: float, workdir: pathlib.Path) -> Plan:
+def make_plan(arm: str, config: ExperimentConfig, budget: float, workdir: epath.Path) -> Plan:
   """Resolves the arm's vocabulary (building its tokenizer in `workdir`, where training finds
   it again) and counts its parameters and training FLOPs per step."""
   from research import flops as flops_lib  # pylint: disable=import-outside-toplevel
@@ -263,8 +264,8 @@ def make_plan(arm: str, config: ExperimentConfig, budget: float, workdir: pathli
               seq_len=resolved.data.seq_len, diff=tuple(diff))
 
 
-def load_or_make_plan(out: pathlib.Path, arm: str, budget: float, tiny: bool,
-                      workdir: pathlib.Path) -> Plan:
+def load_or_make_plan(out: epath.Path, arm: str, budget: float, tiny: bool,
+                      workdir: epath.Path) -> Plan:
   """OUT/<arm>/plan.json, made on the first run; a later run refuses an arm whose config file
   (or the baseline) has changed since, as its finished runs would be reported for the new one."""
   config = ExperimentConfig.from_config_dict(pretrain_config_dict(arm, 0, tiny))
@@ -287,19 +288,17 @@ def load_or_make_plan(out: pathlib.Path, arm: str, budget: float, tiny: bool,
 # ---------------------------------------------------------------------------------------------
 
 
-def write_json(path: pathlib.Path, value: Any) -> None:
-  """Written under a temporary name and renamed: an interrupted write never looks finished."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  staging = path.with_name(f".{path.name}.tmp")
-  staging.write_text(json.dumps(value, indent=2, sort_keys=True, default=float) + "\n")
-  os.replace(staging, path)
+def write_json(path: epath.Path, value: Any) -> None:
+  """Written whole or not at all (paths.write_atomic): an interrupted write never looks
+  finished."""
+  paths.write_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=float) + "\n")
 
 
-def read_json(path: pathlib.Path) -> Any:
+def read_json(path: epath.Path) -> Any:
   return json.loads(path.read_text()) if path.exists() else None
 
 
-def check_settings(out: pathlib.Path, settings: dict) -> None:
+def check_settings(out: epath.Path, settings: dict) -> None:
   """Refuses an OUT made with another budget, --tiny or fine-tuning settings: its finished
   runs would be skipped although they measure something else."""
   path = out / "ablation.json"
@@ -314,7 +313,7 @@ def check_settings(out: pathlib.Path, settings: dict) -> None:
                       "flags to continue it, or pass another --out")
 
 
-def metrics_records(workdir: pathlib.Path) -> list[dict]:
+def metrics_records(workdir: epath.Path) -> list[dict]:
   path = workdir / "metrics.jsonl"
   if not path.exists():
     return []
@@ -334,7 +333,7 @@ def mean_mfu(records: list[dict]) -> float | None:
   return float(np.mean(values)) if values else None
 
 
-def latest_checkpoint(workdir: pathlib.Path) -> int | None:
+def latest_checkpoint(workdir: epath.Path) -> int | None:
   """The last step checkpointed in a research.train workdir (an unfinished save's temporary
   folder is not a step), or None."""
   directory = workdir / "checkpoints"
@@ -409,7 +408,7 @@ class Progress:
     self.done += count
 
 
-def run_stage(config: ExperimentConfig, workdir: pathlib.Path) -> tuple[dict, float, bool]:
+def run_stage(config: ExperimentConfig, workdir: epath.Path) -> tuple[dict, float, bool]:
   """(final evaluation, seconds, whether it resumed) of one research.train run."""
   from research import train  # pylint: disable=import-outside-toplevel
   resumed = latest_checkpoint(workdir) is not None
@@ -422,7 +421,7 @@ def run_stage(config: ExperimentConfig, workdir: pathlib.Path) -> tuple[dict, fl
   return result, seconds, resumed
 
 
-def pretrain_record(plan: Plan, workdir: pathlib.Path, result: dict, seconds: float,
+def pretrain_record(plan: Plan, workdir: epath.Path, result: dict, seconds: float,
                     resumed: bool) -> dict:
   records = metrics_records(workdir)
   return {"stage": "pretrain", "steps": plan.steps, "flops_per_step": plan.flops_per_step,
@@ -443,7 +442,7 @@ def finetune_record(task: str, config: ExperimentConfig, result: dict, seconds: 
           "resumed": resumed}
 
 
-def run_arm_seed(arm: str, seed: int, plan: Plan, directory: pathlib.Path, tiny: bool,
+def run_arm_seed(arm: str, seed: int, plan: Plan, directory: epath.Path, tiny: bool,
                  progress: Progress, log, concurrent: int = 1) -> dict[str, dict]:
   """Every stage of one arm and seed, skipping those with a record; returns the records.
   `concurrent`: how many arm-seeds run at once (--workers), kept in each record because it
@@ -471,7 +470,7 @@ def run_arm_seed(arm: str, seed: int, plan: Plan, directory: pathlib.Path, tiny:
   return records
 
 
-def run_ablation(out: pathlib.Path, arms: list[str], seeds: list[int], budget: float,
+def run_ablation(out: epath.Path, arms: list[str], seeds: list[int], budget: float,
                  tiny: bool, log=print, workers: int = 1, worker_of: int = 0) -> dict[str, Any]:
   """Runs (or resumes, or skips) every stage of every arm and seed, seed by seed, then writes
   the report. Returns {"plans": {arm: Plan}, "results": {(arm, seed): record},
@@ -530,7 +529,41 @@ def run_ablation(out: pathlib.Path, arms: list[str], seeds: list[int], budget: f
   return {"plans": plans, "results": results, "failed": failed, "interrupted": interrupted}
 
 
-def run_in_workers(out: pathlib.Path, pending: list[tuple[str, int]], plans: dict[str, Plan],
+class WorkerLogs:
+  """OUT/<arm>/log.txt of the worker processes. A worker's output goes to a file descriptor,
+  so with OUT on cloud storage it is written to a local file (starting from the log already
+  there) and uploaded when the worker ends."""
+
+  def __init__(self, out: epath.Path):
+    self.out = out
+    self._staging = None
+    if paths.is_url(out):
+      import tempfile  # pylint: disable=import-outside-toplevel
+      self._staging = pathlib.Path(tempfile.mkdtemp(prefix="ablation-logs-"))
+
+  def remote(self, arm: str) -> epath.Path:
+    return self.out / arm / "log.txt"
+
+  def local(self, arm: str) -> pathlib.Path:
+    if self._staging is None:
+      return pathlib.Path(self.remote(arm))
+    local = self._staging / f"{arm}.txt"
+    if not local.exists():
+      remote = self.remote(arm)
+      local.write_bytes(remote.read_bytes() if remote.exists() else b"")
+    return local
+
+  def done(self, arm: str) -> None:
+    if self._staging is not None:
+      self.remote(arm).write_bytes(self.local(arm).read_bytes())
+
+  def close(self) -> None:
+    if self._staging is not None:
+      import shutil  # pylint: disable=import-outside-toplevel
+      shutil.rmtree(self._staging, ignore_errors=True)
+
+
+def run_in_workers(out: epath.Path, pending: list[tuple[str, int]], plans: dict[str, Plan],
                    settings: dict, workers: int, progress: Progress,
                    log) -> tuple[list[str], bool]:
   """Runs the pending arm-seeds in `workers` processes at a time, one process per arm (its
@@ -557,6 +590,7 @@ def run_in_workers(out: pathlib.Path, pending: list[tuple[str, int]], plans: dic
       process.send_signal(signal.SIGTERM)
 
   previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+  logs = WorkerLogs(out)
   try:
     while (queue and not stop) or running:
       while queue and not stop and len(running) < workers:
@@ -566,7 +600,7 @@ def run_in_workers(out: pathlib.Path, pending: list[tuple[str, int]], plans: dic
                    f"--arms={arm}", f"--seeds={seeds}",
                    f"--budget_flops={settings['budget_flops']!r}", f"--worker_of={workers}"]
         command += ["--tiny"] if settings["tiny"] else []
-        with open(out / arm / "log.txt", "a", encoding="utf-8") as log_file:
+        with open(logs.local(arm), "a", encoding="utf-8") as log_file:
           running[arm] = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file,
                                           stderr=subprocess.STDOUT)
         log(f"[ablation] {arm} seeds {seeds}: started (output in {arm}/log.txt)")
@@ -584,9 +618,10 @@ def run_in_workers(out: pathlib.Path, pending: list[tuple[str, int]], plans: dic
         if process.poll() is None:
           continue
         del running[arm]
+        logs.done(arm)
         if process.returncode != 0 and not stop:
           gone.add(arm)
-          lines = (out / arm / "log.txt").read_text(errors="replace").strip().splitlines()
+          lines = logs.local(arm).read_text(errors="replace").strip().splitlines()
           failed.append(f"{arm}: {lines[-1] if lines else 'no output'} (exit status "
                         f"{process.returncode}; {out / arm / 'log.txt'})")
           log(f"[ablation] {failed[-1]}")
@@ -595,6 +630,7 @@ def run_in_workers(out: pathlib.Path, pending: list[tuple[str, int]], plans: dic
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
+    logs.close()
   if stop:
     log("[ablation] stopped; rerun the same command to continue from there")
   return failed, bool(stop)
@@ -731,7 +767,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
   return lines
 
 
-def plot_losses(path: pathlib.Path, arms: list[str], seeds: list[int], plans: dict[str, Plan],
+def plot_losses(path: epath.Path, arms: list[str], seeds: list[int], plans: dict[str, Plan],
                 results: dict) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
@@ -756,11 +792,12 @@ def plot_losses(path: pathlib.Path, arms: list[str], seeds: list[int], plans: di
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with paths.local_output(path) as local:
+    fig.savefig(local, dpi=120)
   plt.close(fig)
 
 
-def plot_downstream(path: pathlib.Path, arms: list[str], seeds: list[int], stats: dict) -> None:
+def plot_downstream(path: epath.Path, arms: list[str], seeds: list[int], stats: dict) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -786,7 +823,8 @@ def plot_downstream(path: pathlib.Path, arms: list[str], seeds: list[int], stats
   fig.suptitle(f"Downstream after compute-matched pretraining (mean ± sd over seeds "
                f"{', '.join(map(str, seeds))}; dots: seeds)", fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with paths.local_output(path) as local:
+    fig.savefig(local, dpi=120)
   plt.close(fig)
 
 
@@ -808,14 +846,16 @@ def shared_machine_note(results: dict) -> str:
           "those of a shared machine and do not compare arms")
 
 
-def write_report(out: pathlib.Path, arms: list[str], seeds: list[int], plans: dict[str, Plan],
-                 results: dict, settings: dict, failed: list[str] = ()) -> pathlib.Path:
+def write_report(out: epath.Path, arms: list[str], seeds: list[int], plans: dict[str, Plan],
+                 results: dict, settings: dict, failed: list[str] = ()) -> epath.Path:
   """OUT/report.md, the two plots and OUT/results.json from the records."""
   stats = summary(arms, seeds, plans, results)
   plot_losses(out / "loss_vs_flops.png", arms, seeds, plans, results)
   plot_downstream(out / "downstream.png", arms, seeds, stats)
   budget = settings["budget_flops"]
-  shown_out = out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out
+  shown_out = out
+  if not paths.is_url(out) and pathlib.Path(out).is_relative_to(REPO_ROOT):
+    shown_out = pathlib.Path(out).relative_to(REPO_ROOT)
   flags = f"--out={shown_out} --budget_flops={budget:g} --seeds={','.join(map(str, seeds))} " \
           f"--arms={','.join(arms)}" + (" --tiny" if settings["tiny"] else "")
   lines = [
@@ -951,7 +991,7 @@ def write_report(out: pathlib.Path, arms: list[str], seeds: list[int], plans: di
 # ---------------------------------------------------------------------------------------------
 
 
-def enable_compilation_cache(directory: pathlib.Path) -> None:
+def enable_compilation_cache(directory: epath.Path) -> None:
   """JAX's persistent compilation cache: the seeds of an arm compile the same programs (the
   seed enters them as an argument), and a rerun or resume compiles nothing it compiled before;
   on the 2-core CPU a tiny arm's second seed then takes ~5 s instead of ~35 s."""
@@ -995,7 +1035,8 @@ def main(argv) -> None:
       raise UserError(f"--workers must be a positive number of processes, got {f.workers}")
     if workers > 1:  # this process and its workers (who inherit it) share any accelerator:
       os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # none may take most of its memory
-    out = pathlib.Path(f.out).resolve()
+    out = paths.workdir_path(f.out)
+    paths.check_bucket(out)  # a missing or refused bucket: one line, before any work
     enable_compilation_cache(out / "jax_cache")
     start = time.perf_counter()
     log = lambda line: print(line, file=sys.stderr, flush=True)
@@ -1006,7 +1047,7 @@ def main(argv) -> None:
         raise UserError("; ".join(outcome["failed"]))
       return
     outcome = run_ablation(out, arms, parse_seeds(f.seeds), budget, f.tiny, log, workers)
-    print(f"report: {pathlib.Path(f.out) / 'report.md'} ({len(outcome['results'])} arm-seed "
+    print(f"report: {epath.Path(f.out) / 'report.md'} ({len(outcome['results'])} arm-seed "
           f"results, {format_seconds(time.perf_counter() - start)})")
     if outcome["failed"]:
       raise UserError(f"{len(outcome['failed'])} run(s) failed (listed in the report); rerun "

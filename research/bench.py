@@ -60,22 +60,39 @@ def synthetic_experiment(config: ExperimentConfig, devices=None) -> train.Experi
                           shardings=shardings, data=None, transform=None, loss_fn=loss_fn)
 
 
-def synthetic_batch(config: ExperimentConfig, seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_batch(config: ExperimentConfig, seed: int = 0,
+                    batch_size: int | None = None) -> dict[str, np.ndarray]:
   """This process's share of a batch of random tokens, shaped as the config's pretraining
-  objective makes them (what the input pipeline would deliver)."""
+  objective or fine-tuning task makes them (what the input pipeline would deliver).
+  batch_size: the global batch (default data.batch_size)."""
   rng = np.random.default_rng([seed, jax.process_index()])
-  b = config.data.batch_size // jax.process_count()
+  b = (batch_size or config.data.batch_size) // jax.process_count()
   input_len, target_len = flops.sequence_lengths(config)
   ids = lambda n: rng.integers(0, config.model.vocab_size, (b, n), dtype=np.int32)
   ones = lambda n: np.ones((b, n), np.float32)
-  if config.model.family == "encoder_decoder":
+  family, task = config.model.family, config.task.name
+  if family == "encoder_decoder":
     return {"encoder_inputs": ids(input_len), "encoder_mask": np.ones((b, input_len), bool),
             "decoder_inputs": ids(target_len), "targets": ids(target_len),
             "weights": ones(target_len)}
+  if task:  # research/tasks.py's collated formats
+    from research import tasks  # pylint: disable=import-outside-toplevel
+    fmt = tasks.format_name(config)
+    if fmt == "classify":
+      return {"inputs": ids(input_len), "input_mask": np.ones((b, input_len), bool),
+              "lengths": np.full((b,), input_len, np.int32),
+              "labels": rng.integers(0, 2, (b,), dtype=np.int32), "weights": np.ones((b,), np.float32)}
+    if fmt == "span":
+      span = lambda: rng.integers(0, input_len, (b,), dtype=np.int32)
+      return {"inputs": ids(input_len), "input_mask": np.ones((b, input_len), bool),
+              "token_types": np.zeros((b, input_len), np.int32), "starts": span(), "ends": span(),
+              "weights": np.ones((b,), np.float32)}
   out = {"inputs": ids(input_len), "targets": ids(input_len), "weights": ones(input_len)}
-  if config.model.family == "encoder":
+  if family == "encoder":
     out["input_mask"] = np.ones((b, input_len), bool)
     out["weights"] = (rng.random((b, input_len)) < config.objective.mask_rate).astype(np.float32)
+  elif config.objective.name == "prefix_lm" and not task:
+    out["prefix_lengths"] = rng.integers(1, input_len, (b,), dtype=np.int32)
   return out
 
 

@@ -12,14 +12,15 @@ to leave.
 
 from __future__ import annotations
 
-import pathlib
 import sys
 
 import jax
 import numpy as np
 from absl import app, flags
+from etils import epath
 
-from research import decode, tasks, train
+from research import decode, kinds, models, tasks, train
+from research.kinds.instruction import Instruction
 from research.config import UserError
 
 def define_flags() -> None:
@@ -38,11 +39,21 @@ class Chat:
   def __init__(self, workdir: str, max_new_tokens: int, sampling: decode.SamplingConfig,
                seed: int = 0):
     from research.data.tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
-    self.config, self.model, self.params = train.restore_params(workdir)
-    if self.config.model.family != "decoder":
-      raise UserError(f"{workdir} holds a {self.config.model.family} model; chat needs a "
+    config = train.load_experiment_config(workdir)
+    if config.model.family != "decoder":
+      raise UserError(f"{workdir} holds a {config.model.family} model; chat needs a "
                       "decoder (e.g. one fine-tuned with configs/alpaca_gpt.py)")
-    self.tokenizer = load_tokenizer(pathlib.Path(workdir) / "tokenizer")
+    model = train.build_model_and_loss(config)[0]  # checked before the checkpoint is read
+    if not isinstance(model, models.Decoder):
+      raise UserError(f"{workdir} holds a {config.task.name} {type(model).__name__}, which "
+                      "scores text rather than writes it; chat needs a decoder language model "
+                      "(e.g. one fine-tuned with configs/alpaca_gpt.py)")
+    self.config, self.model, self.params = train.restore_params(workdir, config)
+    if not self.config.task.name or kinds.kind_class(self.config) is not Instruction:
+      print(f"note: {workdir} was not instruction-tuned, so it continues the chat text rather "
+            "than follows instructions; fine-tune it with configs/alpaca_gpt.py "
+            f"(--config.init_from={workdir}) for a chat model", file=sys.stderr)
+    self.tokenizer = load_tokenizer(epath.Path(workdir) / "tokenizer")
     self.max_new_tokens = max_new_tokens
     if not 0 < max_new_tokens < self.config.model.max_len:
       raise UserError(f"--max_new_tokens must be in [1, model.max_len={self.config.model.max_len})")

@@ -10,13 +10,19 @@ taken as a step.
 
 from __future__ import annotations
 
-import pathlib
+import contextlib
+import errno
+import os
+import re
+import shutil
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
+from research import paths
 from research.config import UserError
 
 # The layout of what a step folder holds; bumped when it changes incompatibly. A checkpoint
@@ -28,8 +34,12 @@ class CheckpointError(UserError):
   """A checkpoint that cannot be used; the message names the problem and the fix."""
 
 
-def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
-  return pathlib.Path(workdir).resolve() / "checkpoints"
+class DiskFullError(CheckpointError):
+  """A save ran out of space; earlier checkpoints are intact."""
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
+  return paths.workdir_path(workdir) / "checkpoints"
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
@@ -41,7 +51,7 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
 class Checkpointer:
   """Thin wrapper over ocp.CheckpointManager with this project's three items."""
 
-  def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3, async_save: bool = True,
+  def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, async_save: bool = True,
                read_only: bool = False):
     self.directory = checkpoint_dir(workdir)
     if read_only:
@@ -69,7 +79,56 @@ class Checkpointer:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     if config is not None:
       items["config"] = ocp.args.JsonSave({"format_version": FORMAT_VERSION, **config})
-    return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+    with self._disk_full_is_one_line(step):
+      self._check_space(step, state)
+      return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def _no_space(self, step: int, detail: str) -> CheckpointError:
+    self._saving = None
+    try:
+      self._manager.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except  (the failed save itself)
+      pass
+    latest = self._manager.latest_step()
+    kept = (f"the last complete checkpoint is step {latest} (intact)" if latest is not None
+            else "no checkpoint was complete yet")
+    return DiskFullError(f"no space left on the device of {self.directory} while saving step "
+                           f"{step} ({detail}); {kept}: free space and rerun the same command "
+                           "to continue")
+
+  def _check_space(self, step: int, state: Any) -> None:
+    """Refuses a save that cannot fit, before orbax starts it: a save that runs out of space
+    fails in several background threads at once. The estimate is the larger of the state's
+    bytes and the last complete step folder's size (one more step is written before the
+    oldest is removed)."""
+    self._saving = step
+    if paths.is_url(self.directory):
+      return
+    self._manager.wait_until_finished()  # the previous save's size counts, and so does its end
+    need = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state))
+    latest = self._manager.latest_step()
+    if latest is not None:
+      folder = os.fspath(self.directory / str(latest))
+      need = max(need, sum(os.path.getsize(os.path.join(root, f))
+                           for root, _, files in os.walk(folder) for f in files))
+    need = int(need * 1.1) + (128 << 10)  # + metadata, the data iterator and config
+    free = shutil.disk_usage(os.fspath(self.directory)).free
+    if free < need:
+      raise self._no_space(step, f"{free:,} bytes free, about {need:,} needed")
+
+  @contextlib.contextmanager
+  def _disk_full_is_one_line(self, step: int):
+    """A save (or the wait for one) that ran out of space becomes one CheckpointError."""
+    try:
+      yield
+    except CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      if "No space left" not in str(e) and getattr(e, "errno", None) != errno.ENOSPC:
+        raise
+      # An asynchronous save's error surfaces at the next save: name the step that failed.
+      failed = re.search(r"/(\d+)\.orbax-checkpoint-tmp", str(e))
+      raise self._no_space(int(failed.group(1)) if failed else step, _first_line(e)) from None
 
   def restore(self, step: int, abstract_state: Any, data_iterator=None) -> Any:
     """Restores the state onto the shardings in `abstract_state` (and the iterator in place)."""
@@ -110,13 +169,21 @@ class Checkpointer:
     return self._manager.reached_preemption(step)
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._disk_full_is_one_line(getattr(self, "_saving", None)):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    with self._disk_full_is_one_line(getattr(self, "_saving", None)):
+      self._manager.wait_until_finished()
     self._manager.close()
 
 
 def _first_line(error: Exception) -> str:
   text = str(error).strip().splitlines()
-  return text[0][:200] if text else type(error).__name__
+  if not text:
+    return type(error).__name__
+  # Reprs of native callables ('<bound method pybind11_detail_function_record_... of <...>>')
+  # say nothing to a user.
+  line = re.sub(r"<bound method pybind11\S*(?: of <[^<>]*>)?>", "a native function", text[0])
+  line = re.sub(r"<bound method ([\w.]+)(?: of <[^<>]*>)?>", r"\1()", line)
+  return line[:200]

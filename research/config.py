@@ -161,11 +161,23 @@ class ObjectiveConfig:
 class TaskConfig:
   """A fine-tuning task (research/tasks.py); name "" trains the pretraining objective instead.
 
-  The family picks the format: encoder = classifier / span head, decoder = last-token
-  classifier or prompt + response (loss on the response only), encoder_decoder = text-to-text.
+  The task's kind (research/kinds/) picks the format for the family: encoder = classifier /
+  span head, decoder = last-token classifier or prompt + response (loss on the response only),
+  encoder_decoder = text-to-text.
   """
 
-  name: str = ""  # "" | sst2 | squad | spa_eng | scitldr | alpaca
+  name: str = ""  # "" | a bundled task: sst2 | squad | spa_eng | scitldr | alpaca
+  # A task from your own files replaces the named one (README, "Your own task"): its kind
+  # (classification | span_qa | text_to_text | instruction), comma-separated JSONL/TSV/CSV files,
+  # and the fields the kind reads; metric by name (accuracy | exact_match | bleu | rouge | squad_f1).
+  kind: str = ""
+  train_files: str = ""
+  eval_files: str = ""
+  text_fields: str = ""  # classification: one field, or two for a pair ("premise,hypothesis")
+  label_field: str = "label"
+  input_field: str = ""  # text_to_text
+  target_field: str = ""
+  metric: str = ""  # "" = the kind's default (accuracy, squad_f1, rouge); text_to_text names one
   max_input_len: int = 0  # encoder input tokens (encoder_decoder); 0: data.seq_len
   max_target_len: int = 32  # response tokens incl. EOS, trained on and generated
   doc_stride: int = 64  # squad, encoder: tokens shared by consecutive windows of a long context
@@ -313,7 +325,6 @@ _CHOICES = {
     ("data", "tokenizer"): ("char", "sentencepiece", "hf"),
     ("data", "packing"): ("windows", "stream"),
     ("train", "nonfinite"): ("stop", "skip"),
-    ("task", "name"): ("", "sst2", "squad", "spa_eng", "scitldr", "alpaca"),
     ("task", "decoding"): ("greedy", "beam"),
 }
 
@@ -323,16 +334,6 @@ FAMILY_OBJECTIVES = {
     "decoder": ("causal_lm", "prefix_lm"),
     "encoder": ("masked_lm",),
     "encoder_decoder": ("span_corruption", "prefix_lm", "ul2"),
-}
-
-
-# Which families each fine-tuning task supports (research/tasks.py builds the matching format).
-TASK_FAMILIES = {
-    "sst2": ("encoder", "decoder", "encoder_decoder"),
-    "squad": ("encoder", "decoder", "encoder_decoder"),
-    "spa_eng": ("decoder", "encoder_decoder"),
-    "scitldr": ("decoder", "encoder_decoder"),
-    "alpaca": ("decoder", "encoder_decoder"),
 }
 
 
@@ -359,6 +360,10 @@ def validate(config: ExperimentConfig) -> None:
   if d.seq_len > m.max_len and m.position == "learned":
     raise ConfigError(f"data.seq_len={d.seq_len} is longer than the position table "
                       f"model.max_len={m.max_len}; raise model.max_len or lower data.seq_len")
+  if d.seq_len > m.max_len and m.position == "rope":  # max_len bounds decoding's KV cache
+    raise ConfigError(f"data.seq_len={d.seq_len} is longer than model.max_len={m.max_len}, the "
+                      "longest context the model decodes with; raise model.max_len or lower "
+                      "data.seq_len")
   if not 0.0 < d.validation_fraction < 1.0:
     raise ConfigError(f"data.validation_fraction={d.validation_fraction} must be in (0, 1)")
   if d.dataset == "text_files" and not d.files:
@@ -388,18 +393,17 @@ def validate(config: ExperimentConfig) -> None:
   if not 0.0 <= m.dropout_rate < 1.0:
     raise ConfigError(f"model.dropout_rate={m.dropout_rate} must be in [0, 1)")
   task = config.task
-  if task.name and m.family not in TASK_FAMILIES[task.name]:
-    raise ConfigError(f"task.name='{task.name}' does not fit model.family='{m.family}'; "
-                      f"{task.name} runs with model.family in {list(TASK_FAMILIES[task.name])}")
+  if task.train_files and not task.name:
+    raise ConfigError("task.train_files replaces the task of a task config; start from one of "
+                      "the wanted family, e.g. --config=configs/sst2_bert.py")
   for key, minimum in (("max_input_len", 0), ("max_target_len", 2), ("doc_stride", 0),
                        ("max_answer_len", 1), ("beam_size", 1), ("eval_examples", 0),
                        ("eval_batch_size", 1)):
     if getattr(task, key) < minimum:
       raise ConfigError(f"config task.{key}={getattr(task, key)} must be >= {minimum}")
-  if task.name and m.family == "decoder" and task.name != "sst2" and (
-      task.max_target_len >= d.seq_len):
-    raise ConfigError(f"task.max_target_len={task.max_target_len} leaves no room for the prompt "
-                      f"in data.seq_len={d.seq_len}; raise data.seq_len or lower max_target_len")
+  if task.name:  # the task's kind checks that it fits the family (research/kinds)
+    from research import kinds  # pylint: disable=import-outside-toplevel
+    kinds.check(config)
   objectives = FAMILY_OBJECTIVES[m.family]
   if not task.name and config.objective.name not in objectives:  # a task replaces the objective
     fits = [f for f, objs in FAMILY_OBJECTIVES.items() if config.objective.name in objs]
@@ -435,8 +439,24 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"config file {path} does not exist; pass --config=configs/<name>.py")
   spec = importlib.util.spec_from_file_location(f"_config_{file.stem}", file)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+      raise ConfigError(f"config file {path} defines no get_config(); define one that returns "
+                        "research.config.base_config() with your changes")
+    config = module.get_config()
+  except SyntaxError as e:
+    raise ConfigError(f"config file {path} has a syntax error ({e.filename}:{e.lineno}: "
+                      f"{e.msg}); fix the file") from None
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (whatever the file's code raises)
+    raise ConfigError(f"config file {path} failed to load ({type(e).__name__}: {e}); fix the "
+                      "file, or install what it imports") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"config file {path}: get_config() returned {type(config).__name__}, not a "
+                      "ConfigDict; return research.config.base_config() with your changes")
+  return config
 
 
 def derive(config_file: str, base_name: str) -> ml_collections.ConfigDict:

@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
-import shutil
+import os
 import sys
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from etils import epath
 
-from research import hf, models
+from research import hf, models, paths
+from research import workdir as workdir_lib
 from research.config import ExperimentConfig, ModelConfig, UserError
 
 IMPORT_DIR = "hf_import"  # inside an imported workdir: the original files an export reuses
@@ -72,7 +73,7 @@ def experiment_config(model_config: ModelConfig, tokenizer=None,
       "objective": objective})
 
 
-def _tokenizer_of(directory: pathlib.Path):
+def _tokenizer_of(directory: epath.Path):
   from research.data.tokenizers import HFTokenizer  # pylint: disable=import-outside-toplevel
   text = hf.read_tokenizer_json(directory)
   return HFTokenizer(text) if text is not None else None
@@ -83,7 +84,7 @@ def _print_notes(notes: list[str]) -> None:
     print(f"note: {note}", file=sys.stderr)
 
 
-def _import_notes(imported: hf.Imported, tokenizer, directory: pathlib.Path) -> list[str]:
+def _import_notes(imported: hf.Imported, tokenizer, directory: epath.Path) -> list[str]:
   notes = []
   if imported.fresh:
     notes.append(f"the checkpoint lacks {len(imported.fresh)} of our parameters "
@@ -100,13 +101,13 @@ def _import_notes(imported: hf.Imported, tokenizer, directory: pathlib.Path) -> 
   return notes
 
 
-def load_hf(directory: str | pathlib.Path) -> tuple[Any, Any, Any, ExperimentConfig]:
+def load_hf(directory: str | os.PathLike) -> tuple[Any, Any, Any, ExperimentConfig]:
   """(model, params, tokenizer or None, config) of a Hugging Face directory, in memory.
 
   `model` is the family's pretraining model (models.build_model): logits are
   `model.apply({"params": params}, tokens)` (encoder_decoder: `(encoder_tokens, decoder_tokens)`).
   """
-  directory = pathlib.Path(directory)
+  directory = epath.Path(directory)
   imported = hf.import_params(directory)
   tokenizer = _tokenizer_of(directory)
   _print_notes(_import_notes(imported, tokenizer, directory))
@@ -115,54 +116,75 @@ def load_hf(directory: str | pathlib.Path) -> tuple[Any, Any, Any, ExperimentCon
   return models.build_model(config.model), params, tokenizer, config
 
 
-def import_hf(directory: str | pathlib.Path, workdir: str | pathlib.Path
+def import_hf(directory: str | os.PathLike, workdir: str | os.PathLike
               ) -> tuple[ExperimentConfig, list[str]]:
   """Writes the workdir of a Hugging Face directory; returns its config and notes."""
   # Imported here: train pulls in the optimizer and checkpoint machinery, not needed by load_hf.
   from research import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   from research import train  # pylint: disable=import-outside-toplevel
-  directory, workdir = pathlib.Path(directory), pathlib.Path(workdir).resolve()
+  directory, workdir = epath.Path(directory), paths.workdir_path(workdir)
+  paths.check_bucket(workdir)
   if (workdir / "config.json").exists() or ckpt_lib.checkpoint_dir(workdir).exists():
     raise hf.ConvertError(f"{workdir} already holds a workdir; import into a new --workdir")
   imported = hf.import_params(directory)  # all checks pass before anything is written
   tokenizer = _tokenizer_of(directory)
   notes = _import_notes(imported, tokenizer, directory)
   workdir.mkdir(parents=True, exist_ok=True)
-  tokenizer_path = ""
-  if tokenizer is not None:
-    tokenizer.save(workdir / "tokenizer")
-    manifest = json.loads((workdir / "tokenizer" / "manifest.json").read_text(encoding="utf-8"))
-    tokenizer_path = str(workdir / "tokenizer" / manifest["tokenizer_file"])
-  config = experiment_config(imported.model_config, tokenizer, tokenizer_path)
-  params = jax.tree.map(jnp.asarray, imported.params)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                           opt_state=train.build_optimizer(config).init(params))
-  checkpointer = ckpt_lib.Checkpointer(workdir, async_save=False)
-  try:
-    checkpointer.save(0, state, None, config.to_dict(), force=True)
-  finally:
-    checkpointer.close()
-  keep = workdir / IMPORT_DIR
-  keep.mkdir(exist_ok=True)
-  for name in (hf.CONFIG_FILE, *_SIDE_FILES):
-    if (directory / name).is_file():
-      shutil.copyfile(directory / name, keep / name)
-  (keep / "import.json").write_text(json.dumps(
-      {"source": str(directory.resolve()), "fresh": imported.fresh, "unused": imported.unused},
-      indent=1) + "\n")
-  # Last, as research.train does: a workdir with a config.json has its checkpoint.
-  (workdir / "config.json").write_text(config.to_json())
-  return config, notes
+  with workdir_lib.lock(workdir, "research.convert --from_hf"):  # one writer at a time
+    tokenizer_path = ""
+    if tokenizer is not None:
+      tokenizer.save(workdir / "tokenizer")
+      manifest = json.loads((workdir / "tokenizer" / "manifest.json").read_text("utf-8"))
+      tokenizer_path = str(workdir / "tokenizer" / manifest["tokenizer_file"])
+    config = experiment_config(imported.model_config, tokenizer, tokenizer_path)
+    params = jax.tree.map(jnp.asarray, imported.params)
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                             opt_state=train.build_optimizer(config).init(params))
+    checkpointer = ckpt_lib.Checkpointer(workdir, async_save=False)
+    try:
+      checkpointer.save(0, state, None, config.to_dict(), force=True)
+    finally:
+      checkpointer.close()
+    keep = workdir / IMPORT_DIR
+    keep.mkdir(exist_ok=True)
+    for name in (hf.CONFIG_FILE, *_SIDE_FILES):
+      if (directory / name).is_file():
+        (keep / name).write_bytes((directory / name).read_bytes())
+    (keep / "import.json").write_text(json.dumps(
+        {"source": str(paths.workdir_path(directory)), "fresh": imported.fresh,
+         "unused": imported.unused}, indent=1) + "\n")
+    # Last, as research.train does: a workdir with a config.json has its checkpoint.
+    paths.write_atomic(workdir / "config.json", config.to_json())
+    return config, notes
 
 
-def export_hf(workdir: str | pathlib.Path, out: str | pathlib.Path) -> list[str]:
+def _check_export_target(out: epath.Path, overwrite: bool) -> None:
+  """Refuses to write into a training workdir ever, and over an existing model without
+  --overwrite (before the checkpoint is read)."""
+  if not paths.is_url(out) and out.exists() and not out.is_dir():
+    raise hf.ConvertError(f"--to_hf={out} is a file; pass a directory")
+  if (out / "checkpoints").exists() or (out / "metrics.jsonl").exists() or (
+      out / IMPORT_DIR).exists():
+    raise hf.ConvertError(f"--to_hf={out} is a training workdir (it holds checkpoints); "
+                          "exporting there would replace its config.json: pass a new directory")
+  existing = [name for name in (hf.CONFIG_FILE, hf.WEIGHTS_FILE, hf.TOKENIZER_FILE)
+              if (out / name).exists()]
+  if existing and not overwrite:
+    raise hf.ConvertError(f"--to_hf={out} already holds {', '.join(existing)}; pass "
+                          "--overwrite to replace them, or a new directory")
+
+
+def export_hf(workdir: str | os.PathLike, out: str | os.PathLike,
+              overwrite: bool = False) -> list[str]:
   """Writes the latest checkpoint of a workdir as a Hugging Face directory; returns notes."""
   from research import train  # pylint: disable=import-outside-toplevel
   from research.data import tokenizers  # pylint: disable=import-outside-toplevel
-  workdir, out = pathlib.Path(workdir).resolve(), pathlib.Path(out).resolve()
+  workdir, out = paths.workdir_path(workdir), paths.workdir_path(out)
   if out == workdir:
     raise hf.ConvertError("--to_hf must name a directory other than --workdir (both hold a "
                           "config.json)")
+  paths.check_bucket(out)
+  _check_export_target(out, overwrite)
   config, _, params = train.restore_params(workdir)
   tokenizer = None
   if (workdir / "tokenizer" / tokenizers.MANIFEST).is_file():
@@ -176,13 +198,14 @@ def export_hf(workdir: str | pathlib.Path, out: str | pathlib.Path) -> list[str]
   hf_config = {**{k: v for k, v in base.items() if k not in _DERIVED_KEYS}, **hf_config}
   out.mkdir(parents=True, exist_ok=True)
   hf.write_tensors(out / hf.WEIGHTS_FILE, tensors)
-  (out / hf.CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+  paths.write_atomic(out / hf.CONFIG_FILE, json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
   if tokenizer is not None and tokenizer.kind == "hf":
     manifest = json.loads((workdir / "tokenizer" / tokenizers.MANIFEST).read_text())
-    shutil.copyfile(workdir / "tokenizer" / manifest["tokenizer_file"], out / hf.TOKENIZER_FILE)
+    paths.write_atomic(out / hf.TOKENIZER_FILE,
+                       (workdir / "tokenizer" / manifest["tokenizer_file"]).read_bytes())
     for name in _SIDE_FILES:
       if (workdir / IMPORT_DIR / name).is_file():
-        shutil.copyfile(workdir / IMPORT_DIR / name, out / name)
+        paths.write_atomic(out / name, (workdir / IMPORT_DIR / name).read_bytes())
   elif tokenizer is not None:
     notes.append(f"the workdir's tokenizer is '{tokenizer.kind}', which has no tokenizer.json: "
                  "only the model was written")
@@ -212,10 +235,10 @@ def main(argv) -> None:
       config, notes = import_hf(from_hf, workdir)
       m = config.model
       print(f"imported {from_hf}: family {m.family}, {m.num_layers} layers, width "
-            f"{m.embed_dim}, vocabulary {m.vocab_size}; workdir {pathlib.Path(workdir).resolve()}")
+            f"{m.embed_dim}, vocabulary {m.vocab_size}; workdir {paths.workdir_path(workdir)}")
     else:
-      notes = export_hf(workdir, to_hf)
-      print(f"exported {workdir} to {pathlib.Path(to_hf).resolve()}")
+      notes = export_hf(workdir, to_hf, flags_.overwrite)
+      print(f"exported {workdir} to {paths.workdir_path(to_hf)}")
     _print_notes(notes)
 
   train.run_cli(body)
@@ -226,6 +249,8 @@ def define_flags() -> None:
   flags.DEFINE_string("from_hf", "", "A Hugging Face model directory to import into --workdir.")
   flags.DEFINE_string("to_hf", "", "A directory to write --workdir into, in Hugging Face layout.")
   flags.DEFINE_string("workdir", "", "The workdir written (import) or read (export).")
+  flags.DEFINE_bool("overwrite", False, "Export over an existing config.json/model.safetensors "
+                    "in --to_hf (never over a training workdir).")
 
 
 if __name__ == "__main__":

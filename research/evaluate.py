@@ -1,26 +1,30 @@
 """Evaluate a trained workdir on a whole split.
 
   python -m research.evaluate --workdir=runs/gpt_shakespeare_char [--split=validation] [--step=N]
+  python -m research.evaluate --workdir=runs/sst2_bert --predictions=runs/sst2_bert/dev.jsonl
 
 Prints the metrics of the workdir's objective (loss, perplexity, token accuracy over every token
 of the split) or task (its loss plus accuracy, SQuAD exact match/F1, sacrebleu BLEU with its
 signature, or ROUGE-1/2/L, over every example of the split) and writes them to
-<workdir>/eval.json (or --output).
+<workdir>/eval.json (or --output). For a task, --predictions=FILE also writes one JSON line per
+example: its input, reference, prediction and whether it is correct (or its score).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import pathlib
 import sys
 
 import flax.linen as nn
 import jax
 from absl import app, flags
+from etils import epath
 
 from research import checkpoint as ckpt_lib
-from research import train
+from research import paths, train
+from research import workdir as workdir_lib
 from research.config import UserError
 
 def define_flags() -> None:
@@ -29,13 +33,17 @@ def define_flags() -> None:
   flags.DEFINE_string("split", "", "Split to evaluate (default: the config's eval split).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_string("output", "", "Where to write the JSON (default: WORKDIR/eval.json).")
+  flags.DEFINE_string("predictions", "", "A task's predictions, one JSON line per example.")
 
 
-def evaluate_workdir(workdir: str, split: str = "", step: int | None = None) -> dict:
-  """Metrics of a workdir's checkpoint on a whole split."""
+def evaluate_workdir(workdir: str, split: str = "", step: int | None = None,
+                     predictions: str = "") -> dict:
+  """Metrics of a workdir's checkpoint on a whole split (a task's predictions to a file)."""
   config = train.load_experiment_config(workdir)
   if split:
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, eval_split=split))
+  if predictions and not config.task.name:
+    raise UserError("--predictions is for a fine-tuning task's workdir; this one pretrains")
   exp = train.build_experiment(config, workdir)
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
   step = step if step is not None else checkpointer.latest_step()
@@ -45,11 +53,29 @@ def evaluate_workdir(workdir: str, split: str = "", step: int | None = None) -> 
   _, eval_fn = train.make_step_fns(exp)
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(exp.config.rules):
     state = checkpointer.restore(step, ckpt_lib.abstract_like(exp.abstract_state, exp.shardings))
-    metrics = train.evaluate_split(exp, eval_fn, state.params, task_examples=0)
-  what = ({"task": exp.config.task.name} if exp.is_task
+    metrics = train.evaluate_split(exp, eval_fn, state.params, task_examples=0,
+                                   predictions_file=predictions or None)
+  what = ({"task": _task_name(exp.config)} if exp.is_task
           else {"objective": exp.config.objective.name})
   return {"step": step, "split": exp.config.data.eval_split, **what,
           **{k.removeprefix("eval/"): v for k, v in metrics.items()}}
+
+
+def check_output(output: epath.Path, what: str = "--output folder") -> None:
+  """--output must be a file that can be written (checked before the evaluation runs)."""
+  if paths.is_url(output):
+    return
+  if output.is_dir():
+    raise UserError(f"--output={output} is a folder; name a file (e.g. {output / 'eval.json'})")
+  folder = output.parent
+  if not folder.is_dir():
+    raise UserError(f"--output={output}: folder {folder} does not exist; create it first")
+  workdir_lib.check_writable(folder, what)
+
+
+def _task_name(config) -> str:
+  from research import tasks  # pylint: disable=import-outside-toplevel
+  return tasks.task_name(config)
 
 
 def main(argv) -> None:
@@ -59,13 +85,21 @@ def main(argv) -> None:
   f = flags.FLAGS
 
   def body():
-    result = evaluate_workdir(f.workdir, f.split, f.step)
-    for key, value in result.items():
-      print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
-    output = pathlib.Path(f.output or pathlib.Path(f.workdir) / "eval.json")
-    if jax.process_index() == 0:
-      output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {output}", file=sys.stderr)
+    output = epath.Path(f.output) if f.output else epath.Path(f.workdir) / "eval.json"
+    paths.check_bucket(output)  # before the evaluation, not after it
+    check_output(output, "--output folder" if f.output else "--workdir")
+    if f.predictions:
+      paths.check_bucket(f.predictions)
+    # Writing into the workdir waits for no one: a run training there holds its lock.
+    in_workdir = not f.output and paths.workdir_path(f.workdir).is_dir()
+    with (workdir_lib.lock(paths.workdir_path(f.workdir), "research.evaluate") if in_workdir
+          else contextlib.nullcontext()):
+      result = evaluate_workdir(f.workdir, f.split, f.step, f.predictions)
+      for key, value in result.items():
+        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+      if jax.process_index() == 0:
+        paths.write_atomic(output, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {output}" + (f" and {f.predictions}" if f.predictions else ""), file=sys.stderr)
 
   train.run_cli(body)
 

@@ -154,13 +154,10 @@ def sequence_lengths(config: ExperimentConfig) -> tuple[int, int]:
 
 def training_head(config: ExperimentConfig) -> str:
   """The output head a run trains: the family's pretraining head, or its fine-tuning task's."""
-  family, task = config.model.family, config.task.name
-  if task == "sst2" and family == "encoder":
-    return "classifier"
-  if task == "sst2" and family == "decoder":
-    return "last_token_classifier"
-  if task == "squad" and family == "encoder":
-    return "span"
+  family = config.model.family
+  if config.task.name:  # the task's kind names its head (None: the family's LM head)
+    from research import kinds  # pylint: disable=import-outside-toplevel
+    return kinds.kind_class(config).head_for(family) or PRETRAINING_HEAD[family]
   return PRETRAINING_HEAD[family]
 
 
@@ -179,6 +176,24 @@ def training_flops_per_step(config: ExperimentConfig) -> int:
 def training_flops_per_token(config: ExperimentConfig) -> float:
   """Training FLOPs per input token (batch_size x seq_len tokens per step, as the logs count)."""
   return training_flops_per_example(config) / config.data.seq_len
+
+
+def decode_step_flops(config: ExperimentConfig, batch_size: int) -> int:
+  """Forward matmul FLOPs of one KV-cache decoding step (one new token per row): projections
+  of the new token, its scores against all model.max_len cache slots (the cache is attended
+  in full, masked), the MLP and the LM head. The encoder-decoder's cross-attention projects the
+  keys and values of all encoder positions at every step (decode.py does not cache them)."""
+  m = config.model
+  e, n, k, h = m.embed_dim, m.num_heads, m.resolved_kv_heads, m.resolved_head_dim
+  projections = 2 * e * n * h + 2 * 2 * e * k * h + 2 * n * h * e
+  per_layer = projections + 2 * 2 * m.max_len * n * h + mlp_flops(m, 1)
+  layers = m.num_layers
+  if m.family == "encoder_decoder":
+    layers = m.num_decoder_layers or m.num_layers
+    input_len, _ = sequence_lengths(config)
+    cross = attention_flops(m, 1, input_len)
+    per_layer += cross["projections"] + cross["scores"]
+  return batch_size * (layers * per_layer + head_flops(m, "lm", 1))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,13 +13,15 @@
 
 from __future__ import annotations
 
-import pathlib
+import dataclasses
+import math
 import re
 import sys
 
 import jax
 import numpy as np
 from absl import app, flags
+from etils import epath
 
 from research import decode, models, objectives
 from research.config import UserError
@@ -62,18 +64,31 @@ def generate_text(workdir: str, prompt: str, max_new_tokens: int, sampling: deco
   from research.data.tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
   if max_new_tokens < 0:
     raise UserError(f"--max_new_tokens={max_new_tokens} must be >= 0")
-  if sampling.temperature < 0 or not 0 < sampling.top_p <= 1 or sampling.top_k < 0:
+  if not (math.isfinite(sampling.temperature) and sampling.temperature >= 0):
+    raise UserError(f"--temperature={sampling.temperature} must be a number >= 0 (0: greedy)")
+  if not 0 < sampling.top_p <= 1 or sampling.top_k < 0:
     raise UserError("--temperature must be >= 0, --top_p in (0, 1], --top_k >= 0")
+  if num_samples < 1:
+    raise UserError(f"--num_samples={num_samples} must be >= 1")
   config, model, params = restore_params(workdir)
+  if sampling.top_k > config.model.vocab_size:
+    print(f"note: --top_k={sampling.top_k} is above the vocabulary's {config.model.vocab_size} "
+          "tokens: sampling among all of them (as --top_k=0)", file=sys.stderr)
+    sampling = dataclasses.replace(sampling, top_k=0)
   if config.task.name and not isinstance(model, (models.Decoder, models.EncoderDecoder)):
     raise UserError(f"{workdir} holds a {config.task.name} {type(model).__name__}, which scores "
                     "rather than writes text; use research.evaluate on it")
-  tokenizer = load_tokenizer(pathlib.Path(workdir) / "tokenizer")
+  tokenizer = load_tokenizer(epath.Path(workdir) / "tokenizer")
   family, max_len = config.model.family, config.model.max_len
   specials = list(objectives.required_special_tokens(config.objective))
   ids = encode_with_specials(tokenizer, prompt, specials)
   if ids.size == 0:
     raise UserError("the prompt encodes to no tokens; pass a non-empty --prompt")
+  unknown = int((ids == tokenizer.unk_id).sum()) if tokenizer.unk_id is not None else 0
+  if unknown:
+    print(f"note: {unknown} of the prompt's {ids.size} tokens are not in the tokenizer's "
+          "vocabulary and became <unk> (characters the training data never had)",
+          file=sys.stderr)
   batch = np.tile(ids[None], (num_samples, 1))
   rng = jax.random.key(seed)
 

@@ -28,15 +28,17 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import pathlib
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
-from research import models
+from research import models, paths
 from research.config import ModelConfig, UserError
 
 CONFIG_FILE = "config.json"
@@ -55,9 +57,10 @@ class ConvertError(UserError):
 # ---------------------------------------------------------------------------------------------
 
 
-def read_config(directory: str | pathlib.Path) -> dict[str, Any]:
-  path = pathlib.Path(directory) / CONFIG_FILE
-  if not pathlib.Path(directory).is_dir():
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+  path = epath.Path(directory) / CONFIG_FILE
+  if not epath.Path(directory).is_dir():
+    paths.check_bucket(directory)  # a missing bucket is said as such
     raise ConvertError(f"{directory} is not a directory; pass a Hugging Face model directory "
                        "(config.json + model.safetensors)")
   if not path.is_file():
@@ -71,10 +74,9 @@ def read_config(directory: str | pathlib.Path) -> dict[str, Any]:
   return config
 
 
-def read_tensors(directory: str | pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
+def read_tensors(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], str]:
   """All tensors of model.safetensors (or its shards) as numpy arrays, and the file's name."""
-  from safetensors import safe_open  # pylint: disable=import-outside-toplevel
-  directory = pathlib.Path(directory)
+  directory = epath.Path(directory)
   single, index = directory / WEIGHTS_FILE, directory / WEIGHTS_INDEX_FILE
   if single.is_file():
     files = [single]
@@ -90,18 +92,27 @@ def read_tensors(directory: str | pathlib.Path) -> tuple[dict[str, np.ndarray], 
   for file in files:
     if not file.is_file():
       raise ConvertError(f"{file} (listed in {index.name}) not found")
-    try:
-      with safe_open(str(file), framework="numpy") as f:
-        for name in f.keys():
-          try:
-            tensors[name] = f.get_tensor(name)
-          except TypeError:  # numpy has no bfloat16: read those bytes ourselves
-            tensors[name] = _read_bfloat16(file, name)
-    except ConvertError:
-      raise
-    except Exception as e:  # safetensors raises its own error types for a damaged file
-      raise ConvertError(f"{file} cannot be read as safetensors ({e})") from None
+    with paths.local_file(file) as local:  # safetensors opens files itself: gs:// is copied
+      tensors.update(_read_safetensors(local, file))
   return tensors, (single if single.is_file() else index).name
+
+
+def _read_safetensors(local: pathlib.Path, file: epath.Path) -> dict[str, np.ndarray]:
+  """The tensors of the safetensors file `local` (a local copy of `file`, named in errors)."""
+  from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+  tensors = {}
+  try:
+    with safe_open(str(local), framework="numpy") as f:
+      for name in f.keys():
+        try:
+          tensors[name] = f.get_tensor(name)
+        except TypeError:  # numpy has no bfloat16: read those bytes ourselves
+          tensors[name] = _read_bfloat16(local, name)
+  except ConvertError:
+    raise
+  except Exception as e:  # safetensors raises its own error types for a damaged file
+    raise ConvertError(f"{file} cannot be read as safetensors ({e})") from None
+  return tensors
 
 
 def _read_bfloat16(file: pathlib.Path, name: str) -> np.ndarray:
@@ -119,14 +130,18 @@ def _read_bfloat16(file: pathlib.Path, name: str) -> np.ndarray:
   return (raw.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
 
 
-def write_tensors(path: str | pathlib.Path, tensors: dict[str, np.ndarray]) -> None:
+def write_tensors(path: str | os.PathLike, tensors: dict[str, np.ndarray]) -> None:
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path),
-            metadata={"format": "pt"})  # what transformers expects of a model file
+  with paths.local_output(epath.Path(path)) as local:  # uploaded when path is gs://
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(local),
+              metadata={"format": "pt"})  # what transformers expects of a model file
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(local, 0o666 & ~umask)  # safetensors creates the file private (0600)
 
 
-def read_tokenizer_json(directory: str | pathlib.Path) -> str | None:
-  path = pathlib.Path(directory) / TOKENIZER_FILE
+def read_tokenizer_json(directory: str | os.PathLike) -> str | None:
+  path = epath.Path(directory) / TOKENIZER_FILE
   return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
@@ -552,9 +567,9 @@ class Imported:
   unused: list[str]  # tensors of the checkpoint that no rule read
 
 
-def import_params(directory: str | pathlib.Path, seed: int = 0) -> Imported:
+def import_params(directory: str | os.PathLike, seed: int = 0) -> Imported:
   """Reads a Hugging Face directory into our ModelConfig and parameters."""
-  directory = pathlib.Path(directory)
+  directory = epath.Path(directory)
   hf_config = read_config(directory)
   arch = architecture_of(hf_config, str(directory / CONFIG_FILE))
   tensors, weights_name = read_tensors(directory)

@@ -49,14 +49,25 @@ def _cpu_has_amx_bf16() -> bool:
     return False
 
 
-def resolve_matmul_dtype(name: str) -> str:
+def target_platform() -> str:
+  """The platform the program being traced will run on: that of the mesh set with
+  jax.set_mesh (a TPU slice's devices when research.aot compiles for one on a CPU host), else
+  the host's default backend. Decisions that depend on the hardware (the precision policy
+  "auto", CPU-only layouts, fused attention kernels) follow this, not jax.default_backend()."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+  return device.platform if device is not None else jax.default_backend()
+
+
+def resolve_matmul_dtype(name: str, platform: str | None = None) -> str:
   """The dtype a precision-policy entry names; "auto" is "bfloat16" where bf16 products run
   natively and faster than f32 (GPUs, TPUs, CPUs with AMX: 1.4-1.9x on the 2-core machines
-  here), "float32" elsewhere (an AVX2-only CPU measured 1.4x slower with emulated bf16)."""
+  here), "float32" elsewhere (an AVX2-only CPU measured 1.4x slower with emulated bf16).
+  platform: the target's (default: target_platform())."""
   if name != "auto":
     return name
-  backend = jax.default_backend()
-  if backend in ("gpu", "tpu") or (backend == "cpu" and _cpu_has_amx_bf16()):
+  platform = platform or target_platform()
+  if platform in ("gpu", "cuda", "rocm", "tpu") or (platform == "cpu" and _cpu_has_amx_bf16()):
     return "bfloat16"
   return "float32"
 
@@ -93,7 +104,7 @@ def _materialized(a: Array, perm: tuple[int, ...], operand_dtype) -> Array:
   so there the transpose is left to XLA.
   """
   t = a.astype(operand_dtype).transpose(perm)
-  if operand_dtype == jnp.float32 or jax.default_backend() != "cpu":
+  if operand_dtype == jnp.float32 or target_platform() != "cpu":
     return t
   return jax.lax.optimization_barrier(t.reshape(-1)).reshape(t.shape)
 
@@ -409,8 +420,8 @@ def _library_attention(q, k, v, *, bias, mask, scale, choice: str) -> Array:
   decoding steps), and falls back to XLA when cuDNN refuses the shapes while tracing.
   """
   if choice == "auto":
-    if (jax.default_backend() != "gpu" or q.dtype not in (jnp.bfloat16, jnp.float16)
-        or q.shape[1] == 1):
+    if (target_platform() not in ("gpu", "cuda", "rocm")
+        or q.dtype not in (jnp.bfloat16, jnp.float16) or q.shape[1] == 1):
       choice = "xla"
     else:
       try:
@@ -429,7 +440,7 @@ def attention_core(q: Array, k: Array, v: Array, *, mask: Array | None, bias: Ar
   operand = dtype(config.matmul_dtype)
   q, k, v = q.astype(operand), k.astype(operand), v.astype(operand)
   if dropout is None and (config.attention == "cudnn" or (
-      config.attention == "auto" and jax.default_backend() == "gpu")):
+      config.attention == "auto" and target_platform() in ("gpu", "cuda", "rocm"))):
     # The library kernel: fused (cuDNN flash attention) where it applies.
     scale = None if config.scale_attention else 1.0  # None: the library's 1/sqrt(H)
     return _library_attention(q, k, v, bias=bias, mask=mask, scale=scale,

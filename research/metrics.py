@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
+import shutil
+import tempfile
 import time
 from typing import Mapping
 
 import jax
 import numpy as np
+
+from research import paths
 
 
 def summarize(sums: Mapping[str, float], prefix: str = "") -> dict[str, float]:
@@ -39,18 +44,39 @@ def add_sums(total: dict | None, new: Mapping[str, jax.Array]) -> dict:
 class MetricWriter:
   """Writes scalars to TensorBoard and appends one JSON object per step to metrics.jsonl.
 
-  Only process 0 writes; other processes get a writer that does nothing.
+  Only process 0 writes; other processes get a writer that does nothing. Cloud storage has no
+  appends: in a workdir there (gs://), metrics.jsonl is rewritten whole at every write (one
+  line per logged step keeps it small), and TensorBoard's event files are written to a local
+  folder and copied to <workdir>/tensorboard every `sync_secs` (as often as tensorboardX
+  flushes a local file) and when the writer closes.
   """
 
-  def __init__(self, workdir: str | pathlib.Path, enabled: bool | None = None):
+  def __init__(self, workdir: str | os.PathLike, enabled: bool | None = None,
+               sync_secs: float = 30.0, start_step: int | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._tb = None
     self._jsonl = None
+    self._remote = paths.is_url(workdir)
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      workdir = pathlib.Path(workdir)
-      self._tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=30)
-      self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+      workdir = paths.workdir_path(workdir)
+      if self._remote:
+        self._sync_secs, self._synced = sync_secs, time.monotonic()
+        self._events = workdir / "tensorboard"
+        self._staging = pathlib.Path(tempfile.mkdtemp(prefix="tensorboard-"))
+        self._tb = SummaryWriter(str(self._staging), flush_secs=30)
+        self._jsonl_path = workdir / "metrics.jsonl"
+        self._text = self._jsonl_path.read_text() if self._jsonl_path.exists() else ""
+        self._text = _records_up_to(self._text, start_step)
+      else:
+        self._tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=30)
+        jsonl = workdir / "metrics.jsonl"
+        if start_step is not None and jsonl.exists():
+          text = jsonl.read_bytes().decode("utf-8", "replace")
+          kept = _records_up_to(text, start_step)
+          if kept != text:
+            paths.write_atomic(jsonl, kept)
+        self._jsonl = open(jsonl, "a", encoding="utf-8")
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -58,13 +84,46 @@ class MetricWriter:
     for k, v in scalars.items():
       self._tb.add_scalar(k, v, step)
     record = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in scalars.items()}}
+    if self._remote:
+      self._text += json.dumps(record) + "\n"
+      self._jsonl_path.write_text(self._text)
+      if time.monotonic() - self._synced >= self._sync_secs:
+        self._sync_events()
+      return
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
 
+  def _sync_events(self) -> None:
+    self._tb.flush()
+    for file in self._staging.iterdir():
+      (self._events / file.name).write_bytes(file.read_bytes())
+    self._synced = time.monotonic()
+
   def close(self) -> None:
-    if self.enabled:
-      self._tb.close()
+    if not self.enabled:
+      return
+    self._tb.close()
+    if self._remote:
+      self._sync_events()
+      shutil.rmtree(self._staging, ignore_errors=True)
+    else:
       self._jsonl.close()
+
+
+def _records_up_to(text: str, step: int | None) -> str:
+  """The lines of a metrics.jsonl that a run resumed at `step` keeps: records of later steps
+  (which the resumed run logs again) and a line cut short by a crash are dropped."""
+  if step is None:
+    return text
+  kept = []
+  for line in text.splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+      kept.append(line + "\n")
+  return "".join(kept)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,14 +37,32 @@ def mesh_shape(mesh_cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
 
 
 def make_mesh(config: ExperimentConfig, devices=None) -> Mesh:
+  """The ('data', 'fsdp', 'tensor') mesh over `devices` (default: all of them).
+
+  Devices of several TPU slices (multislice; `slice_index` differs) are laid out so that only
+  the data axis (or, if it is 1, fsdp) crosses the slower network between slices.
+  """
   devices = devices if devices is not None else jax.devices()
   shape = mesh_shape(config.mesh, len(devices))
   data_ways = shape[0] * shape[1]
   if config.data.batch_size % data_ways:
     raise ConfigError(f"data.batch_size={config.data.batch_size} is not divisible by the "
                       f"data x fsdp mesh axes ({data_ways}); change the batch size or the mesh")
-  # Linen's logical partitioning needs Auto axes (make_mesh now defaults to Explicit).
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+  axis_types = (AxisType.Auto,) * 3  # Linen's logical partitioning needs Auto axes
+  num_slices = len({getattr(d, "slice_index", 0) for d in devices})
+  if num_slices == 1:
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+  from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
+  across = next((i for i in (0, 1) if shape[i] % num_slices == 0), None)
+  if across is None:
+    raise ConfigError(f"mesh (data, fsdp, tensor) = {shape} over {num_slices} slices: neither "
+                      f"mesh.data nor mesh.fsdp is divisible by {num_slices}; make one of them so")
+  per_slice = list(shape)
+  per_slice[across] //= num_slices
+  between = [1, 1, 1]
+  between[across] = num_slices
+  grid = mesh_utils.create_hybrid_device_mesh(per_slice, between, devices)
+  return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def fit_spec(mesh_axes, shape, mesh_shape: dict) -> P:

@@ -9,10 +9,10 @@ Running the same command on a workdir that holds checkpoints resumes from the la
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import os
-import pathlib
 import signal
 import sys
 import threading
@@ -24,12 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax import struct
 
 from research import checkpoint as ckpt_lib
 from research import flops as flops_lib
 from research import metrics as metrics_lib
-from research import models, objectives, sharding
+from research import models, objectives, paths, sharding
+from research import workdir as workdir_lib
 from research.config import ConfigError, ExperimentConfig, UserError
 
 Array = jax.Array
@@ -235,7 +237,7 @@ def resolve_vocab(config: ExperimentConfig, tokenizer) -> ExperimentConfig:
   return config
 
 
-def build_experiment(config: ExperimentConfig, workdir: str | pathlib.Path,
+def build_experiment(config: ExperimentConfig, workdir: str | os.PathLike,
                      devices=None) -> Experiment:
   """Mesh, data, tokenizer, model, optimizer and state shardings. Writes into the workdir only
   the tokenizer (when it has none yet) and token caches."""
@@ -263,8 +265,6 @@ def build_experiment(config: ExperimentConfig, workdir: str | pathlib.Path,
     data = data or build_data()
   config = resolve_vocab(config, data.tokenizer)
   model, loss_fn, transform = build_model_and_loss(config, data.tokenizer)
-  if config.task.name:
-    data.featurizer.config = config
   tx = build_optimizer(config)
   abstract, shardings = state_shardings(model, tx, config, mesh)
   return Experiment(config, mesh, model, tx, abstract, shardings, data, transform, loss_fn)
@@ -281,23 +281,24 @@ def build_model_and_loss(config: ExperimentConfig, tokenizer=None):
   return models.build_model(config.model), objectives.LOSSES[config.model.family], transform
 
 
-def check_resumable(workdir: pathlib.Path, config: ExperimentConfig) -> None:
+def check_resumable(workdir: epath.Path, config: ExperimentConfig,
+                    sections: tuple[str, ...] = ("model", "data"),
+                    ignore: tuple[str, ...] = ()) -> None:
   """Refuses to reuse a workdir that holds a run of another model (before anything is written)."""
-  saved_file = workdir / "config.json"
-  if not saved_file.exists():
+  saved = saved_config(workdir)
+  if saved is None:
     return
-  saved = json.loads(saved_file.read_text())
   want = config.to_dict()
   # The precision policy is how a run computes, not what it trains: a run may resume with
   # another one (matmul_dtype="auto" resolves differently on another machine).
   precision = ("matmul_dtype", "activation_dtype")
-  for section in ("model", "data"):
+  for section in sections:
     keys = (("tokenizer", "seq_len", "dataset") if section == "data" else
             [k for k in want[section] if k not in precision])
     # A key the saved config lacks was added to the code later: the run used its default.
     before = {**ExperimentConfig.from_config_dict({}).to_dict()[section], **saved.get(section, {})}
     diffs = [f"{section}.{k}: {before.get(k)!r} -> {want[section][k]!r}"
-             for k in keys if before.get(k) != want[section][k]]
+             for k in keys if before.get(k) != want[section][k] and k not in ignore]
     if diffs:
       raise UserError(f"workdir {workdir} holds a run of a different model ({'; '.join(diffs)}); "
                       "use a new --workdir, or the config it was trained with")
@@ -392,9 +393,11 @@ def make_step_fns(exp: Experiment):
 
 
 def evaluate_split(exp: Experiment, eval_fn, params, max_batches: int = 0,
-                   task_examples: int | None = None) -> dict[str, Any]:
+                   task_examples: int | None = None,
+                   predictions_file: str | None = None) -> dict[str, Any]:
   """Loss/perplexity/accuracy over the evaluation split (all of it unless max_batches), and for
-  a task its metrics on the first task_examples examples (default task.eval_examples, 0: all)."""
+  a task its metrics on the first task_examples examples (default task.eval_examples, 0: all),
+  each example's prediction written to predictions_file when given."""
   examples = exp.config.task.eval_examples if task_examples is None else task_examples
   total = None
   for local_batch in exp.eval_batches(max_batches, examples):
@@ -404,7 +407,8 @@ def evaluate_split(exp: Experiment, eval_fn, params, max_batches: int = 0,
   if exp.is_task:
     from research import tasks  # pylint: disable=import-outside-toplevel
     params = jax.device_get(params) if jax.process_count() == 1 else params
-    metrics = tasks.task_metrics(exp, params, exp.config.data.eval_split, examples)
+    metrics = tasks.task_metrics(exp, params, exp.config.data.eval_split, examples,
+                                 predictions_file if jax.process_index() == 0 else None)
     result.update({f"eval/{k}": v for k, v in metrics.items()})
   return result
 
@@ -416,16 +420,36 @@ def _progress(total: int, initial: int):
 
 
 def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) the run in `workdir`; returns the final evaluation metrics."""
-  workdir = pathlib.Path(workdir).resolve()
+  """Trains (or resumes) the run in `workdir`; returns the final evaluation metrics.
+
+  One run per workdir (a second one stops at once, naming the holder); a start that fails
+  before training begins leaves the workdir as it found it."""
+  workdir = paths.workdir_path(workdir)  # a local path made absolute; gs://... as it is
+  paths.check_bucket(workdir)  # a missing or refused bucket: one line, nothing written
+  workdir_lib.check_writable(workdir)
   config = inherit_pretrained(config)  # checked before anything is written
+  undo = workdir_lib.FailedStartUndo(workdir)  # notes what is there before anything is written
   workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lib.lock(workdir, "research.train"):
+    try:
+      return _start_and_train(config, workdir, undo)
+    except BaseException:
+      undo.undo()
+      raise
+
+
+def _start_and_train(config: ExperimentConfig, workdir: epath.Path,
+                     undo: workdir_lib.FailedStartUndo) -> dict[str, float]:
   if config.init_from:
     from research import tasks  # pylint: disable=import-outside-toplevel
     tasks.copy_tokenizer(config.init_from, workdir)
-  exp = build_experiment(config, workdir)
+  # Another model is said as such, before the tokenizer is found not to fit it.
+  # (model.vocab_size is checked against the tokenizer first, once it is loaded.)
+  check_resumable(workdir, config, sections=("model",), ignore=("vocab_size",))
+  exp = build_experiment(config, workdir)  # bad data is said here, with its own message
   cfg = exp.config
   check_resumable(workdir, cfg)
+  data_record = workdir_lib.check_data(workdir, cfg)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints,
                                        async_save=cfg.train.async_checkpoints)
   train_iter = iter(exp.train_batches())
@@ -443,7 +467,14 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict[str, floa
     else:
       state = create_state(exp.model, exp.tx, cfg, exp.shardings, jax.random.key(cfg.train.seed))
     if jax.process_index() == 0:  # only once the run has really started
-      (workdir / "config.json").write_text(cfg.to_json())
+      if data_record is not None:
+        paths.write_atomic(workdir / workdir_lib.DATA_FILE, json.dumps(data_record, indent=1))
+      changes = workdir_lib.record_config(workdir, cfg.to_json())
+      if changes and latest is not None:
+        print(f"resuming step {latest} with changed settings ({'; '.join(changes)}): the run "
+              f"continues with the new values; the previous config is kept in "
+              f"{workdir / workdir_lib.HISTORY_FILE}", file=sys.stderr)
+    undo.started()
     try:
       result = _train_loop(exp, state, train_iter, step_fn, eval_fn, checkpointer, workdir)
     finally:
@@ -451,8 +482,13 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict[str, floa
   return result
 
 
+class Interrupted(Exception):
+  """Ctrl-C stopped a run after saving a checkpoint (exit status 130, no traceback)."""
+
+
 class PreemptionWatcher:
-  """Turns SIGTERM into a request to checkpoint and stop after the current step.
+  """Turns SIGTERM and SIGINT (Ctrl-C) into a request to checkpoint and stop after the current
+  step; a second Ctrl-C stops at once.
 
   With several processes, JAX's preemption sync point (through orbax) makes every process stop
   at the same step; alone, the signal handler is enough.
@@ -460,20 +496,26 @@ class PreemptionWatcher:
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self.signal = None
+    self._previous = {}
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
     self.requested = True
+    self.signal = self.signal or signum
 
   def should_stop(self, step: int, checkpointer: ckpt_lib.Checkpointer) -> bool:
     return self.requested or checkpointer.reached_preemption(step)
 
   def close(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
 
 
 class MetricsWindow:
@@ -509,11 +551,11 @@ class MetricsWindow:
 
 
 def _train_loop(exp: Experiment, state: TrainState, train_iter: Iterator, step_fn, eval_fn,
-                checkpointer: ckpt_lib.Checkpointer, workdir: pathlib.Path) -> dict[str, float]:
+                checkpointer: ckpt_lib.Checkpointer, workdir: epath.Path) -> dict[str, float]:
   cfg = exp.config
   total_steps = cfg.train.steps
   start = int(jax.device_get(state.step))
-  writer = metrics_lib.MetricWriter(workdir)
+  writer = metrics_lib.MetricWriter(workdir, start_step=start)  # drops records after `start`
   tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
   # Model FLOPs utilisation: analytic FLOPs of a step over the peak (measured once on CPUs).
   flops_per_step = flops_lib.training_flops_per_step(cfg)
@@ -525,6 +567,8 @@ def _train_loop(exp: Experiment, state: TrainState, train_iter: Iterator, step_f
   preemption = PreemptionWatcher()
   final: dict[str, float] = {}
   if start >= total_steps:
+    print(f"the run is at step {start}, train.steps={total_steps}: nothing to train; "
+          "evaluating the checkpoint (raise train.steps to train on)", file=sys.stderr)
     final = evaluate_split(exp, eval_fn, state.params, cfg.train.eval_batches)
   try:
     for step in range(start, total_steps):
@@ -558,8 +602,10 @@ def _train_loop(exp: Experiment, state: TrainState, train_iter: Iterator, step_f
         checkpointer.save(done, state, train_iter, cfg.to_dict(), force=True)
       if preempted:
         checkpointer.wait()
-        bar.write(f"preempted: checkpoint of step {done} written; rerun the same command to "
-                  "continue")
+        bar.write(f"{'interrupted' if preemption.signal == signal.SIGINT else 'preempted'}: "
+                  f"checkpoint of step {done} written; rerun the same command to continue")
+        if preemption.signal == signal.SIGINT:
+          raise Interrupted
         break
   finally:
     preemption.close()
@@ -568,16 +614,38 @@ def _train_loop(exp: Experiment, state: TrainState, train_iter: Iterator, step_f
   return final
 
 
-def load_experiment_config(workdir: str | pathlib.Path) -> ExperimentConfig:
+def saved_config(workdir: str | os.PathLike) -> dict | None:
+  """The config dict a run saved in its workdir (config.json, or when that is missing the one
+  in the latest checkpoint); None for a workdir that holds no run."""
+  workdir = epath.Path(workdir)
+  path = workdir / "config.json"
+  if path.exists():
+    return workdir_lib.read_json(path, "delete it and rerun: it is read back from the latest "
+                                       "checkpoint, which holds the config too")
+  if not ckpt_lib.checkpoint_dir(workdir).exists():
+    return None
+  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+  latest = checkpointer.latest_step()
+  if latest is None:
+    return None
+  saved = checkpointer.restore_config(latest)
+  saved.pop("format_version", None)
+  print(f"{path} is missing; using the config saved in checkpoint step {latest}",
+        file=sys.stderr)
+  return saved
+
+
+def load_experiment_config(workdir: str | os.PathLike) -> ExperimentConfig:
   """The resolved config a training run saved in its workdir."""
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.exists():
-    raise UserError(f"{path} not found: {workdir} is not a training workdir; pass the --workdir "
-                    "of a run started with research.train")
-  return ExperimentConfig.from_config_dict(json.loads(path.read_text()))
+  saved = saved_config(workdir)
+  if saved is None:
+    paths.check_bucket(workdir)  # a missing bucket is said as such
+    raise UserError(f"{epath.Path(workdir) / 'config.json'} not found: {workdir} is not a "
+                    "training workdir; pass the --workdir of a run started with research.train")
+  return ExperimentConfig.from_config_dict(saved)
 
 
-def restore_params(workdir: str | pathlib.Path, config: ExperimentConfig | None = None,
+def restore_params(workdir: str | os.PathLike, config: ExperimentConfig | None = None,
                    step: int | None = None, mesh=None) -> tuple[ExperimentConfig, nn.Module, Any]:
   """(config, model, params) of the latest (or given) checkpoint of a workdir, for inference."""
   config = config or load_experiment_config(workdir)
@@ -600,22 +668,70 @@ def restore_params(workdir: str | pathlib.Path, config: ExperimentConfig | None 
 # ---------------------------------------------------------------------------------------------
 
 
+def _quiet_closed_loop_errors() -> None:
+  """tensorstore's callbacks print 'RuntimeError: Event loop is closed' tracebacks (through
+  sys.excepthook) when orbax abandons a failed read or write; the error itself is reported as
+  one line, so these are noise. Every other exception is printed as before."""
+  previous = sys.excepthook
+
+  def hook(kind, value, tb):
+    if kind is RuntimeError and str(value) == "Event loop is closed":
+      return
+    previous(kind, value, tb)
+
+  sys.excepthook = hook
+
+
 def run_cli(main_fn: Callable[[], Any]) -> None:
   """Runs a CLI body; bad input becomes one 'error: ...' line and exit status 2."""
+  if not os.environ.get("RESEARCH_TRACEBACK"):
+    _quiet_closed_loop_errors()
   try:
     main_fn()
+  except (Interrupted, KeyboardInterrupt) as e:
+    if os.environ.get("RESEARCH_TRACEBACK"):
+      raise
+    if isinstance(e, KeyboardInterrupt):
+      print("interrupted", file=sys.stderr)
+    sys.exit(130)
   except (UserError, FileNotFoundError, UnicodeDecodeError, FloatingPointError) as e:
     if os.environ.get("RESEARCH_TRACEBACK"):
       raise
     print(f"error: {e}", file=sys.stderr)
+    if isinstance(e, ckpt_lib.DiskFullError):
+      _exit_now(2)
     sys.exit(2)
+  except OSError as e:
+    if e.errno != errno.ENOSPC or os.environ.get("RESEARCH_TRACEBACK"):
+      raise
+    print(f"error: no space left on device ({e.filename or e}); free space and rerun",
+          file=sys.stderr)
+    _exit_now(2)
+
+
+def _exit_now(status: int) -> None:
+  """Exits without the interpreter's exit handlers: with the disk full, TensorBoard's and
+  orbax's would only fail again, each with its traceback. The checkpointer is closed already."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)  # pylint: disable=protected-access
 
 
 def quiet_logs() -> None:
   """orbax and TFDS log every checkpoint step at INFO; keep the terminal for the progress bar."""
+  import logging as pylogging  # pylint: disable=import-outside-toplevel
   from absl import logging  # pylint: disable=import-outside-toplevel
   if not os.environ.get("RESEARCH_VERBOSE"):
     logging.set_verbosity(logging.ERROR)
+    for logger in (logging.get_absl_logger(), pylogging.getLogger("asyncio")):
+      logger.addFilter(_drop_disk_full_records)
+
+
+def _drop_disk_full_records(record) -> bool:
+  """orbax logs a save that ran out of space from each of its threads, tracebacks included;
+  the run reports it as one 'error:' line (research/checkpoint.py), so those records go."""
+  text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+  return "No space left" not in text and "RESOURCE_EXHAUSTED" not in text
 
 
 def reject_positional_args(argv: list[str]) -> None:
@@ -661,6 +777,7 @@ def main(argv) -> None:
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a bad flag or config override reported as one line (exit 2)."""
   from absl import flags  # pylint: disable=import-outside-toplevel
+  check_config_flag(argv)
   try:
     rest = flags.FLAGS(argv)
     if "config" in flags.FLAGS and flags.FLAGS.config is not None:
@@ -668,11 +785,35 @@ def parse_flags(argv: list[str]) -> list[str]:
     return rest
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
     text = str(e).replace("\\n", "\n").replace("\\'", "'")
-    message = " ".join(text.split()).strip("'\"")
+    message = " ".join(text.split())
+    if len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":
+      message = message[1:-1]  # KeyError's repr quotes; quotes inside stay paired
     print(f"error: bad command-line flag: {message} (flags: --config=FILE --workdir=DIR "
           "--config.SECTION.KEY=VALUE, where KEY is a field of research/config.py)",
           file=sys.stderr)
     sys.exit(2)
+
+
+def check_config_flag(argv: list[str]) -> None:
+  """A --config file that does not load (syntax error, failing import, no get_config, a
+  get_config that returns no ConfigDict) is one 'error:' line, exit 2, before absl reads it."""
+  from research.config import load_config_file  # pylint: disable=import-outside-toplevel
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+    else:
+      continue
+    if not os.path.isfile(path) and ":" in path:
+      path = path.split(":", 1)[0]  # --config=file.py:argument
+    if not os.path.isfile(path):
+      return  # absl names the missing file
+    try:
+      load_config_file(path)
+    except ConfigError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
 
 
 def define_flags() -> None:

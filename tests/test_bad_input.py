@@ -42,6 +42,19 @@ def _corpus(tmp: pathlib.Path, files: dict[str, bytes]) -> str:
   return str(tmp / "*")
 
 
+def _file(path: pathlib.Path) -> pathlib.Path:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("not a folder")
+  return path
+
+
+def _config(tmp: pathlib.Path, source: str) -> pathlib.Path:
+  tmp.mkdir(parents=True, exist_ok=True)
+  path = tmp / "bad_config.py"
+  path.write_text(source + "\n")
+  return path
+
+
 def _corrupt_latest(workdir: pathlib.Path) -> None:
   step_dir = max((p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()),
                  key=lambda p: int(p.name))
@@ -108,9 +121,35 @@ CASES = [
     ("another_architecture", ["--config.model.embed_dim=48"], 1, None,
      "holds a run of a different model"),
     ("newer_format", [], 1, _newer_format, "newer"),
+    ("rope_context_longer_than_max_len", ["--config.data.seq_len=64"], 1, None,
+     "longest context the model decodes with"),
+    ("unknown_eval_split", ["--config.data.eval_split=test"], 1, None,
+     "has no split 'test'; its splits are ['train', 'validation']"),
+    ("catalog_dataset_not_prepared", lambda tmp: ["--config.data.dataset=lm1b",
+                                                  f"--config.data.data_dir={tmp / 'tfds'}"],
+     1, "fresh", "is not prepared under"),
+    ("sentencepiece_vocab_too_large", lambda tmp: [
+        "--config.data.dataset=text_files", "--config.data.tokenizer=sentencepiece",
+        "--config.data.vocab_size=5000", f"--config.data.data_dir={tmp / 'tfds'}",
+        "--config.data.files=" + _corpus(tmp / "small", {"a.txt": b"a small text " * 50,
+                                                         "b.txt": b"another one " * 50})],
+     1, "fresh", "lower data.vocab_size"),
+    # workdirs
+    ("workdir_is_a_file", lambda tmp: [f"--workdir={_file(tmp / 'afile')}"], 1, None,
+     "is a file, not a folder"),
+    # config files
+    ("config_syntax_error", lambda tmp: [f"--config={_config(tmp, 'def get_config(:')}"], 1,
+     None, "has a syntax error"),
+    ("config_failing_import", lambda tmp: [f"--config={_config(tmp, 'import no_such_mod_xyz')}"],
+     1, None, "failed to load (ModuleNotFoundError"),
+    ("config_returns_none", lambda tmp: [f"--config={_config(tmp, 'def get_config(): pass')}"],
+     1, None, "get_config() returned NoneType, not a ConfigDict"),
+    ("config_returns_dict", lambda tmp: [
+        f"--config={_config(tmp, 'def get_config(): return {}')}"], 1, None,
+     "get_config() returned dict, not a ConfigDict"),
     # command line
     ("positional_argument", ["stray"], 1, None, "unexpected arguments"),
-    ("unknown_flag", ["--bogus=1"], 1, None, "bogus"),
+    ("unknown_flag", ["--bogus=1"], 1, None, "Unknown command line flag 'bogus' (flags:"),  # quotes kept
     ("missing_config_file", ["--config=configs/no_such_config.py"], 1, None,
      "configs/no_such_config.py"),
 ]
@@ -148,6 +187,9 @@ def test_bad_input_gives_one_clear_line(workdir, tmp_path, name, flags, devices,
     (["--workdir=/nonexistent/workdir"], "not a training workdir"),
     (["--top_p=2"], "--top_p"),
     (["--max_new_tokens=-5"], "--max_new_tokens"),
+    (["--num_samples=0"], "--num_samples=0 must be >= 1"),
+    (["--num_samples=-1"], "--num_samples=-1 must be >= 1"),
+    (["--temperature=nan"], "--temperature=nan must be a number >= 0"),
 ])
 def test_bad_generate_input_gives_one_clear_line(workdir, args, message):
   args = [a if a.startswith("--workdir") else a for a in args]
@@ -157,3 +199,56 @@ def test_bad_generate_input_gives_one_clear_line(workdir, args, message):
   assert result.returncode != 0
   errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
   assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
+
+
+def test_generate_notes_unknown_characters_and_clamps_top_k(workdir):
+  result = _cli("research.generate", [f"--workdir={workdir}", "--prompt=ROMEO: \u4e2d\u6587",
+                                      "--max_new_tokens=3", "--top_k=100000"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "2 of the prompt's 9 tokens are not in the tokenizer's vocabulary" in result.stderr
+  assert "--top_k=100000 is above the vocabulary" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--split=dev"], "has no split 'dev'; its splits are ['train', 'validation']"),
+    (lambda tmp: [f"--output={tmp}"], "is a folder; name a file"),
+])
+def test_bad_evaluate_input_gives_one_clear_line(workdir, tmp_path, args, message):
+  args = args(tmp_path) if callable(args) else args
+  before = _files(workdir)
+  result = _cli("research.evaluate", [f"--workdir={workdir}", *args])
+  assert result.returncode != 0
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert {p: b for p, b in _files(workdir).items() if "checkpoints" in p.parts} == {
+      p: b for p, b in before.items() if "checkpoints" in p.parts}
+
+
+def test_bert_config_on_a_gpt_workdir_says_it_holds_another_model(workdir):
+  before = _files(workdir)
+  flags = [f.replace(CONFIG, "configs/bert_shakespeare_mlm.py") for f in BASE_FLAGS]
+  result = _cli("research.train", [f"--workdir={workdir}", *flags, "--config.train.steps=4"])
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert result.returncode != 0 and len(errors) == 1, result.stderr[-3000:]
+  assert "holds a run of a different model (model.family: 'decoder' -> 'encoder'" in errors[0]
+  unlocked = lambda files: {p: b for p, b in files.items() if p.name != ".lock"}
+  assert unlocked(_files(workdir)) == unlocked(before)
+
+
+def test_chat_refuses_a_task_classifier_and_notes_a_model_not_instruction_tuned(workdir,
+                                                                                 tmp_path):
+  result = _cli("research.chat", [f"--workdir={workdir}", "--prompt=hi", "--max_new_tokens=3"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "was not instruction-tuned" in result.stderr
+  # The same workdir described as an SST-2 decoder classifier (checked before the checkpoint).
+  import shutil  # pylint: disable=import-outside-toplevel
+  classifier = tmp_path / "sst2"
+  shutil.copytree(workdir, classifier)
+  config = json.loads((classifier / "config.json").read_text())
+  config["task"]["name"] = "sst2"
+  (classifier / "config.json").write_text(json.dumps(config))
+  result = _cli("research.chat", [f"--workdir={classifier}", "--prompt=hi"])
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert result.returncode != 0 and len(errors) == 1, result.stderr[-3000:]
+  assert "scores text rather than writes it" in errors[0]

@@ -110,34 +110,42 @@ def test_sigkill_at_a_random_step_then_rerun_is_bit_identical(tmp_path, kill_rng
   assert_bit_identical(params_of(workdir), params_of(straight_run))
 
 
+def _kill_inside_a_save(workdir, proc, after_step: int) -> list[pathlib.Path]:
+  """SIGKILLs the run the moment a save is in flight (a `*.orbax-checkpoint-tmp` folder), once
+  step `after_step` has been saved; returns the partial folders the kill left (none when the
+  save completed between the look and the kill, or the run ended first)."""
+  checkpoints = workdir / "checkpoints"
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    names = os.listdir(checkpoints) if checkpoints.is_dir() else []
+    saved = [int(n) for n in names if n.isdigit()]
+    if saved and max(saved) >= after_step and any(".orbax-checkpoint-tmp" in n for n in names):
+      proc.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.001)
+  proc.kill()
+  proc.wait()
+  return list(checkpoints.glob("*.orbax-checkpoint-tmp*"))
+
+
 def test_kill_during_asynchronous_saves_restarts_from_a_complete_checkpoint(
     tmp_path, kill_rng, straight_run):
-  workdir = tmp_path / "killed_saving"
-  # A checkpoint every step: most moments of the run are inside an asynchronous save.
-  proc = start_train(workdir, "--config.train.steps=12", "--config.train.checkpoint_every=1")
-  wait_for_step(workdir, int(kill_rng.integers(2, 10)), proc)
-  # On a loaded machine the first save may still be in flight at that step: the kill must come
-  # after one save has completed, or there is nothing to restart from (a plain restart).
-  deadline = time.time() + 120
-  while not Checkpointer(workdir, read_only=True).all_steps() and time.time() < deadline:
-    time.sleep(0.05)
-  time.sleep(float(kill_rng.uniform(0.0, 0.3)))
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  # A checkpoint every step; the kill waits for a save in flight, so it always lands in one
+  # (a save can still finish between the look and the kill: then the run is tried again).
+  for attempt in range(6):
+    workdir = tmp_path / f"killed_saving{attempt}"
+    proc = start_train(workdir, "--config.train.steps=12", "--config.train.checkpoint_every=1")
+    partials = _kill_inside_a_save(workdir, proc, int(kill_rng.integers(1, 9)))
+    if partials:
+      break
+  print(f"partial saves left by the kill (attempt {attempt}): {[p.name for p in partials]}")
+  assert partials, "no kill landed inside a save in 6 runs"
   steps = Checkpointer(workdir, read_only=True).all_steps()
   for step in steps:  # every listed step is complete and restorable
     assert (workdir / "checkpoints" / str(step) / "state").is_dir()
-  # A partial save (what a kill mid-write leaves) is never taken as the latest step. If the kill
-  # did not land inside a save, make one: a truncated copy of the latest step.
+  # The partial save is never taken as the latest step.
   latest = max(steps)
-  partials = list((workdir / "checkpoints").glob("*.orbax-checkpoint-tmp"))
-  print(f"partial saves left by the kill: {[p.name for p in partials]}")
-  if not partials:
-    partial = workdir / "checkpoints" / f"{latest + 1}.orbax-checkpoint-tmp"
-    shutil.copytree(workdir / "checkpoints" / str(latest), partial)
-    for f in (partial / "state").rglob("*"):
-      if f.is_file():
-        f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+  assert all(int(p.name.split(".")[0]) > latest for p in partials)
   assert Checkpointer(workdir, read_only=True).latest_step() == latest
   result = run_train(workdir, "--config.train.steps=12", "--config.train.checkpoint_every=1")
   assert f"resumed from {workdir.resolve() / 'checkpoints' / str(latest)}" in result.stderr

@@ -1,7 +1,6 @@
 """The sharded train step: any mesh layout gives the single-device result."""
 
 import dataclasses
-import functools
 
 import flax.linen as nn
 import jax
@@ -42,13 +41,11 @@ def run_steps(config: ExperimentConfig, batches, devices):
   mesh = sharding.make_mesh(config, devices)
   model = build_model(config.model)
   tx = train.build_optimizer(config)
-  _, shardings = train.state_shardings(model, tx, config, mesh)
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
-                                   loss_fn=objectives.LOSSES[config.model.family],
-                                   base_rng=jax.random.key(7),
-                                   accum_steps=config.optimizer.grad_accum_steps),
-                 in_shardings=(shardings, sharding.batch_sharding(mesh, config.rules)),
-                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  abstract, shardings = train.state_shardings(model, tx, config, mesh)
+  # The production wiring (jit, shardings, donation, dropout key), on batches made here.
+  exp = train.Experiment(config, mesh, model, tx, abstract, shardings, data=None,
+                         transform=None, loss_fn=objectives.LOSSES[config.model.family])
+  step, _ = train.make_step_fns(exp)
   losses = []
   with jax.set_mesh(mesh), nn.logical_axis_rules(config.rules):
     state = train.create_state(model, tx, config, shardings, jax.random.key(0))

@@ -19,13 +19,16 @@ import glob
 import hashlib
 import importlib
 import json
+import os
 import pathlib
-from typing import Any, Iterator
+import tempfile
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
-from research import paths
+from research import locks, paths
 from research.config import DataConfig, DataError
 
 TINY_SHAKESPEARE_FILE = paths.DATA_ROOT / "tiny_shakespeare" / "input.txt"
@@ -54,8 +57,8 @@ class TinyShakespeare(_ProjectBuilder, skip_registration=True):
   name = "tiny_shakespeare_chunks"
   VERSION = tfds.core.Version("1.0.0")
 
-  def __init__(self, *, input_file: str | pathlib.Path = TINY_SHAKESPEARE_FILE, **kwargs):
-    self._input_file = pathlib.Path(input_file)
+  def __init__(self, *, input_file: str | os.PathLike = TINY_SHAKESPEARE_FILE, **kwargs):
+    self._input_file = epath.Path(input_file)
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -125,7 +128,7 @@ class TextFiles(_ProjectBuilder, skip_registration=True):
         yield doc_index - start, {"text": text, "index": doc_index - start}
 
 
-def _read_utf8(path: pathlib.Path) -> str:
+def _read_utf8(path: epath.Path) -> str:
   if not path.is_file():
     raise FileNotFoundError(f"data file {path} not found; restore it (see data/README.md) or "
                             "point the config at another corpus")
@@ -139,7 +142,7 @@ def _read_utf8(path: pathlib.Path) -> str:
 def _iter_documents(files: collections.abc.Iterable[str], text_key: str) -> Iterator[str]:
   """Yields the documents of the files in order, checking encoding and jsonl syntax."""
   for name in files:
-    path = pathlib.Path(name)
+    path = epath.Path(name)
     text = _read_utf8(path)
     if path.suffix == ".txt":
       yield text
@@ -159,7 +162,10 @@ def _iter_documents(files: collections.abc.Iterable[str], text_key: str) -> Iter
 
 
 def resolve_text_files(pattern: str) -> list[str]:
-  """The sorted .txt/.jsonl files named by a folder or glob (relative: to cwd, then repo root)."""
+  """The sorted .txt/.jsonl files named by a folder or glob (relative: to cwd, then repo root;
+  or gs://bucket/folder, gs://bucket/corpus/*.jsonl)."""
+  if paths.is_url(pattern):
+    return _resolve_url_files(pattern)
   matches: list[str] = []
   for base in (pathlib.Path.cwd(), paths.REPO_ROOT):
     path = base / pathlib.Path(pattern).expanduser()
@@ -176,37 +182,96 @@ def resolve_text_files(pattern: str) -> list[str]:
   return matches
 
 
+def _resolve_url_files(pattern: str) -> list[str]:
+  if "**" in pattern:  # epath refuses it on cloud storage: one listing per folder
+    raise FileNotFoundError(f"data.files={pattern!r}: '**' is not supported on cloud storage; "
+                            "name the folders, e.g. 'gs://bucket/corpus/*/*.jsonl'")
+  paths.check_bucket(pattern)
+  path = epath.Path(pattern)
+  if path.is_dir():
+    matches = [str(p) for p in path.iterdir() if p.is_file()]
+  else:  # a glob from the deepest folder without wildcards
+    parts = pattern.split("/")
+    fixed = next(i for i, part in enumerate(parts) if any(c in part for c in "*?[") or
+                 i == len(parts) - 1)
+    matches = [str(p) for p in epath.Path("/".join(parts[:fixed])).glob("/".join(parts[fixed:]))]
+  matches = sorted(m for m in matches if m.endswith(_TEXT_SUFFIXES))
+  if not matches:
+    raise FileNotFoundError(f"data.files={pattern!r} matched no .txt or .jsonl files; give a "
+                            "folder or a glob such as 'gs://bucket/corpus/*.jsonl'")
+  return matches
+
+
+def _file_signature(name: str) -> str:
+  """Size and modification time, standing in for the content: hashing a large corpus on every
+  start is slow."""
+  if paths.is_url(name):
+    stat = epath.Path(name).stat()
+    return f"{stat.length}\0{stat.mtime}"
+  stat = pathlib.Path(name).stat()
+  return f"{stat.st_size}\0{stat.st_mtime_ns}"
+
+
 def _text_files_config(data_cfg: DataConfig) -> TextFilesConfig:
   files = tuple(resolve_text_files(data_cfg.files))
   digest = hashlib.sha256()
   digest.update(json.dumps([str(TextFiles.VERSION), data_cfg.text_key,
                             data_cfg.validation_fraction]).encode())
   for name in files:
-    # Size and mtime stand in for the content: hashing a large corpus on every start is slow.
-    stat = pathlib.Path(name).stat()
-    digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    digest.update(f"{name}\0{_file_signature(name)}\0".encode())
   return TextFilesConfig(name=f"corpus_{digest.hexdigest()[:16]}", files=files,
                          text_key=data_cfg.text_key,
                          validation_fraction=data_cfg.validation_fraction)
 
 
 def data_dir(data_cfg: DataConfig) -> str:
-  return data_cfg.data_dir or str(paths.TFDS_DATA_DIR)
+  """Where TFDS keeps prepared data: data.data_dir (a local folder or gs://...) or data/tfds."""
+  if not data_cfg.data_dir:
+    return str(paths.TFDS_DATA_DIR)
+  paths.check_bucket(data_cfg.data_dir)
+  return data_cfg.data_dir
+
+
+def prepare(make: Callable[[str], tfds.core.DatasetBuilder],
+            data_dir_: str) -> tfds.core.DatasetBuilder:
+  """make(data_dir_), prepared on first use (a no-op afterwards).
+
+  array_record writes local files only (it reads gs:// too): a builder for cloud storage is
+  prepared in a local temporary folder and copied up, dataset_info.json last, since that file
+  is what makes TFDS take a dataset as prepared.
+  """
+  builder = make(data_dir_)
+  if builder.is_prepared():
+    return builder
+  if not paths.is_url(data_dir_):
+    # Processes preparing the same dataset at once (ablation workers, two users' runs) take
+    # turns; each later one finds it prepared. TFDS alone races on its 'incomplete.*' folder.
+    name = os.path.relpath(os.fspath(builder.data_dir), data_dir_).replace(os.sep, "-")
+    with locks.build_lock(data_dir_, name):
+      builder = make(data_dir_)
+      if not builder.is_prepared():
+        builder.download_and_prepare()
+    return builder
+  with tempfile.TemporaryDirectory() as local:
+    staged = make(local)
+    staged.download_and_prepare()
+    relative = os.path.relpath(os.fspath(staged.data_dir), local)
+    paths.copy_tree(epath.Path(staged.data_dir), epath.Path(data_dir_) / relative,
+                    last=("dataset_info.json",))
+  return make(data_dir_)
 
 
 def prepared_builder(data_cfg: DataConfig) -> tfds.core.DatasetBuilder:
   """The project builder for data_cfg.dataset, prepared on first use (a no-op afterwards)."""
   if data_cfg.dataset == "tiny_shakespeare":
-    builder = TinyShakespeare(data_dir=data_dir(data_cfg), file_format="array_record")
+    make = lambda d: TinyShakespeare(data_dir=d, file_format="array_record")
   elif data_cfg.dataset == "text_files":
-    builder = TextFiles(config=_text_files_config(data_cfg), data_dir=data_dir(data_cfg),
-                        file_format="array_record")
+    config = _text_files_config(data_cfg)
+    make = lambda d: TextFiles(config=config, data_dir=d, file_format="array_record")
   else:
     raise DataError(f"'{data_cfg.dataset}' is not a project corpus; use 'tiny_shakespeare' "
                      "or 'text_files'")
-  if not builder.is_prepared():
-    builder.download_and_prepare()
-  return builder
+  return prepare(make, data_dir(data_cfg))
 
 
 def fingerprint(data_cfg: DataConfig) -> str:
@@ -256,10 +321,39 @@ class TextSource(collections.abc.Sequence):
     return text.decode("utf-8") if isinstance(text, bytes) else str(text)
 
 
+def _split_checked(load: Callable[[], Any], name: str, split: str) -> Any:
+  """load(); an unknown split is a DataError that lists the dataset's splits."""
+  try:
+    return load()
+  except ValueError as e:
+    if "Unknown split" not in str(e):
+      raise
+    known = str(e).split("Should be one of", 1)[-1].strip(" .")
+    raise DataError(f"dataset '{name}' has no split '{split}'; its splits are {known} (set "
+                    "--split, data.eval_split or data.train_split to one of them)") from None
+
+
+def _catalog_data_source(name: str, split: str, data_dir_: str | None) -> Any:
+  """tfds.data_source; a dataset that is not prepared, or an unknown split, is a DataError."""
+  try:
+    return _split_checked(lambda: tfds.data_source(name, split=split, data_dir=data_dir_),
+                          name, split)
+  except (tfds.core.registered.DatasetNotFoundError, DataError, KeyboardInterrupt):
+    raise
+  except Exception:  # pylint: disable=broad-except  (TFDS tries to prepare it, and fails)
+    base = name.split("/")[0].split(":")[0]
+    data_dir_ = data_dir_ or tfds.core.constants.DATA_DIR
+    if paths.is_url(data_dir_) or os.path.isdir(os.path.join(data_dir_, base)):
+      raise
+    raise DataError(f"catalog dataset '{name}' is not prepared under {data_dir_}; prepare it "
+                    f"once with `tfds build {base} --data_dir={data_dir_}` (or set "
+                    "data.data_dir to where it is prepared)") from None
+
+
 def catalog_source(name: str, split: str, data_dir_: str | None = None) -> Any:
   """`tfds.data_source` for a catalog name, importing legacy builder modules when needed."""
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir_)
+    return _catalog_data_source(name, split, data_dir_)
   except tfds.core.registered.DatasetNotFoundError:
     base = name.split("/")[0].split(":")[0]
     for package in _CATALOG_PACKAGES:
@@ -268,7 +362,7 @@ def catalog_source(name: str, split: str, data_dir_: str | None = None) -> Any:
           importlib.import_module(f"tensorflow_datasets.{package}.{module}")
         except ImportError:
           continue
-        return tfds.data_source(name, split=split, data_dir=data_dir_)
+        return _catalog_data_source(name, split, data_dir_)
     raise DataError(f"data.dataset='{name}' is neither a project corpus ('tiny_shakespeare', "
                      "'text_files') nor a TFDS catalog dataset; check the name") from None
 
@@ -281,6 +375,7 @@ def load_texts(data_cfg: DataConfig, split: str) -> TextSource:
   """
   if data_cfg.dataset in ("tiny_shakespeare", "text_files"):
     builder = prepared_builder(data_cfg)
-    return TextSource(builder.as_data_source(split=split), "text", check_order=True)
+    source = _split_checked(lambda: builder.as_data_source(split=split), data_cfg.dataset, split)
+    return TextSource(source, "text", check_order=True)
   return TextSource(catalog_source(data_cfg.dataset, split, data_dir(data_cfg)),
                     data_cfg.text_key)

@@ -17,15 +17,17 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import hashlib
+import io
 import os
-import pathlib
 import re
-import tempfile
+import sys
 from typing import Iterable, Iterator
 
 import grain
 import numpy as np
+from etils import epath
 
+from research import paths
 from research.config import DataConfig, DataError
 from research.data import corpora
 from research.data import tokenizers as tokenizers_lib
@@ -83,10 +85,17 @@ def tokenize_stream(texts: Iterable[str], tokenizer: tokenizers_lib.Tokenizer,
 
   separator_id=None: the texts are consecutive pieces of one document, tokenized as one text.
   Otherwise each document is followed by `separator_id` (usually EOS).
-  With `cache_path` the result is read from that .npy if present, else computed and saved.
+  With `cache_path` (local or gs://) the result is read from that .npy if present, else
+  computed and saved.
   """
-  if cache_path is not None and os.path.exists(cache_path):
-    return np.load(cache_path)
+  cache_path = None if cache_path is None else epath.Path(cache_path)
+  if cache_path is not None and cache_path.exists():
+    try:
+      return np.load(io.BytesIO(cache_path.read_bytes()) if paths.is_url(cache_path)
+                     else os.fspath(cache_path))
+    except (ValueError, EOFError, OSError) as e:  # truncated (a crash or a full disk): derived
+      print(f"note: token cache {cache_path} is unreadable ({e}); rebuilding it from the data",
+            file=sys.stderr)
   if separator_id is None:
     tokens = tokenizer.encode("".join(texts))
   else:
@@ -95,13 +104,8 @@ def tokenize_stream(texts: Iterable[str], tokenizer: tokenizers_lib.Tokenizer,
     tokens = np.concatenate(parts) if parts else np.zeros((0,), np.int32)
   tokens = tokens.astype(np.int32)
   if cache_path is not None:
-    # Write then rename: a crash mid-write leaves no truncated cache behind.
-    directory = os.path.dirname(os.path.abspath(cache_path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npy.tmp")
-    with os.fdopen(fd, "wb") as f:
-      np.save(f, tokens)
-    os.replace(tmp, cache_path)
+    # Never half written: a crash mid-write leaves no truncated cache behind.
+    paths.write_atomic(cache_path, lambda f: np.save(f, tokens))
   return tokens
 
 
@@ -240,7 +244,7 @@ def _lazy(load) -> Iterator[str]:
   yield from load()  # Nothing is loaded until the first document is wanted.
 
 
-def _files_digest(directory: pathlib.Path) -> str:
+def _files_digest(directory: epath.Path) -> str:
   digest = hashlib.sha256()
   for path in sorted(directory.iterdir()):
     digest.update(path.name.encode() + b"\0" + path.read_bytes())
@@ -253,7 +257,7 @@ def build_lm_data(data_cfg: DataConfig, workdir: str | os.PathLike, *, process_i
   """Loads the corpus, builds or reloads `<workdir>/tokenizer/`, tokenizes (cached in workdir)."""
   _check_process(process_index, process_count)
   local_batch_size(data_cfg.batch_size, process_count)  # Fail before any work.
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   loaded: dict[str, collections.abc.Sequence[str]] = {}
 
   def texts(split: str) -> collections.abc.Sequence[str]:

@@ -18,14 +18,20 @@ document or summary), and nothing is written.
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import functools
+import hashlib
+import io
 import json
+import os
 import pathlib
 import sys
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from research import paths
 from research.config import DataError
@@ -77,6 +83,44 @@ def read_jsonl(path: pathlib.Path, fields: dict[str, type]) -> Iterator[tuple[in
         raise DataError(f"{path}:{line_no}: field '{name}' is missing or not a "
                         f"{kind.__name__}; fix or delete the line")
     yield line_no, record
+
+
+def read_csv(path: pathlib.Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+  """Rows of a CSV (quoted fields may hold commas and newlines) with a header naming at least
+  `columns`; a short row is a DataError."""
+  reader = csv.reader(io.StringIO(corpora._read_utf8(path)))  # pylint: disable=protected-access
+  header = next(reader, None)
+  if not header:
+    raise DataError(f"{path} is empty; it needs a header row {','.join(columns)}")
+  missing = [c for c in columns if c not in header]
+  if missing:
+    raise DataError(f"{path}:1: header {header} lacks column(s) {missing}; the first row must "
+                    f"name the columns {','.join(columns)}")
+  for fields in reader:
+    if not any(f.strip() for f in fields):
+      continue
+    if len(fields) != len(header):
+      raise DataError(f"{path}:{reader.line_num}: expected {len(header)} comma-separated "
+                      f"columns ({', '.join(header)}), got {len(fields)}; quote a field that "
+                      "holds a comma, or fix or delete the row")
+    yield reader.line_num, {c: fields[header.index(c)] for c in columns}
+
+
+def read_rows(path: pathlib.Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+  """Rows of a JSONL, TSV or CSV file (by its extension), each holding `columns`."""
+  suffix = path.name.rsplit(".", 1)[-1].lower()
+  if suffix == "tsv":
+    yield from read_tsv(path, columns)
+  elif suffix == "csv":
+    yield from read_csv(path, columns)
+  elif suffix in ("jsonl", "json"):
+    for line_no, record in read_jsonl(path, {}):
+      for name in columns:
+        if name not in record:
+          raise DataError(f"{path}:{line_no}: field '{name}' is missing; fix or delete the line")
+      yield line_no, record
+  else:
+    raise DataError(f"{path}: task files are .jsonl, .tsv or .csv (one example a line or row)")
 
 
 def _nonempty(path: pathlib.Path, line_no: int, record: Record, *names: str) -> None:
@@ -160,8 +204,8 @@ class _TaskBuilder(corpora._ProjectBuilder, skip_registration=True):  # pylint: 
   DESCRIPTION: str
   parse: Callable[[pathlib.Path], Iterator[Record]]
 
-  def __init__(self, *, folder: str | pathlib.Path | None = None, **kwargs):
-    self._folder = pathlib.Path(folder) if folder else paths.DATA_ROOT / self.FOLDER
+  def __init__(self, *, folder: str | os.PathLike | None = None, **kwargs):
+    self._folder = epath.Path(folder) if folder else epath.Path(paths.DATA_ROOT / self.FOLDER)
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -237,11 +281,12 @@ def prepared_builder(task: str, data_dir: str, folder: str | None = None) -> _Ta
   """The task's builder, prepared on first use (a no-op afterwards)."""
   if task not in BUILDERS:
     raise DataError(f"unknown task {task!r}; choose one of {sorted(BUILDERS)}")
-  builder = BUILDERS[task](folder=folder, data_dir=data_dir, file_format="array_record")
+  make = lambda d: BUILDERS[task](folder=folder, data_dir=d, file_format="array_record")
+  builder = make(data_dir)
   if not builder.is_prepared():
     print(f"preparing the {task} dataset under {data_dir} (once)", file=sys.stderr)
     tfds.disable_progress_bar()  # keep the terminal for the training progress bar
-    builder.download_and_prepare()
+    builder = corpora.prepare(make, data_dir)
   return builder
 
 
@@ -267,10 +312,122 @@ def load_records(task: str, split: str, data_dir: str, folder: str | None = None
 
 @functools.lru_cache(maxsize=32)
 def _cached_records(task: str, split: str, data_dir: str, folder: str | None) -> list[Record]:
-  builder = prepared_builder(task, data_dir, folder)
+  return _records_of(prepared_builder(task, data_dir, folder), split, f"task {task}")
+
+
+def _records_of(builder, split: str, task: str) -> list[Record]:
   if split.split("[")[0] not in builder.info.splits:
-    raise DataError(f"task {task} has no split {split!r}; its splits are "
+    raise DataError(f"{task} has no split {split!r}; its splits are "
                     f"{sorted(builder.info.splits)}")
   source = builder.as_data_source(split=split)
   return [{k: _decode(v) for k, v in row.items() if k != "index"}
           for row in source.__getitems__(range(len(source)))]
+
+
+# ---------------------------------------------------------------------------------------------
+# A user's task: files named in the config, read by the fields of its kind
+# ---------------------------------------------------------------------------------------------
+
+
+def _text_fields(path, line_no: int, row: Record, names) -> dict[str, str]:
+  for name in names:
+    if not isinstance(row[name], str):
+      raise DataError(f"{path}:{line_no}: field '{name}' is not text; fix or delete the line")
+  _nonempty(path, line_no, row, *names)
+  return {name: row[name] for name in names}
+
+
+def _parse_classification(task, path, train_rows):
+  known = None if train_rows is None else {r[task.label_field] for r in train_rows}
+  for line_no, row in read_rows(path, (*task.text_fields, task.label_field)):
+    texts = _text_fields(path, line_no, row, task.text_fields)
+    label = row[task.label_field]
+    if isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip():
+      raise DataError(f"{path}:{line_no}: label {label!r} in '{task.label_field}' must be a "
+                      "non-empty string or an integer; fix or delete the line")
+    label = str(label).strip()
+    if known is not None and label not in known:
+      raise DataError(f"{path}:{line_no}: label {label!r} does not occur in the training files "
+                      f"(labels {sorted(known)}); fix the label or add training examples of it")
+    yield {**texts, task.label_field: label}
+
+
+def _parse_text_to_text(task, path, train_rows):
+  del train_rows
+  for line_no, row in read_rows(path, (task.input_field, task.target_field)):
+    yield _text_fields(path, line_no, row, (task.input_field, task.target_field))
+
+
+def _jsonl_only(parse):
+  def parse_user(task, path, train_rows):
+    del task, train_rows
+    if not path.name.lower().endswith((".jsonl", ".json")):
+      raise DataError(f"{path}: this task kind reads JSON lines (.jsonl), one example a line")
+    return parse(path)
+  return parse_user
+
+
+# kind -> (the record's TFDS features, parse(task, path, training records or None)).
+USER_FORMATS: dict[str, tuple[Callable, Callable]] = {
+    "classification": (lambda t: {**{f: _TEXT for f in t.text_fields}, t.label_field: _TEXT},
+                       _parse_classification),
+    "text_to_text": (lambda t: {t.input_field: _TEXT, t.target_field: _TEXT},
+                     _parse_text_to_text),
+    "span_qa": (lambda t: Squad.FEATURES, _jsonl_only(parse_squad)),
+    "instruction": (lambda t: Alpaca.FEATURES, _jsonl_only(parse_alpaca)),
+}
+
+
+class UserTask(_TaskBuilder, skip_registration=True):
+  """A user's task (research.kinds.TaskDef with files): every file of a split, in order."""
+
+  name = "user_task"
+  DESCRIPTION = "A task from the user's files (task.train_files, task.eval_files)."
+
+  def __init__(self, *, task, **kwargs):
+    self._task = task
+    features, self._parse = USER_FORMATS[task.kind]
+    self.FEATURES = features(task)
+    self.FILES = dict(task.files)
+    super().__init__(folder=paths.DATA_ROOT, **kwargs)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    parsed = {"train": [r for f in self.FILES["train"]
+                        for r in self._parse(self._task, epath.Path(f), None)]}
+    for split, files in self.FILES.items():
+      if split != "train":
+        parsed[split] = [r for f in files
+                         for r in self._parse(self._task, epath.Path(f), parsed["train"])]
+    return {split: self._generate_examples(rows) for split, rows in parsed.items()}
+
+
+def user_data_dir(task, data_dir: str) -> str:
+  """Where a user's task is built: keyed by its kind, fields and the files' content, so an
+  edited file is built again."""
+  digest = hashlib.sha256(repr(dataclasses.replace(task, files=())).encode())
+  for split, files in task.files:
+    for name in files:
+      path = epath.Path(name)
+      if not path.is_file():
+        raise DataError(f"task file {name} ({split}) not found; check task.train_files / "
+                        "task.eval_files")
+      digest.update(f"{split}\0{name}\0".encode() + path.read_bytes())
+  return str(epath.Path(data_dir) / "user_tasks" / digest.hexdigest()[:16])
+
+
+def load_user_records(task, split: str, data_dir: str) -> list[Record]:
+  """Every record of a split of a user's task (see load_records)."""
+  return _cached_user_records(task, split, user_data_dir(task, str(data_dir)))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_user_records(task, split: str, data_dir: str) -> list[Record]:
+  make = lambda d: UserTask(task=task, data_dir=d, file_format="array_record")
+  builder = make(data_dir)
+  if not builder.is_prepared():
+    print(f"preparing your {task.kind} task under {data_dir} (once per content of its files)",
+          file=sys.stderr)
+    tfds.disable_progress_bar()
+    builder = corpora.prepare(make, data_dir)
+  return _records_of(builder, split, "your task")

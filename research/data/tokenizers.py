@@ -22,7 +22,9 @@ import tempfile
 from typing import Any, ClassVar, Iterable
 
 import numpy as np
+from etils import epath
 
+from research import paths
 from research.config import DataConfig, DataError
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
@@ -59,15 +61,16 @@ class Tokenizer(abc.ABC):
     """The id of a (special) token; ValueError if it is not in the vocabulary."""
 
   @abc.abstractmethod
-  def _save_files(self, directory: pathlib.Path) -> dict[str, Any]:
+  def _save_files(self, directory: epath.Path) -> dict[str, Any]:
     """Writes the tokenizer's own files; returns the manifest entries that describe them."""
 
   def save(self, directory: str | os.PathLike) -> None:
-    """Writes the tokenizer into `directory` (created if needed)."""
-    directory = pathlib.Path(directory)
+    """Writes the tokenizer into `directory` (created if needed; local or gs://), the manifest
+    last."""
+    directory = epath.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     manifest = {"kind": self.kind, **self._save_files(directory)}
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
+    paths.write_atomic(directory / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
 
   def _drop_pad(self, ids: Iterable[int]) -> list[int]:
     return [int(i) for i in np.asarray(ids).reshape(-1) if i != self.pad_id]
@@ -118,7 +121,7 @@ class CharTokenizer(Tokenizer):
       raise DataError(f"token {token!r} is not in the character vocabulary")
     return self._vocab[token]
 
-  def _save_files(self, directory: pathlib.Path) -> dict[str, Any]:
+  def _save_files(self, directory: epath.Path) -> dict[str, Any]:
     del directory  # The vocabulary is small enough to live in the manifest.
     return {"special_tokens": list(self.special_tokens), "chars": self.chars}
 
@@ -171,6 +174,9 @@ class SentencePieceTokenizer(Tokenizer):
           max_sentence_length=4 * _MAX_PIECE_CHARS, num_threads=min(os.cpu_count() or 1, 16),
           minloglevel=2)
     except RuntimeError as e:
+      if "too high" in str(e):  # "Vocabulary size too high (N). Please set it to a value <= M."
+        raise DataError(f"SentencePiece training failed: {e}; the corpus is too small for "
+                        f"data.vocab_size={vocab_size}: lower data.vocab_size") from None
       raise DataError(f"SentencePiece training failed: {e}; with byte fallback the vocabulary "
                        "needs more than 256 + #characters entries, so raise data.vocab_size"
                        ) from None
@@ -192,7 +198,7 @@ class SentencePieceTokenizer(Tokenizer):
       raise DataError(f"token {token!r} is not in the SentencePiece vocabulary")
     return i
 
-  def _save_files(self, directory: pathlib.Path) -> dict[str, Any]:
+  def _save_files(self, directory: epath.Path) -> dict[str, Any]:
     (directory / "sentencepiece.model").write_bytes(self._proto)
     return {"model_file": "sentencepiece.model"}
 
@@ -240,7 +246,7 @@ class HFTokenizer(Tokenizer):
 
   @classmethod
   def from_file(cls, path: str | os.PathLike) -> HFTokenizer:
-    path = pathlib.Path(path)
+    path = epath.Path(path)
     if not path.is_file():
       raise FileNotFoundError(f"tokenizer file {path} not found; set data.tokenizer_path to a "
                               "Hugging Face tokenizer.json")
@@ -271,7 +277,7 @@ class HFTokenizer(Tokenizer):
       raise DataError(f"token {token!r} is not in the tokenizer.json vocabulary")
     return i
 
-  def _save_files(self, directory: pathlib.Path) -> dict[str, Any]:
+  def _save_files(self, directory: epath.Path) -> dict[str, Any]:
     # Not named tokenizer.json, so it cannot be mistaken for a manifest or vice versa.
     (directory / "hf_tokenizer.json").write_text(self._json, encoding="utf-8")
     return {"tokenizer_file": "hf_tokenizer.json"}
@@ -279,12 +285,16 @@ class HFTokenizer(Tokenizer):
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
   """Reads back what `Tokenizer.save(directory)` wrote."""
-  directory = pathlib.Path(directory)
+  directory = epath.Path(directory)
   manifest_path = directory / MANIFEST
   if not manifest_path.is_file():
     raise FileNotFoundError(f"tokenizer manifest {manifest_path} not found; save a tokenizer "
                             "there first or delete the folder to build a new one")
-  manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+  try:
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise DataError(f"tokenizer manifest {manifest_path} is truncated or corrupt ({e}); delete "
+                    f"{directory} and rerun to build the tokenizer again from the same data")
   kind = manifest.get("kind")
   if kind == "char":
     specials = manifest["special_tokens"]
@@ -310,8 +320,10 @@ def build_tokenizer(data_cfg: DataConfig, workdir: str | os.PathLike,
 
   `train_texts` (the training split's documents) is iterated only when a tokenizer is built.
   """
-  directory = pathlib.Path(workdir) / "tokenizer"
-  if directory.exists():
+  directory = epath.Path(workdir) / "tokenizer"
+  # A folder on cloud storage is a name prefix that cannot be renamed in one step: there the
+  # tokenizer is whole once its manifest, written last, exists.
+  if (directory / MANIFEST if paths.is_url(directory) else directory).exists():
     tokenizer = load_tokenizer(directory)
     if tokenizer.kind != data_cfg.tokenizer:
       raise DataError(f"{directory} holds a '{tokenizer.kind}' tokenizer but data.tokenizer="
@@ -333,10 +345,17 @@ def build_tokenizer(data_cfg: DataConfig, workdir: str | os.PathLike,
   else:
     raise DataError(f"unknown tokenizer kind data.tokenizer={data_cfg.tokenizer!r}; use "
                      "'char', 'sentencepiece' or 'hf'")
+  if paths.is_url(directory):
+    tokenizer.save(directory)
+    return tokenizer
   # Save to a temporary folder and rename it, so an interrupted save never looks finished
   # (and when several processes race, the first complete tokenizer wins).
+  directory = pathlib.Path(directory)
   directory.parent.mkdir(parents=True, exist_ok=True)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=directory.parent))
+  umask = os.umask(0o022)
+  os.umask(umask)
+  staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the folder private
   tokenizer.save(staging)
   try:
     staging.rename(directory)

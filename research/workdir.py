@@ -1,0 +1,189 @@
+"""What a workdir holds besides checkpoints, and the rules that keep it whole.
+
+- One writer at a time: `lock` (an OS file lock, see research/locks.py).
+- A start that fails writes nothing: `undo_failed_start` removes what the start created.
+- Resume checks the data: `data_record` is written at the start (`data.json`) and compared on
+  every resume, so another corpus or tokenizer setting is refused instead of silently mixed.
+- Small files are read through `read_json`, which names a truncated or garbled file and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+from typing import Any, Iterator
+
+import jax
+from etils import epath
+
+from research import locks, paths
+from research.config import ExperimentConfig, UserError
+
+DATA_FILE = "data.json"  # what the run trains on: corpus files and sizes, tokenizer settings
+HISTORY_FILE = "config_history.jsonl"  # each config a resumed run replaced, oldest first
+
+
+def read_json(path: epath.Path, fix: str) -> Any:
+  """The JSON in `path`; UserError naming the file and `fix` when it is truncated or garbled."""
+  text = path.read_bytes()
+  try:
+    return json.loads(text.decode("utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UserError(f"{path} is truncated or corrupt ({len(text)} bytes; {e}); {fix}") from None
+
+
+def check_writable(workdir: epath.Path, what: str = "--workdir") -> None:
+  """UserError (one line) when `workdir` is a regular file or cannot be written, before any
+  work. Local paths only: a bucket is checked by paths.check_bucket."""
+  if paths.is_url(workdir):
+    return
+  path = os.fspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"{what} {path} is a file, not a folder; pass a folder (a new one is "
+                    "created)")
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if os.path.isfile(existing):
+    raise UserError(f"{what} {path} cannot be created: {existing} is a file")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise UserError(f"{what} {path} is not writable ({existing} is read-only for this user "
+                    f"or on a read-only filesystem); pass a writable {what}")
+  try:  # os.access does not see a read-only mount for root
+    probe = os.path.join(existing, f".write-probe-{os.getpid()}")
+    os.close(os.open(probe, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.unlink(probe)
+  except OSError as e:
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+      raise UserError(f"{what} {path} is not writable ({existing}: {e.strerror}); pass a "
+                      f"writable {what}") from None
+    raise
+
+
+@contextlib.contextmanager
+def lock(workdir: epath.Path, command: str) -> Iterator[None]:
+  """The workdir's lock for the block, taken by process 0 only (the processes of one run
+  share a workdir)."""
+  if jax.process_index() != 0:
+    yield
+    return
+  with locks.workdir_lock(workdir, command):
+    yield
+
+
+def _entries(workdir: epath.Path) -> set[str]:
+  """Names under the workdir a start may create: top-level entries and those of the caches."""
+  if not workdir.exists():
+    return set()
+  names = {p.name for p in workdir.iterdir()}
+  for folder in ("data_cache",):
+    if (workdir / folder).is_dir():
+      names |= {f"{folder}/{p.name}" for p in (workdir / folder).iterdir()}
+  return names
+
+
+class FailedStartUndo:
+  """Removes, when the start fails, what it created in the workdir (tokenizer, caches, the
+  folder itself); `started()` marks the moment the run really began, after which nothing is
+  removed."""
+
+  def __init__(self, workdir: epath.Path):
+    self.workdir = workdir
+    self.existed = workdir.exists()
+    self.before = _entries(workdir)
+    self._started = False
+
+  def started(self) -> None:
+    self._started = True
+
+  def undo(self) -> None:
+    if self._started or jax.process_index() != 0:
+      return
+    if not self.existed and not paths.is_url(self.workdir):
+      shutil.rmtree(os.fspath(self.workdir), ignore_errors=True)
+      return
+    # The lock file too, when this start made it: a process waiting on it retries on the new
+    # file (research/locks.py), so removing it while held is safe.
+    for name in sorted(_entries(self.workdir) - self.before, reverse=True):
+      path = self.workdir / name
+      if path.is_dir():
+        path.rmtree(missing_ok=True)
+      else:
+        path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The data a run trains on
+# ---------------------------------------------------------------------------------------------
+
+
+def data_record(config: ExperimentConfig) -> dict[str, Any]:
+  """What the run's tokens come from: the corpus (each file with its size) and the tokenizer
+  settings. Sizes, not hashes: hashing a large corpus at every start is slow."""
+  data = config.data
+  record: dict[str, Any] = {
+      "task": config.task.name, "dataset": data.dataset, "text_key": data.text_key,
+      "tokenizer": data.tokenizer, "vocab_size": data.vocab_size,
+      "tokenizer_path": data.tokenizer_path}
+  if data.dataset == "text_files" and not config.task.name:
+    from research.data import corpora  # pylint: disable=import-outside-toplevel
+    files = corpora.resolve_text_files(data.files)
+    record["files"] = {name: epath.Path(name).stat().length if paths.is_url(name)
+                       else os.path.getsize(name) for name in files}
+  return record
+
+
+def check_data(workdir: epath.Path, config: ExperimentConfig) -> dict[str, Any] | None:
+  """Refuses to resume a run on other data than it started with; returns the record to write
+  (None when the workdir already holds the same one)."""
+  record = data_record(config)
+  path = workdir / DATA_FILE
+  if not path.exists():
+    return record
+  saved = read_json(path, f"delete {path} to record the data of this run again (only if the "
+                          "data is the one the run started with)")
+  diffs = []
+  for key in sorted(set(saved) | set(record)):
+    if key == "files" or saved.get(key) == record.get(key):
+      continue
+    diffs.append(f"data.{key}: {saved.get(key)!r} -> {record.get(key)!r}")
+  before, now = saved.get("files", {}), record.get("files", {})
+  if before != now:
+    gone = sorted(set(before) - set(now))
+    new = sorted(set(now) - set(before))
+    changed = sorted(f for f in set(before) & set(now) if before[f] != now[f])
+    for what, names in (("files no longer given", gone), ("new files", new),
+                        ("files whose size changed", changed)):
+      if names:
+        diffs.append(f"{what}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}")
+  if diffs:
+    raise UserError(f"workdir {workdir} was trained on other data ({'; '.join(diffs)}); its "
+                    "tokenizer and data order belong to that data: pass the data it started "
+                    f"with (see {path}), or use a new --workdir for this data")
+  return None
+
+
+def record_config(workdir: epath.Path, config_json: str) -> list[str]:
+  """Writes config.json; a resumed run with other settings keeps the previous config in
+  config_history.jsonl. Returns the changed settings ('train.seed: 0 -> 1')."""
+  path = workdir / "config.json"
+  if not path.exists():
+    paths.write_atomic(path, config_json)
+    return []
+  old_text = path.read_text()
+  if old_text == config_json:
+    return []
+  old, new = json.loads(old_text), json.loads(config_json)
+  changes = [f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}"
+             for section, values in new.items() if isinstance(values, dict)
+             for key, value in values.items() if old.get(section, {}).get(key) != value]
+  changes += [f"{key}: {old.get(key)!r} -> {value!r}" for key, value in new.items()
+              if not isinstance(value, dict) and old.get(key) != value]
+  history = workdir / HISTORY_FILE
+  previous = history.read_text() if history.exists() else ""
+  paths.write_atomic(history, previous + json.dumps(old) + "\n")
+  paths.write_atomic(path, config_json)
+  return changes

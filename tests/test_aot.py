@@ -1,0 +1,169 @@
+"""research.aot: research.train's programs compiled for a TPU slice described by libtpu."""
+
+import dataclasses
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from research import aot, hlo, layers, sharding
+from research.config import ExperimentConfig, load_config_file
+from research.paths import REPO_ROOT
+from xla_flags import cli_env
+
+FAMILY_CONFIGS = {"decoder": "configs/gpt_shakespeare_char.py",
+                  "encoder": "configs/bert_shakespeare_mlm.py",
+                  "encoder_decoder": "configs/t5_shakespeare_span.py"}
+V5E_4 = aot.parse_topology("v5e:2x2")
+
+
+def config_of(path: str, **sections) -> ExperimentConfig:
+  raw = load_config_file(str(REPO_ROOT / path)).to_dict()
+  for section, values in sections.items():
+    raw[section].update(values)
+  return ExperimentConfig.from_config_dict(raw)
+
+
+@pytest.mark.parametrize("name, generation, topology, chips", [
+    ("v5e:2x2", "v5e", "v5e:2x2", 4),
+    ("v5p:4x4x4", "v5p", "v5p:4x4x4", 64),
+    ("v5litepod-16", "v5e", "v5e:4x4", 16),
+    ("v5litepod-32", "v5e", "v5e:4x8", 32),
+    ("v5p-128", "v5p", "v5p:4x4x4", 64),  # v5p types count TensorCores, two per chip
+    ("v4-32", "v4", "v4:2x2x4", 16),
+    ("v6e-8", "v6e", "v6e:2x4", 8),
+])
+def test_topology_names_and_accelerator_types(name, generation, topology, chips):
+  parsed = aot.parse_topology(name)
+  assert (parsed.generation, parsed.name, parsed.chips) == (generation, topology, chips)
+
+
+@pytest.mark.parametrize("name", ["v7x:2x2", "v5e-16x", "v5p-3", "v5e:2x2x2", "tpu"])
+def test_an_unknown_topology_lists_the_valid_names(name):
+  with pytest.raises(aot.TopologyError, match="valid: JAX topology names"):
+    aot.parse_topology(name)
+
+
+def test_collectives_inside_loops_count_once_per_iteration():
+  text = """HloModule m
+
+%body (p: (f32[8], s32[])) -> (f32[8], s32[]) {
+  %p = (f32[8]{0}, s32[]) parameter(0)
+  %x = f32[8]{0} get-tuple-element(%p), index=0
+  %ar = f32[8]{0} all-reduce(%x), replica_groups={{0,1,2,3}}, to_apply=%add
+  %i = s32[] get-tuple-element(%p), index=1
+  ROOT %t = (f32[8]{0}, s32[]) tuple(%ar, %i)
+}
+
+%cond (q: (f32[8], s32[])) -> pred[] {
+  %q = (f32[8]{0}, s32[]) parameter(0)
+  %n = s32[]{:T(128)} constant(5)
+  %j = s32[] get-tuple-element(%q), index=1
+  ROOT %lt = pred[] compare(%j, %n), direction=LT
+}
+
+ENTRY %main (a: f32[8]) -> f32[32] {
+  %a = f32[8]{0} parameter(0)
+  %w = (f32[8]{0}, s32[]) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}
+  %scan = (f32[8]{0}, s32[]) while(%init), condition=%cond, body=%body
+  ROOT %ag = f32[32]{0} all-gather(%a), replica_groups=[2,4]<=[8], dimensions={0}
+}
+"""
+  # The second loop has no known trip count: its condition's bound (i < 5) gives it.
+  costs = hlo.Costs.of(text, flops_per_device=0.0, num_devices=8)
+  reduce, gather = costs.collectives["all-reduce"], costs.collectives["all-gather"]
+  assert reduce["count"] == 3 + 5 and reduce["bytes"] == 8 * 32
+  assert reduce["wire_bytes"] == pytest.approx(8 * 2 * 3 / 4 * 32)  # ring over groups of 4
+  assert gather["count"] == 1 and gather["bytes"] == 128
+  assert gather["wire_bytes"] == pytest.approx(3 / 4 * 128)
+  # HBM traffic: the all-reduce reads and writes 32 bytes per iteration, the all-gather 32 + 128.
+  assert costs.hbm_bytes == 8 * (32 + 32) + (32 + 128)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
+def test_each_family_compiles_for_four_tpu_chips_with_fsdp(family):
+  # Widths that fill the TPU's (8, 128) tiles: XLA pads narrower minor dimensions (the
+  # configs' width 128 with 32-wide heads would hold 2x their bytes per chip).
+  config = config_of(FAMILY_CONFIGS[family], mesh=dict(data=1, fsdp=4, tensor=1),
+                     model=dict(vocab_size=512, num_layers=2, embed_dim=512, num_heads=4,
+                                mlp_dim=1024, matmul_dtype="auto"))
+  report = aot.compile_report(config, V5E_4)
+  assert report["chips"] == 4 and report["devices"] == 4
+  assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  # matmul_dtype="auto" follows the mesh's devices (TPU: bf16), not this CPU host.
+  assert report["matmul_dtype"] == "bfloat16"
+  expected = {"train", "eval"} | ({"decode"} if family != "encoder" else set())
+  assert set(report["programs"]) == expected
+  train = report["programs"]["train"]
+  mem = train["memory"]
+  assert mem["fits"] and 0 < mem["total bytes"] < mem["hbm bytes"] == 16 * 2**30
+  # FSDP: each chip holds about a quarter of the parameters and optimizer state. From XLA's
+  # buffer assignment: the arguments less the batch and the step counter.
+  state_per_device = mem["argument bytes"] - mem["batch bytes"]
+  state_total = 3 * 4 * report["parameters"]  # float32 parameters and AdamW's two moments
+  assert state_per_device <= 1.15 * state_total / 4, (state_per_device, state_total)
+  # XLA's FLOPs agree with research/flops.py (which leaves out element-wise work).
+  assert 0.95 < train["xla_flops"] / train["analytic_flops"] < 1.25
+  roof = train["roofline"]
+  assert roof["step_s_lower_bound"] == max(roof["compute_s"], roof["hbm_s"], roof["collective_s"])
+  assert 0 < roof["mfu_upper_bound"] <= 1
+  # FSDP gathers parameters and reduces gradients across the four chips.
+  assert train["collectives"], train["collectives"]
+
+
+def test_scanned_layers_are_counted_once_per_layer():
+  config = config_of(FAMILY_CONFIGS["decoder"], mesh=dict(data=1, fsdp=4, tensor=1),
+                     model=dict(vocab_size=96, num_layers=3))
+  scanned = dataclasses.replace(config, model=dataclasses.replace(config.model, scan_layers=True))
+  plain = aot.compile_report(config, V5E_4, programs=("train",))["programs"]["train"]
+  looped = aot.compile_report(scanned, V5E_4, programs=("train",))["programs"]["train"]
+  assert looped["xla_flops"] == pytest.approx(plain["xla_flops"], rel=0.02)
+  assert looped["hbm_bytes_accessed"] == pytest.approx(plain["hbm_bytes_accessed"], rel=0.35)
+
+
+def test_auto_precision_follows_the_mesh_devices():
+  devices = aot.tpu_devices(V5E_4)
+  mesh = jax.make_mesh((4,), ("data",), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  with jax.set_mesh(mesh):
+    assert layers.target_platform() == "tpu"
+    assert layers.resolve_matmul_dtype("auto") == "bfloat16"
+    assert layers.resolve_matmul_dtype("float32") == "float32"
+  assert layers.target_platform() == "cpu"
+
+
+def _aot(*args):
+  return subprocess.run([sys.executable, "-m", "research.aot", *args], cwd=REPO_ROOT,
+                        env=cli_env(1), capture_output=True, text=True, timeout=600)
+
+
+def test_a_config_too_large_for_the_slice_is_refused_in_one_line(tmp_path):
+  result = _aot(f"--config={REPO_ROOT / FAMILY_CONFIGS['decoder']}", "--topology=v5litepod-4",
+                "--programs=train", f"--json={tmp_path / 'aot.json'}",
+                "--config.model.num_layers=2", "--config.model.embed_dim=8192",
+                "--config.model.num_heads=64", "--config.model.mlp_dim=32768",
+                "--config.model.vocab_size=256")
+  assert result.returncode == 2, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: the train step needs ") and "of HBM" in last, last
+  assert "--config.mesh.fsdp" in last and "remat" in last
+  assert "DOES NOT FIT" in result.stdout
+  assert (tmp_path / "aot.json").exists()
+
+
+def test_an_unknown_topology_is_one_line_with_exit_2():
+  result = _aot(f"--config={REPO_ROOT / FAMILY_CONFIGS['decoder']}", "--topology=v9z:2x2")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith("error: unknown TPU topology 'v9z:2x2'")
+
+
+def test_two_slices_put_only_the_data_axis_across_slices():
+  config = config_of(FAMILY_CONFIGS["decoder"], mesh=dict(data=2, fsdp=4, tensor=1),
+                     data=dict(batch_size=16))
+  devices = aot.tpu_devices(V5E_4, num_slices=2)
+  assert len(devices) == 8 and {d.slice_index for d in devices} == {0, 1}
+  mesh = sharding.make_mesh(config, devices)
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+  for row in range(2):  # each data-parallel replica lies within one slice
+    assert {d.slice_index for d in mesh.devices[row].flat} == {row}
