@@ -360,7 +360,10 @@ def validate(config: ExperimentConfig) -> None:
   if d.seq_len > m.max_len and m.position == "learned":
     raise ConfigError(f"data.seq_len={d.seq_len} is longer than the position table "
                       f"model.max_len={m.max_len}; raise model.max_len or lower data.seq_len")
-  if d.seq_len > m.max_len and m.position == "rope":  # max_len bounds decoding's KV cache
+  # max_len bounds decoding's KV cache (an encoder never decodes). A fine-tuning task checks
+  # its own prompt and answer lengths against it when it generates.
+  if (d.seq_len > m.max_len and m.position == "rope" and m.family != "encoder"
+      and not config.task.name):
     raise ConfigError(f"data.seq_len={d.seq_len} is longer than model.max_len={m.max_len}, the "
                       "longest context the model decodes with; raise model.max_len or lower "
                       "data.seq_len")
