@@ -27,6 +27,7 @@ Exit status 2 with one line when a program does not fit.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -39,7 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research import bench, flops, paths, sharding, train
+from research import bench, decode, flops, paths, sharding, train
 from research.hlo import Costs, global_flops
 from research.checkpoint import abstract_like
 from research.config import ConfigError, ExperimentConfig, UserError
@@ -217,23 +218,6 @@ def is_generative(config: ExperimentConfig) -> bool:
   return True
 
 
-def decode_step_fn(model: nn.Module, encoder_decoder: bool):
-  """One KV-cache decoding step: (params, cache, [encoded, encoder_mask,] tokens (B, 1)) ->
-  (logits of the new position (B, V), cache)."""
-  if encoder_decoder:
-    def step(params, cache, encoded, encoder_mask, tokens):
-      logits, updates = model.apply({"params": params, "cache": cache}, encoded, tokens,
-                                    encoder_mask=encoder_mask, decode=True, mutable=["cache"],
-                                    method="decode")
-      return logits[:, -1], updates["cache"]
-  else:
-    def step(params, cache, tokens):
-      logits, updates = model.apply({"params": params, "cache": cache}, tokens, decode=True,
-                                    mutable=["cache"])
-      return logits[:, -1], updates["cache"]
-  return step
-
-
 def decode_batch_size(config: ExperimentConfig) -> int:
   if config.task.name:
     return config.task.eval_batch_size
@@ -261,28 +245,18 @@ def lower_programs(exp: train.Experiment, programs: tuple[str, ...]) -> dict[str
 
 
 def lower_decode(exp: train.Experiment, params) -> tuple:
+  """decode.step, the one decoding step of every family, over a cache for the config's decoding
+  batch (an encoder-decoder's holds the encoder's cross-attention keys and values)."""
   cfg, mesh, model = exp.config, exp.mesh, exp.model
   b = decode_batch_size(cfg)
-  enc_dec = cfg.model.family == "encoder_decoder"
   input_len, _ = flops.sequence_lengths(cfg)
-  tokens = jax.ShapeDtypeStruct((b, 1), jnp.int32)
-  init_args = ((jax.ShapeDtypeStruct((b, input_len), jnp.int32),) if enc_dec else ()) + (tokens,)
-  cache = jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a, decode=True),
-                         *init_args)["cache"]
+  cache = jax.eval_shape(lambda: decode.init_cache(model, b, input_len))
   place = lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
                                             sharding=_batch_axis_spec(mesh, cfg, leaf, b))
-  cache, tokens = jax.tree.map(place, cache), place(tokens)
-  args = [params, cache]
-  parts = {"parameters": params, "KV cache": cache}
-  if enc_dec:
-    act = jnp.dtype(cfg.model.activation_dtype)
-    encoded = place(jax.ShapeDtypeStruct((b, input_len, cfg.model.embed_dim), act))
-    encoder_mask = place(jax.ShapeDtypeStruct((b, input_len), jnp.bool_))
-    args += [encoded, encoder_mask]
-    parts["encoder output"] = encoded
-  args.append(tokens)
-  step = jax.jit(decode_step_fn(model, enc_dec), donate_argnums=(1,))
-  return step.lower(*args), parts
+  cache = jax.tree.map(place, cache)
+  tokens = place(jax.ShapeDtypeStruct((b,), jnp.int32))
+  step = jax.jit(functools.partial(decode.step, model), donate_argnums=(1,))
+  return step.lower(params, cache, tokens), {"parameters": params, "KV cache": cache}
 
 
 def analytic_flops(config: ExperimentConfig, program: str, num_devices: int) -> float | None:
@@ -337,9 +311,11 @@ def refused_memory(error: Exception, parts: dict[str, Any], hbm_per_device: floa
 
 def roofline(costs: Costs, model_flops: float | None, chip: Chip, per_chip: float) -> dict:
   """Lower bound on one call's seconds on this chip (an estimate): perfect overlap of compute,
-  HBM traffic and collectives, each at its published peak. per_chip: devices per chip."""
+  HBM traffic and collectives, each at its published peak. per_chip: devices per chip.
+  The compute term takes the larger of XLA's FLOPs and the model's: XLA counts none inside
+  Pallas kernels (splash attention), and counts a remat's recomputation, which flops.py does not."""
   peak = chip.bf16_flops / per_chip
-  compute_s = costs.flops / peak
+  compute_s = max(costs.flops, model_flops or 0.0) / peak
   hbm_s = costs.hbm_bytes / (chip.hbm_bandwidth / per_chip)
   wire = sum(c["wire_bytes"] for c in costs.collectives.values())
   collective_s = wire / (chip.ici_bandwidth / per_chip)
@@ -420,6 +396,9 @@ def compile_report(config: ExperimentConfig, topology: Topology, num_slices: int
       continue
     model_flops = analytic_flops(cfg, name, len(devices))
     entry["xla_flops"] = costs[name].flops
+    # Pallas kernels (splash attention) are Mosaic custom calls in the compiled program.
+    entry["pallas_kernel_calls"] = compiled[name].as_text().count(
+        'custom_call_target="tpu_custom_call"')
     entry["analytic_flops"] = model_flops
     entry["hbm_bytes_accessed"] = costs[name].hbm_bytes
     entry["collectives"] = costs[name].collectives
@@ -467,6 +446,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"  FLOPs per device: XLA {p['xla_flops']:.3e}, research/flops.py "
                  f"{analytic:.3e}{ratio}" if analytic else
                  f"  FLOPs per device: XLA {p['xla_flops']:.3e}")
+    kernels = p.get("pallas_kernel_calls", 0)
+    lines.append("  attention: " + (f"splash ({kernels} Pallas kernel calls; XLA counts no FLOPs "
+                                    "inside them)" if kernels else "XLA"))
     colls = p["collectives"]
     lines.append("  collectives: " + (", ".join(
         f"{k} x{int(v['count'])} {v['bytes'] / 2**20:,.1f} MiB" for k, v in colls.items())

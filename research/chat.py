@@ -12,6 +12,7 @@ to leave.
 
 from __future__ import annotations
 
+import math
 import sys
 
 import jax
@@ -27,7 +28,8 @@ def define_flags() -> None:
   """The CLI's flags (defined only when run as a program, so importing Chat defines none)."""
   flags.DEFINE_string("workdir", None, "A decoder workdir (e.g. SFT on alpaca).", required=True)
   flags.DEFINE_string("prompt", None, "Answer this once and exit (no interaction).")
-  flags.DEFINE_integer("max_new_tokens", 128, "Longest reply, in tokens.")
+  flags.DEFINE_integer("max_new_tokens", 0, "Longest reply, in tokens; 0: 128, or half the "
+                       "model's context when that is shorter.")
   flags.DEFINE_float("temperature", 0.7, "Softmax temperature; 0 = greedy.")
   flags.DEFINE_float("top_p", 0.9, "Nucleus sampling mass (1.0 = off).")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -48,6 +50,11 @@ class Chat:
       raise UserError(f"{workdir} holds a {config.task.name} {type(model).__name__}, which "
                       "scores text rather than writes it; chat needs a decoder language model "
                       "(e.g. one fine-tuned with configs/alpaca_gpt.py)")
+    if max_new_tokens == 0:
+      max_new_tokens = min(128, config.model.max_len // 2)
+    if not 0 < max_new_tokens < config.model.max_len:  # checked before the checkpoint is read
+      raise UserError(f"--max_new_tokens={max_new_tokens} must be in [1, model.max_len="
+                      f"{config.model.max_len}) (the reply and its context share the window)")
     self.config, self.model, self.params = train.restore_params(workdir, config)
     if not self.config.task.name or kinds.kind_class(self.config) is not Instruction:
       print(f"note: {workdir} was not instruction-tuned, so it continues the chat text rather "
@@ -55,8 +62,6 @@ class Chat:
             f"(--config.init_from={workdir}) for a chat model", file=sys.stderr)
     self.tokenizer = load_tokenizer(epath.Path(workdir) / "tokenizer")
     self.max_new_tokens = max_new_tokens
-    if not 0 < max_new_tokens < self.config.model.max_len:
-      raise UserError(f"--max_new_tokens must be in [1, model.max_len={self.config.model.max_len})")
     self.sampling = sampling
     self.rng = jax.random.key(seed)
     self.history: list[tuple[str, str]] = []
@@ -102,8 +107,10 @@ def main(argv) -> None:
   f = flags.FLAGS
 
   def body():
-    if f.temperature < 0 or not 0 < f.top_p <= 1:
-      raise UserError("--temperature must be >= 0 and --top_p in (0, 1]")
+    if not (math.isfinite(f.temperature) and f.temperature >= 0):
+      raise UserError(f"--temperature={f.temperature} must be a number >= 0 (0: greedy)")
+    if not 0 < f.top_p <= 1:
+      raise UserError(f"--top_p={f.top_p} must be in (0, 1] (1: off)")
     chat = Chat(f.workdir, f.max_new_tokens,
                 decode.SamplingConfig(temperature=f.temperature, top_p=f.top_p), f.seed)
     if f.prompt is not None:

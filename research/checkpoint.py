@@ -54,6 +54,8 @@ class Checkpointer:
   def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, async_save: bool = True,
                read_only: bool = False):
     self.directory = checkpoint_dir(workdir)
+    self._saving = None  # the step of the latest save started
+    self._failed = False  # a save ran out of space (and was reported)
     if read_only:
       options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
                                              max_to_keep=None)
@@ -85,6 +87,7 @@ class Checkpointer:
 
   def _no_space(self, step: int, detail: str) -> CheckpointError:
     self._saving = None
+    self._failed = True
     try:
       self._manager.wait_until_finished()
     except Exception:  # pylint: disable=broad-except  (the failed save itself)
@@ -95,6 +98,27 @@ class Checkpointer:
     return DiskFullError(f"no space left on the device of {self.directory} while saving step "
                            f"{step} ({detail}); {kept}: free space and rerun the same command "
                            "to continue")
+
+  def disk_full(self, error: OSError, step: int) -> CheckpointError:
+    """The one line for another write of the run (metrics, TensorBoard) that found the disk
+    full at `step`: a save still in flight that fails is named as the cause (it usually filled
+    the disk), else the write, with the last complete checkpoint either way."""
+    saving = self._saving
+    if saving is not None and not paths.is_url(self.directory):
+      try:
+        self._manager.wait_until_finished()
+      except Exception:  # pylint: disable=broad-except  (the failed save itself)
+        pass
+      if saving not in self.all_steps():
+        return self._no_space(saving, _first_line(error))
+    self._failed = True
+    latest = self._manager.latest_step()
+    kept = (f"the last complete checkpoint is step {latest} (intact)" if latest is not None
+            else "no checkpoint was complete yet")
+    what = os.path.basename(error.filename) if error.filename else "the run's logs"
+    return DiskFullError(f"no space left on the device of {self.directory.parent} while "
+                         f"writing {what} at step {step} ({_first_line(error)}); {kept}: free "
+                         "space and rerun the same command to continue")
 
   def _check_space(self, step: int, state: Any) -> None:
     """Refuses a save that cannot fit, before orbax starts it: a save that runs out of space
@@ -150,11 +174,15 @@ class Checkpointer:
     try:
       restored = self._manager.restore(
           step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+      config = restored["config"]
+      if not isinstance(config, dict):
+        raise ValueError(f"it holds a JSON {type(config).__name__}, not an object")
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f"checkpoint {self.directory / str(step)} has no readable config "
-                            f"({_first_line(e)}); it is corrupt or not written by research.train"
-                            ) from e
-    return restored["config"]
+                            f"({_first_line(e)}); it is corrupt or not written by "
+                            "research.train: delete that step folder to use the one before, "
+                            "or use a new --workdir") from e
+    return config
 
   def check_format(self, step: int) -> None:
     version = self.restore_config(step).get("format_version", 1)
@@ -169,21 +197,40 @@ class Checkpointer:
     return self._manager.reached_preemption(step)
 
   def wait(self) -> None:
-    with self._disk_full_is_one_line(getattr(self, "_saving", None)):
+    with self._disk_full_is_one_line(self._saving):
       self._manager.wait_until_finished()
 
   def close(self) -> None:
-    with self._disk_full_is_one_line(getattr(self, "_saving", None)):
+    if self._failed:  # reported already: what the failed save left behind only fails again
+      with contextlib.suppress(Exception):
+        self._manager.close()
+      return
+    with self._disk_full_is_one_line(self._saving):
       self._manager.wait_until_finished()
     self._manager.close()
 
 
-def _first_line(error: Exception) -> str:
-  text = str(error).strip().splitlines()
+def _first_line(error: BaseException) -> str:
+  """The gist of an orbax or tensorstore error, on one line of at most 200 characters."""
+  while True:
+    if len(error.args) == 1 and isinstance(error.args[0], BaseException):
+      error = error.args[0]
+    elif (str(error).startswith("Encountered error while reading array") and
+          error.__cause__ is not None):
+      error = error.__cause__  # orbax's wrapper: the cause names the file and what is wrong
+    else:
+      break
+  if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
+    text = error.args[0].strip().splitlines()  # not the repr str(KeyError) gives
+  else:
+    text = str(error).strip().splitlines()
   if not text:
     return type(error).__name__
-  # Reprs of native callables ('<bound method pybind11_detail_function_record_... of <...>>')
-  # say nothing to a user.
-  line = re.sub(r"<bound method pybind11\S*(?: of <[^<>]*>)?>", "a native function", text[0])
+  # tensorstore's pointer to its details is a repr of a native method that runs over many
+  # lines ('See full TensorStore details: <bound method pybind11_detail_function_record_...
+  # .spec of TensorStore({...'); orbax's advice on padding arrays does not apply here.
+  line = re.sub(r"\s*See full TensorStore details:.*", "", text[0])
+  line = re.sub(r"\s*Truncating/padding is disabled\..*", "", line)
+  line = re.sub(r"<bound method pybind11[^>]*(?:>|$)", "a native function", line)
   line = re.sub(r"<bound method ([\w.]+)(?: of <[^<>]*>)?>", r"\1()", line)
   return line[:200]

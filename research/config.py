@@ -74,9 +74,13 @@ class ModelConfig:
   # shape (stacked residuals; README, Performance), 1.03-1.21x with remat="dots_saveable".
   scan_layers: bool = False
   remat: str = "none"  # none | full | dots_saveable
-  # Attention kernel of jax.nn.dot_product_attention: "auto" takes cuDNN's fused (flash)
-  # attention on a GPU when the matmul operands are bfloat16, XLA's otherwise.
-  attention: str = "auto"  # auto | xla | cudnn
+  # Attention implementation (research/attention.py): "auto" follows the mesh's devices:
+  # Pallas splash attention on a TPU, cuDNN's fused attention on a GPU (bf16 operands), the
+  # XLA path elsewhere; a variant a kernel cannot express falls back to XLA, logged once.
+  attention: str = "auto"  # auto | xla | cudnn | splash
+  # Sliding-window attention: each query sees the attention_window most recent positions
+  # (itself included), in training and in cached decoding (a cache of that many slots); 0: all.
+  attention_window: int = 0
 
   @property
   def resolved_head_dim(self) -> int:
@@ -120,7 +124,9 @@ class DataConfig:
   seq_len: int = 64  # tokens per example seen by the model
   batch_size: int = 12  # global batch, across all processes
   packing: str = "windows"  # windows: random windows over an in-memory token stream;
-  #                           stream: documents packed into sequences as they are read
+  #                           stream: documents packed into sequences as they are read;
+  #                           documents: whole documents packed into rows with segment ids,
+  #                           positions restarting per document, attention never crossing one
   shuffle_seed: int = 0
   num_workers: int = 0  # grain worker processes (0 = in the main process)
 
@@ -187,6 +193,11 @@ class TaskConfig:
   length_penalty: float = 0.6  # GNMT alpha for beam search
   eval_examples: int = 0  # examples the periodic in-training evaluation scores; 0: all
   eval_batch_size: int = 64  # rows per generation / prediction batch
+  # Pack several short examples into each row (segment ids keep them apart): text-to-text,
+  # prompt and instruction examples; losses and metrics are those of the unpacked examples.
+  # Encoder-decoder rows hold data.seq_len input tokens (at least max_input_len) and targets in
+  # the same proportion: raise data.seq_len to fit several examples per row.
+  packing: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,14 +327,14 @@ _CHOICES = {
     ("model", "norm_position"): ("pre", "post"),
     ("model", "mlp_activation"): ("gelu", "gelu_tanh", "relu", "swiglu", "geglu"),
     ("model", "remat"): ("none", "full", "dots_saveable"),
-    ("model", "attention"): ("auto", "xla", "cudnn"),
+    ("model", "attention"): ("auto", "xla", "cudnn", "splash"),
     ("model", "param_dtype"): ("float32", "bfloat16"),
     ("model", "activation_dtype"): ("float32", "bfloat16"),
     ("model", "matmul_dtype"): ("float32", "bfloat16", "auto"),
     ("optimizer", "schedule"): ("cosine", "linear", "constant"),
     ("optimizer", "decay_rule"): ("matrices", "matrices_no_embed"),
     ("data", "tokenizer"): ("char", "sentencepiece", "hf"),
-    ("data", "packing"): ("windows", "stream"),
+    ("data", "packing"): ("windows", "stream", "documents"),
     ("train", "nonfinite"): ("stop", "skip"),
     ("task", "decoding"): ("greedy", "beam"),
 }
@@ -380,7 +391,7 @@ def validate(config: ExperimentConfig) -> None:
       ("train", "keep_checkpoints", 1), ("train", "eval_every", 0), ("train", "eval_batches", 0),
       ("train", "eval_batch_size", 0), ("train", "peak_flops", 0),
       ("model", "vocab_size", 0), ("model", "num_kv_heads", 0),
-      ("model", "head_dim", 0), ("model", "num_decoder_layers", 0),
+      ("model", "head_dim", 0), ("model", "num_decoder_layers", 0), ("model", "attention_window", 0),
       ("model", "num_token_types", 0), ("data", "vocab_size", 0), ("data", "num_workers", 0),
       ("optimizer", "warmup_steps", 0), ("optimizer", "decay_steps", 0),
       ("objective", "num_sentinels", 0)]:
@@ -396,6 +407,11 @@ def validate(config: ExperimentConfig) -> None:
   if not 0.0 <= m.dropout_rate < 1.0:
     raise ConfigError(f"model.dropout_rate={m.dropout_rate} must be in [0, 1)")
   task = config.task
+  if (not task.name and d.packing == "documents" and m.family == "decoder"
+      and config.objective.name == "prefix_lm"):
+    raise ConfigError("objective.name='prefix_lm' on the decoder cannot use "
+                      "data.packing='documents' (one prefix per row, not per document); use "
+                      "data.packing='stream' or 'windows'")
   if task.train_files and not task.name:
     raise ConfigError("task.train_files replaces the task of a task config; start from one of "
                       "the wanted family, e.g. --config=configs/sst2_bert.py")

@@ -121,41 +121,55 @@ def import_hf(directory: str | os.PathLike, workdir: str | os.PathLike
   """Writes the workdir of a Hugging Face directory; returns its config and notes."""
   # Imported here: train pulls in the optimizer and checkpoint machinery, not needed by load_hf.
   from research import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-  from research import train  # pylint: disable=import-outside-toplevel
   directory, workdir = epath.Path(directory), paths.workdir_path(workdir)
   paths.check_bucket(workdir)
+  workdir_lib.check_writable(workdir)
   if (workdir / "config.json").exists() or ckpt_lib.checkpoint_dir(workdir).exists():
     raise hf.ConvertError(f"{workdir} already holds a workdir; import into a new --workdir")
   imported = hf.import_params(directory)  # all checks pass before anything is written
   tokenizer = _tokenizer_of(directory)
   notes = _import_notes(imported, tokenizer, directory)
+  undo = workdir_lib.FailedStartUndo(workdir)  # an import cut short leaves nothing behind
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.lock(workdir, "research.convert --from_hf"):  # one writer at a time
-    tokenizer_path = ""
-    if tokenizer is not None:
-      tokenizer.save(workdir / "tokenizer")
-      manifest = json.loads((workdir / "tokenizer" / "manifest.json").read_text("utf-8"))
-      tokenizer_path = str(workdir / "tokenizer" / manifest["tokenizer_file"])
-    config = experiment_config(imported.model_config, tokenizer, tokenizer_path)
-    params = jax.tree.map(jnp.asarray, imported.params)
-    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                             opt_state=train.build_optimizer(config).init(params))
-    checkpointer = ckpt_lib.Checkpointer(workdir, async_save=False)
     try:
-      checkpointer.save(0, state, None, config.to_dict(), force=True)
-    finally:
-      checkpointer.close()
-    keep = workdir / IMPORT_DIR
-    keep.mkdir(exist_ok=True)
-    for name in (hf.CONFIG_FILE, *_SIDE_FILES):
-      if (directory / name).is_file():
-        (keep / name).write_bytes((directory / name).read_bytes())
-    (keep / "import.json").write_text(json.dumps(
-        {"source": str(paths.workdir_path(directory)), "fresh": imported.fresh,
-         "unused": imported.unused}, indent=1) + "\n")
-    # Last, as research.train does: a workdir with a config.json has its checkpoint.
-    paths.write_atomic(workdir / "config.json", config.to_json())
-    return config, notes
+      return _write_import(directory, workdir, imported, tokenizer), notes
+    except BaseException:
+      undo.undo()
+      raise
+
+
+def _write_import(directory: epath.Path, workdir: epath.Path, imported: hf.Imported,
+                  tokenizer) -> ExperimentConfig:
+  """The files of an imported workdir: tokenizer, a checkpoint of step 0, the original side
+  files, and config.json last."""
+  from research import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  from research import train  # pylint: disable=import-outside-toplevel
+  tokenizer_path = ""
+  if tokenizer is not None:
+    tokenizer.save(workdir / "tokenizer")
+    manifest = json.loads((workdir / "tokenizer" / "manifest.json").read_text("utf-8"))
+    tokenizer_path = str(workdir / "tokenizer" / manifest["tokenizer_file"])
+  config = experiment_config(imported.model_config, tokenizer, tokenizer_path)
+  params = jax.tree.map(jnp.asarray, imported.params)
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=train.build_optimizer(config).init(params))
+  checkpointer = ckpt_lib.Checkpointer(workdir, async_save=False)
+  try:
+    checkpointer.save(0, state, None, config.to_dict(), force=True)
+  finally:
+    checkpointer.close()
+  keep = workdir / IMPORT_DIR
+  keep.mkdir(exist_ok=True)
+  for name in (hf.CONFIG_FILE, *_SIDE_FILES):
+    if (directory / name).is_file():
+      (keep / name).write_bytes((directory / name).read_bytes())
+  (keep / "import.json").write_text(json.dumps(
+      {"source": str(paths.workdir_path(directory)), "fresh": imported.fresh,
+       "unused": imported.unused}, indent=1) + "\n")
+  # Last, as research.train does: a workdir with a config.json has its checkpoint.
+  paths.write_atomic(workdir / "config.json", config.to_json())
+  return config
 
 
 def _check_export_target(out: epath.Path, overwrite: bool) -> None:
@@ -185,6 +199,7 @@ def export_hf(workdir: str | os.PathLike, out: str | os.PathLike,
                           "config.json)")
   paths.check_bucket(out)
   _check_export_target(out, overwrite)
+  workdir_lib.check_writable(out, "--to_hf")
   config, _, params = train.restore_params(workdir)
   tokenizer = None
   if (workdir / "tokenizer" / tokenizers.MANIFEST).is_file():

@@ -1,9 +1,13 @@
-"""Autoregressive decoding with a KV cache: greedy, temperature, top-k and top-p sampling.
+"""Autoregressive decoding with a KV cache: greedy, temperature, top-k, top-p and beam search.
 
-The cache lives in the model's 'cache' collection (layers.Attention): a prefill call writes the
-prompt's keys and values, then each step feeds one token. When the context window is full the
-cache is rebuilt from the most recent half window and decoding continues (a model with learned
-positions cannot see past max_len).
+Each family gives two methods (models.py), the same shape for all: `prefill` (inputs -> the
+first new token's logits, a fresh cache) and `decode_step` ((cache, tokens) -> (logits,
+cache)). The cache lives in the model's 'cache' collection: keys and values per layer
+(layers.Attention; an encoder-decoder's cross-attention keys and values are computed once, at
+the prefill), and one position counter per row (models.Stack). Every strategy here is written
+once over `prefill` and `step`. When a decoder's context window is full, the cache is rebuilt
+from the most recent half window and decoding continues (a model with learned positions cannot
+see past max_len).
 """
 
 from __future__ import annotations
@@ -49,37 +53,63 @@ def sample_logits(logits: Array, rng: Array, sampling: SamplingConfig) -> Array:
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-def init_cache(model: nn.Module, batch_size: int, encoder_len: int = 1) -> Any:
-  """A zero cache for `batch_size` rows, shaped by the model's max_len."""
-  tokens = jnp.zeros((batch_size, 1), jnp.int32)
-  args = (tokens,)
-  if isinstance(model, models.EncoderDecoder):
-    args = (jnp.zeros((batch_size, encoder_len), jnp.int32), tokens)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, decode=True))
+# ---------------------------------------------------------------------------------------------
+# One decoding step per family: prefill (inputs -> cache, first logits), then step
+# (cache, tokens) -> (logits, cache). Every strategy below is written once over these two.
+# ---------------------------------------------------------------------------------------------
+
+
+def prefill(model: nn.Module, params: Any, inputs: Array, input_mask: Array, *,
+            prefix_lm: bool = False, start_id: int = 0) -> tuple[Array, Any]:
+  """A fresh cache for `inputs` (B, P) -> (logits of the first new token (B, V), cache).
+
+  Decoder: right-padded prompts (input_mask True on their tokens). Encoder-decoder: the encoder
+  input, encoded once (its cross-attention keys and values go into the cache), then the
+  start token."""
+  logits, variables = model.apply({"params": params}, inputs, input_mask, prefix_lm=prefix_lm,
+                                  start_id=start_id, method="prefill", mutable=["cache"])
+  return logits, variables["cache"]
+
+
+def step(model: nn.Module, params: Any, cache: Any, tokens: Array) -> tuple[Array, Any]:
+  """The one decoding step of every family: tokens (B,) -> (next-token logits (B, V), cache)."""
+  logits, variables = model.apply({"params": params, "cache": cache}, tokens,
+                                  method="decode_step", mutable=["cache"])
+  return logits, variables["cache"]
+
+
+def init_cache(model: nn.Module, batch_size: int, input_len: int = 1) -> Any:
+  """A zero cache of the right shapes for `batch_size` rows (an encoder-decoder's holds the
+  encoder's keys and values: input_len of them)."""
+  tokens = jnp.zeros((batch_size, input_len), jnp.int32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens > -1,
+                                             method="prefill"))
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_steps", "sampling", "prefix_lm"))
-def _decode_window(params, context: Array, rng: Array, *, model: nn.Module, num_steps: int,
-                   sampling: SamplingConfig, prefix_lm: bool = False) -> Array:
-  """Prefills `context` (B, C) into a fresh cache, then samples num_steps tokens -> (B, n).
-  prefix_lm: the context is a bidirectional prefix, as the model was trained."""
-  cache = init_cache(model, context.shape[0])
-  extra = {}
-  if prefix_lm:
-    extra["prefix_lengths"] = jnp.full((context.shape[0],), context.shape[1], jnp.int32)
-  logits, updates = model.apply({"params": params, "cache": cache}, context, decode=True,
-                                mutable=["cache"], **extra)
+def _sample(params, inputs: Array, input_mask: Array, rng: Array, start_id=0, *,
+            model: nn.Module, num_steps: int, sampling: SamplingConfig,
+            prefix_lm: bool = False) -> Array:
+  """Prefill, then num_steps sampled tokens (B, num_steps) through the one step function."""
+  logits, cache = prefill(model, params, inputs, input_mask, prefix_lm=prefix_lm,
+                          start_id=start_id)
 
-  def step(carry, i):
-    cache, last_logits = carry
-    token = sample_logits(last_logits, jax.random.fold_in(rng, i), sampling)
-    logits, updates = model.apply({"params": params, "cache": cache}, token[:, None],
-                                  decode=True, mutable=["cache"])
-    return (updates["cache"], logits[:, -1]), token
+  def body(carry, i):
+    cache, logits = carry
+    token = sample_logits(logits, jax.random.fold_in(rng, i), sampling)
+    logits, cache = step(model, params, cache, token)
+    return (cache, logits), token
 
-  _, tokens = jax.lax.scan(step, (updates["cache"], logits[:, -1]), jnp.arange(num_steps))
+  _, tokens = jax.lax.scan(body, (cache, logits), jnp.arange(num_steps))
   return tokens.T  # (B, n)
+
+
+def _repeat_eos(new: np.ndarray, eos_id: int | None) -> np.ndarray:
+  """Everything after a row's first EOS becomes EOS."""
+  if eos_id is None:
+    return new
+  return np.where(np.cumsum(new == eos_id, axis=1) > 0, eos_id, new)
 
 
 def generate(model: nn.Module, params: Any, prompt: np.ndarray, max_new_tokens: int, rng: Array,
@@ -88,7 +118,8 @@ def generate(model: nn.Module, params: Any, prompt: np.ndarray, max_new_tokens: 
   """Continues each row of `prompt` (B, P) by max_new_tokens tokens; returns (B, P + new).
 
   Rows that emit eos_id keep it for the rest of the output. prefix_lm: attend bidirectionally
-  over the context at each (re)fill, as a prefix-LM model was trained.
+  over the context at each (re)fill, as a prefix-LM model was trained. When the context window
+  (model.max_len) is full, the cache is refilled from the most recent half window.
   """
   max_len = model.config.max_len
   tokens = np.asarray(prompt, np.int32)
@@ -99,11 +130,11 @@ def generate(model: nn.Module, params: Any, prompt: np.ndarray, max_new_tokens: 
   while remaining > 0:
     # Context: the whole history if it fits, else the most recent half window.
     keep = tokens.shape[1] if tokens.shape[1] < max_len else max_len // 2
-    context = tokens[:, -keep:]
+    context = jnp.asarray(tokens[:, -keep:])
     steps = min(remaining, max_len - keep)
-    new = np.asarray(_decode_window(params, jnp.asarray(context), jax.random.fold_in(rng, window),
-                                    model=model, num_steps=steps, sampling=sampling,
-                                    prefix_lm=prefix_lm))
+    new = np.asarray(_sample(params, context, jnp.ones(context.shape, bool),
+                             jax.random.fold_in(rng, window), model=model, num_steps=steps,
+                             sampling=sampling, prefix_lm=prefix_lm))
     tokens = np.concatenate([tokens, new], axis=1)
     remaining -= steps
     window += 1
@@ -111,31 +142,8 @@ def generate(model: nn.Module, params: Any, prompt: np.ndarray, max_new_tokens: 
       done = np.cumsum(tokens[:, prompt.shape[1]:] == eos_id, axis=1) > 0
       if done[:, -1].all():
         break
-  if eos_id is not None:  # everything after a row's first EOS becomes EOS
-    generated = tokens[:, prompt.shape[1]:]
-    after = np.cumsum(generated == eos_id, axis=1) > 0
-    tokens[:, prompt.shape[1]:] = np.where(after, eos_id, generated)
+  tokens[:, prompt.shape[1]:] = _repeat_eos(tokens[:, prompt.shape[1]:], eos_id)
   return tokens
-
-
-@functools.partial(jax.jit, static_argnames=("model", "num_steps"))
-def _greedy_padded(params, prompts: Array, prompt_lengths: Array, *, model: nn.Module,
-                   num_steps: int) -> Array:
-  """Greedy continuation of right-padded prompts (B, P) of lengths (B,) -> (B, num_steps)."""
-  cache = init_cache(model, prompts.shape[0])
-  logits, updates = model.apply({"params": params, "cache": cache}, prompts, decode=True,
-                                prompt_lengths=prompt_lengths, mutable=["cache"])
-  last = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
-
-  def step(carry, _):
-    cache, last_logits = carry
-    token = jnp.argmax(last_logits, axis=-1).astype(jnp.int32)
-    logits, updates = model.apply({"params": params, "cache": cache}, token[:, None],
-                                  decode=True, mutable=["cache"])
-    return (updates["cache"], logits[:, -1]), token
-
-  _, tokens = jax.lax.scan(step, (updates["cache"], last), None, length=num_steps)
-  return tokens.T
 
 
 def generate_padded(model: nn.Module, params: Any, prompts: np.ndarray,
@@ -146,34 +154,10 @@ def generate_padded(model: nn.Module, params: Any, prompts: np.ndarray,
   if prompts.shape[1] + max_new_tokens > model.config.max_len:
     raise ValueError(f"prompts ({prompts.shape[1]}) + max_new_tokens ({max_new_tokens}) exceed "
                      f"model.max_len={model.config.max_len}")
-  new = np.asarray(_greedy_padded(params, jnp.asarray(prompts, jnp.int32),
-                                  jnp.asarray(prompt_lengths, jnp.int32), model=model,
-                                  num_steps=max_new_tokens))
-  if eos_id is not None:
-    new = np.where(np.cumsum(new == eos_id, axis=1) > 0, eos_id, new)
-  return new
-
-
-@functools.partial(jax.jit, static_argnames=("model", "num_steps", "sampling"))
-def _decode_seq2seq(params, encoder_tokens: Array, encoder_mask: Array, rng: Array, start_id,
-                    *, model: nn.Module, num_steps: int, sampling: SamplingConfig) -> Array:
-  """Encodes once, then samples num_steps decoder tokens with the decoder's KV cache."""
-  encoded = model.apply({"params": params}, encoder_tokens, input_mask=encoder_mask,
-                        method="encode")
-  b = encoder_tokens.shape[0]
-  cache = init_cache(model, b, encoder_tokens.shape[1])
-
-  def step(carry, i):
-    cache, token = carry
-    logits, updates = model.apply({"params": params, "cache": cache}, encoded, token[:, None],
-                                  encoder_mask=encoder_mask, decode=True, mutable=["cache"],
-                                  method="decode")
-    token = sample_logits(logits[:, -1], jax.random.fold_in(rng, i), sampling)
-    return (updates["cache"], token), token
-
-  start = jnp.full((b,), start_id, jnp.int32)
-  _, tokens = jax.lax.scan(step, (cache, start), jnp.arange(num_steps))
-  return tokens.T  # (B, n)
+  mask = np.arange(prompts.shape[1])[None] < np.asarray(prompt_lengths)[:, None]
+  new = _sample(params, jnp.asarray(prompts, jnp.int32), jnp.asarray(mask), jax.random.key(0),
+                model=model, num_steps=max_new_tokens, sampling=SamplingConfig(temperature=0.0))
+  return _repeat_eos(np.asarray(new), eos_id)
 
 
 def generate_seq2seq(model: nn.Module, params: Any, encoder_tokens: np.ndarray,
@@ -186,13 +170,9 @@ def generate_seq2seq(model: nn.Module, params: Any, encoder_tokens: np.ndarray,
   if max_new_tokens > max_len:
     raise ValueError(f"max_new_tokens={max_new_tokens} exceeds the decoder's context "
                      f"model.max_len={max_len}")
-  out = np.asarray(_decode_seq2seq(params, jnp.asarray(encoder_tokens),
-                                   jnp.asarray(encoder_mask, bool), rng, start_id, model=model,
-                                   num_steps=max_new_tokens, sampling=sampling))
-  if eos_id is not None:
-    after = np.cumsum(out == eos_id, axis=1) > 0
-    out = np.where(after, eos_id, out)
-  return out
+  out = _sample(params, jnp.asarray(encoder_tokens), jnp.asarray(encoder_mask, bool), rng,
+                start_id, model=model, num_steps=max_new_tokens, sampling=sampling)
+  return _repeat_eos(np.asarray(out), eos_id)
 
 
 def fill_masks(model: nn.Module, params: Any, tokens: np.ndarray, mask_id: int,
@@ -215,60 +195,30 @@ def fill_masks(model: nn.Module, params: Any, tokens: np.ndarray, mask_id: int,
 
 
 def _select_rows(cache: Any, rows: Array) -> Any:
-  """Reorders the per-row cache arrays (leading axis B*K); scalar counters are shared. The
-  caches of scanned layers (model.scan_layers) carry a layer axis first, rows second."""
+  """Reorders the per-row cache arrays (leading axis B*K). The caches of scanned layers
+  (model.scan_layers) carry a layer axis first, rows second."""
 
   def select(path, x):
     scanned = any(getattr(k, "key", None) == models.SCANNED_LAYERS for k in path)
-    if x.ndim == int(scanned):  # a counter (one per layer when scanned)
-      return x
     return x[:, rows] if scanned else x[rows]
 
   return jax.tree_util.tree_map_with_path(select, cache)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "beam_size", "num_steps", "seq2seq",
-                                             "prefix_lm"))
-def _beam_search(params, inputs: Array, input_mask: Array, eos_id, start_id,
-                 length_penalty, prompt_lengths=None, *, model: nn.Module, beam_size: int,
-                 num_steps: int, seq2seq: bool, prefix_lm: bool = False):
+@functools.partial(jax.jit, static_argnames=("model", "beam_size", "num_steps", "prefix_lm"))
+def _beam_search(params, inputs: Array, input_mask: Array, eos_id, start_id, length_penalty, *,
+                 model: nn.Module, beam_size: int, num_steps: int, prefix_lm: bool = False):
   b, k = inputs.shape[0], beam_size
-  rows_in = jnp.repeat(inputs, k, axis=0)  # (B*K, P): every beam starts from its row's input
-  if seq2seq:
-    mask_in = jnp.repeat(input_mask, k, axis=0)
-    encoded = model.apply({"params": params}, rows_in, input_mask=mask_in, method="encode")
-    cache = init_cache(model, b * k, inputs.shape[1])
-
-    def step_logits(cache, tokens):  # tokens (B*K, 1)
-      logits, upd = model.apply({"params": params, "cache": cache}, encoded, tokens,
-                                encoder_mask=mask_in, decode=True, mutable=["cache"],
-                                method="decode")
-      return logits[:, -1], upd["cache"]
-
-    logits, cache = step_logits(cache, jnp.full((b * k, 1), start_id, jnp.int32))
-  else:
-    extra = {}
-    lengths = jnp.full((b * k,), inputs.shape[1], jnp.int32)
-    if prompt_lengths is not None:  # right-padded prompts of different lengths
-      lengths = jnp.repeat(prompt_lengths, k, axis=0)
-      extra["prompt_lengths"] = lengths
-    if prefix_lm:
-      extra["prefix_lengths"] = lengths
-    logits, upd = model.apply({"params": params, "cache": init_cache(model, b * k)}, rows_in,
-                              decode=True, mutable=["cache"], **extra)
-    logits = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
-    cache = upd["cache"]
-
-    def step_logits(cache, tokens):
-      logits, upd = model.apply({"params": params, "cache": cache}, tokens, decode=True,
-                                mutable=["cache"])
-      return logits[:, -1], upd["cache"]
+  # Every beam starts from its row's input: B*K rows through the one prefill and step.
+  logits, cache = prefill(model, params, jnp.repeat(inputs, k, axis=0),
+                          jnp.repeat(input_mask, k, axis=0), prefix_lm=prefix_lm,
+                          start_id=start_id)
 
   vocab = logits.shape[-1]
   eos_only = jnp.full((vocab,), -jnp.inf).at[eos_id].set(0.0)  # a finished beam stays put
   scores = jnp.tile(jnp.array([0.0] + [-jnp.inf] * (k - 1)), (b, 1))  # one live beam at first
 
-  def step(carry, t):
+  def beam_step(carry, t):
     cache, logits, scores, finished, lengths, tokens = carry
     logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(b, k, vocab)
     logp = jnp.where(finished[..., None], eos_only, logp)
@@ -279,12 +229,12 @@ def _beam_search(params, inputs: Array, input_mask: Array, eos_id, start_id,
     tokens = jnp.take_along_axis(tokens, beam[..., None], axis=1).at[:, :, t].set(token)
     lengths = jnp.take_along_axis(lengths, beam, axis=1) + (~was_finished).astype(jnp.int32)
     finished = was_finished | (token == eos_id)
-    logits, cache = step_logits(_select_rows(cache, rows), token.reshape(-1, 1))
+    logits, cache = step(model, params, _select_rows(cache, rows), token.reshape(-1))
     return (cache, logits, top_scores, finished, lengths, tokens), None
 
   carry = (cache, logits, scores, jnp.zeros((b, k), bool), jnp.zeros((b, k), jnp.int32),
            jnp.zeros((b, k, num_steps), jnp.int32))
-  (_, _, scores, _, lengths, tokens), _ = jax.lax.scan(step, carry, jnp.arange(num_steps))
+  (_, _, scores, _, lengths, tokens), _ = jax.lax.scan(beam_step, carry, jnp.arange(num_steps))
   # GNMT length normalisation: score / ((5 + length) / 6) ** alpha; alpha = 0 keeps raw scores.
   normalized = scores / ((5.0 + lengths) / 6.0) ** length_penalty
   order = jnp.argsort(-normalized, axis=1)
@@ -306,7 +256,7 @@ def beam_search(model: nn.Module, params: Any, inputs: np.ndarray, beam_size: in
   length-normalised log-probability. A beam ends at its EOS: later positions hold EOS and
   add nothing to its score; its length counts the tokens up to and including that EOS.
   """
-  seq2seq = isinstance(model, models.EncoderDecoder)
+  seq2seq = model.config.family == "encoder_decoder"
   inputs = np.asarray(inputs, np.int32)
   if not seq2seq and inputs.shape[1] + max_new_tokens > model.config.max_len:
     raise ValueError(f"prompt ({inputs.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
@@ -316,10 +266,9 @@ def beam_search(model: nn.Module, params: Any, inputs: np.ndarray, beam_size: in
                      f"{model.config.max_len}")
   if input_mask is None:
     input_mask = np.ones(inputs.shape, bool)
-  if prompt_lengths is not None:
-    prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
+  if prompt_lengths is not None:  # right-padded prompts of different lengths
+    input_mask = np.arange(inputs.shape[1])[None] < np.asarray(prompt_lengths)[:, None]
   out = _beam_search(params, jnp.asarray(inputs), jnp.asarray(input_mask, bool), eos_id,
-                     start_id, float(length_penalty), prompt_lengths, model=model,
-                     beam_size=beam_size,
-                     num_steps=max_new_tokens, seq2seq=seq2seq, prefix_lm=prefix_lm)
+                     start_id, float(length_penalty), model=model, beam_size=beam_size,
+                     num_steps=max_new_tokens, prefix_lm=prefix_lm)
   return tuple(np.asarray(x) for x in out)

@@ -61,15 +61,17 @@ def evaluate_workdir(workdir: str, split: str = "", step: int | None = None,
           **{k.removeprefix("eval/"): v for k, v in metrics.items()}}
 
 
-def check_output(output: epath.Path, what: str = "--output folder") -> None:
-  """--output must be a file that can be written (checked before the evaluation runs)."""
+def check_output(output: epath.Path, what: str = "--output folder", flag: str = "--output",
+                 example: str = "eval.json") -> None:
+  """--output (or --predictions) must be a file that can be written (checked before the
+  evaluation runs)."""
   if paths.is_url(output):
     return
   if output.is_dir():
-    raise UserError(f"--output={output} is a folder; name a file (e.g. {output / 'eval.json'})")
+    raise UserError(f"{flag}={output} is a folder; name a file (e.g. {output / example})")
   folder = output.parent
   if not folder.is_dir():
-    raise UserError(f"--output={output}: folder {folder} does not exist; create it first")
+    raise UserError(f"{flag}={output}: folder {folder} does not exist; create it first")
   workdir_lib.check_writable(folder, what)
 
 
@@ -85,14 +87,22 @@ def main(argv) -> None:
   f = flags.FLAGS
 
   def body():
-    output = epath.Path(f.output) if f.output else epath.Path(f.workdir) / "eval.json"
+    workdir = paths.workdir_path(f.workdir)
+    paths.check_bucket(workdir)
+    if not paths.is_url(workdir) and not workdir.is_dir():
+      raise UserError(f"--workdir {workdir} {'is a file' if workdir.exists() else 'does not exist'}"
+                      ": not a training workdir; pass the --workdir of a run started with "
+                      "research.train")
+    output = epath.Path(f.output) if f.output else workdir / "eval.json"
     paths.check_bucket(output)  # before the evaluation, not after it
     check_output(output, "--output folder" if f.output else "--workdir")
     if f.predictions:
       paths.check_bucket(f.predictions)
+      check_output(paths.workdir_path(f.predictions), "--predictions folder", "--predictions",
+                   "predictions.jsonl")
     # Writing into the workdir waits for no one: a run training there holds its lock.
-    in_workdir = not f.output and paths.workdir_path(f.workdir).is_dir()
-    with (workdir_lib.lock(paths.workdir_path(f.workdir), "research.evaluate") if in_workdir
+    in_workdir = not f.output and workdir.is_dir()
+    with (workdir_lib.lock(workdir, "research.evaluate") if in_workdir
           else contextlib.nullcontext()):
       result = evaluate_workdir(f.workdir, f.split, f.step, f.predictions)
       for key, value in result.items():

@@ -66,8 +66,10 @@ def generate_text(workdir: str, prompt: str, max_new_tokens: int, sampling: deco
     raise UserError(f"--max_new_tokens={max_new_tokens} must be >= 0")
   if not (math.isfinite(sampling.temperature) and sampling.temperature >= 0):
     raise UserError(f"--temperature={sampling.temperature} must be a number >= 0 (0: greedy)")
-  if not 0 < sampling.top_p <= 1 or sampling.top_k < 0:
-    raise UserError("--temperature must be >= 0, --top_p in (0, 1], --top_k >= 0")
+  if not 0 < sampling.top_p <= 1:
+    raise UserError(f"--top_p={sampling.top_p} must be in (0, 1] (1: off)")
+  if sampling.top_k < 0:
+    raise UserError(f"--top_k={sampling.top_k} must be >= 0 (0: off)")
   if num_samples < 1:
     raise UserError(f"--num_samples={num_samples} must be >= 1")
   config, model, params = restore_params(workdir)

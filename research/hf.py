@@ -642,6 +642,11 @@ def export_params(cfg: ModelConfig, params: Any,
                   special_ids: dict[str, int] | None = None) -> tuple[dict, dict, list[str]]:
   """(HF config, HF tensors, notes) of our parameters; ConvertError names what HF cannot hold."""
   arch = ARCHITECTURES[FAMILY_ARCHITECTURE[cfg.family]]
+  if cfg.attention_window:
+    raise ConvertError(f"model.attention_window={cfg.attention_window}: the Hugging Face "
+                       f"{FAMILY_ARCHITECTURE[cfg.family]} architecture has no sliding-window "
+                       "attention, so the export would compute something else; export a model "
+                       "trained with attention_window=0")
   flat = {k: np.asarray(v, np.float32)
           for k, v in traverse_util.flatten_dict(jax.device_get(nn.unbox(params)), sep="/").items()}
   if cfg.scan_layers:

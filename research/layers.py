@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research import attention
+from research.attention import MaskSpec
 from research.config import ModelConfig
 from research.sharding import fit_spec
 
@@ -355,120 +357,85 @@ class Mlp(nn.Module):
 class Attention(nn.Module):
   """Multi-head attention with N query heads sharing K key/value heads (MHA, GQA, MQA).
 
-  Self-attention when `kv` is None, cross-attention otherwise. `mask` (B, 1, T, S) is True where
-  a query may attend to a key; `bias` (B, N, T, S) is added to the logits (T5 relative bias).
-  With `decode=True` the keys and values are appended to a cache (collection 'cache') of max_len
-  slots, and the queries attend to the cached slots: `mask` is then over (T, max_len) slots, or,
-  if None, causal over what is cached so far. One code path for prefill and for each new token.
+  Self-attention when `kv` is None, cross-attention over `kv` (the encoder's output) otherwise.
+  What each query may see is `spec` (attention.MaskSpec, built once per Stack); `bias`
+  (B, N, T, S) is added to the logits (T5's relative positions).
+
+  decode=True keeps keys and values in a cache (collection 'cache'). Self-attention: the queries
+  attend to the cache slots and to the chunk itself (spec's keys, set up by the Stack), then the
+  chunk is written at `cache_slots` (B, T) (an index past the cache drops a token). Cross-
+  attention: the encoder's keys and values are projected once, when `kv` is given (the prefill),
+  and read from the cache at every later step (kv None).
   """
 
   config: ModelConfig
   use_rope: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, kv: Array | None = None, *, mask: Array | None = None,
-               bias: Array | None = None, q_positions: Array | None = None,
-               k_positions: Array | None = None, decode: bool = False,
+  def __call__(self, x: Array, kv: Array | None = None, *, spec: MaskSpec,
+               bias: Array | None = None, cache_slots: Array | None = None,
+               is_cross: bool = False, decode: bool = False,
                deterministic: bool = True) -> Array:
     cfg = self.config
     n, k, h = cfg.num_heads, cfg.resolved_kv_heads, cfg.resolved_head_dim
-    is_cross = kv is not None
-    kv = x if kv is None else kv
     proj = functools.partial(Linear, config=cfg, use_bias=cfg.use_bias)
     q = proj((n, h), ("embed", "heads", "head_dim"), name="query")(x)  # (B, T, N, H)
-    key = proj((k, h), ("embed", "kv_heads", "head_dim"), name="key")(kv)  # (B, S, K, H)
-    value = proj((k, h), ("embed", "kv_heads", "head_dim"), name="value")(kv)  # (B, S, K, H)
+    if is_cross and decode:
+      key, value = self._cross_keys_values(kv, proj)
+    else:
+      kv = x if kv is None else kv
+      key = proj((k, h), ("embed", "kv_heads", "head_dim"), name="key")(kv)  # (B, S, K, H)
+      value = proj((k, h), ("embed", "kv_heads", "head_dim"), name="value")(kv)  # (B, S, K, H)
     if self.use_rope:
-      q = apply_rope(q, q_positions, cfg.rope_base)
-      key = apply_rope(key, k_positions, cfg.rope_base)
+      q = apply_rope(q, spec.q_positions, cfg.rope_base)
+      key = apply_rope(key, spec.q_positions, cfg.rope_base)  # the chunk's own positions
     if decode and not is_cross:
-      key, value, cache_mask = self._append_to_cache(key, value)
-      mask = cache_mask if mask is None else mask
-    out = attention_core(q, key, value, mask=mask, bias=bias, config=cfg,
-                         dropout=self._attention_dropout(deterministic))  # (B, T, N, H)
-    out = constrain(out, BATCH, LENGTH, HEADS, None)
+      key, value = self._cached_and_new(key, value, cache_slots)
+    dropout = None
+    if not deterministic and cfg.dropout_rate > 0.0:
+      dropout = nn.Dropout(cfg.dropout_rate, deterministic=False)
+    out = attention.attend(
+        q, key, value, spec, choice=cfg.attention, platform=target_platform(),
+        scale=None if cfg.scale_attention else 1.0, operand_dtype=dtype(cfg.matmul_dtype),
+        bias=bias, dropout=dropout, decode=decode)  # (B, T, N, H) float32
+    out = constrain(out.astype(dtype(cfg.activation_dtype)), BATCH, LENGTH, HEADS, None)
     return proj((cfg.embed_dim,), ("heads", "head_dim", "embed"), in_dims=2,
                 init_std=cfg.init_std / np.sqrt(2 * cfg.num_layers), name="out")(out)
 
-  def _attention_dropout(self, deterministic: bool):
-    if deterministic or self.config.dropout_rate == 0.0:
-      return None
-    return nn.Dropout(self.config.dropout_rate, deterministic=False)
+  def _cross_keys_values(self, encoded: Array | None, proj):
+    """Cross-attention while decoding: the encoder's keys/values, projected once per input."""
+    cfg = self.config
+    k, h = cfg.resolved_kv_heads, cfg.resolved_head_dim
+    key_proj = proj((k, h), ("embed", "kv_heads", "head_dim"), name="key")
+    value_proj = proj((k, h), ("embed", "kv_heads", "head_dim"), name="value")
+    if encoded is not None:  # the prefill (and init): project and keep
+      key, value = key_proj(encoded), value_proj(encoded)
+      cached_key = self.variable("cache", "cross_key", lambda: key)
+      cached_value = self.variable("cache", "cross_value", lambda: value)
+      cached_key.value, cached_value.value = key, value
+      return key, value
+    return self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
 
-  def _append_to_cache(self, key: Array, value: Array):
-    """Writes (B, T, K, H) keys/values at the cache index; returns the whole cache and its mask."""
+  def _cached_and_new(self, key: Array, value: Array, slots: Array):
+    """(cache slots + chunk) keys and values for the chunk's queries; writes the chunk."""
     b, t, k, h = key.shape
-    max_len = self.config.max_len
-    cached_key = self.variable("cache", "cached_key", jnp.zeros, (b, max_len, k, h), key.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros, (b, max_len, k, h), value.dtype)
-    index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-    start = index.value
-    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
-    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value,
-                                                      (0, start, 0, 0))
-    index.value = start + t
-    query_slot = start + jnp.arange(t)  # cache slot of each new query
-    key_slot = jnp.arange(max_len)
-    mask = (key_slot[None, :] <= query_slot[:, None])[None, None]  # (1, 1, T, max_len)
-    return cached_key.value, cached_value.value, mask
+    size = cache_size(self.config)
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, (b, size, k, h), key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, (b, size, k, h),
+                                 value.dtype)
+    all_key = jnp.concatenate([cached_key.value, key], axis=1)  # (B, C + T, K, H)
+    all_value = jnp.concatenate([cached_value.value, value], axis=1)
+    rows = jnp.arange(b)[:, None]
+    cached_key.value = cached_key.value.at[rows, slots].set(key, mode="drop")
+    cached_value.value = cached_value.value.at[rows, slots].set(value, mode="drop")
+    return all_key, all_value
 
 
-def _library_attention(q, k, v, *, bias, mask, scale, choice: str) -> Array:
-  """jax.nn.dot_product_attention with the implementation model.attention asks for.
-
-  "auto" tries cuDNN on a GPU for 16-bit operands over more than one query (not single-token
-  decoding steps), and falls back to XLA when cuDNN refuses the shapes while tracing.
-  """
-  if choice == "auto":
-    if (target_platform() not in ("gpu", "cuda", "rocm")
-        or q.dtype not in (jnp.bfloat16, jnp.float16) or q.shape[1] == 1):
-      choice = "xla"
-    else:
-      try:
-        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
-                                            implementation="cudnn")
-      except (NotImplementedError, ValueError, TypeError):
-        choice = "xla"
-  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
-                                      implementation=choice)
-
-
-def attention_core(q: Array, k: Array, v: Array, *, mask: Array | None, bias: Array | None,
-                   config: ModelConfig, dropout: nn.Dropout | None = None) -> Array:
-  """softmax(q k^T / sqrt(H) + bias, masked) v for q (B, T, N, H), k and v (B, S, K, H);
-  without the 1/sqrt(H) when config.scale_attention is False (T5)."""
-  operand = dtype(config.matmul_dtype)
-  q, k, v = q.astype(operand), k.astype(operand), v.astype(operand)
-  if dropout is None and (config.attention == "cudnn" or (
-      config.attention == "auto" and target_platform() in ("gpu", "cuda", "rocm"))):
-    # The library kernel: fused (cuDNN flash attention) where it applies.
-    scale = None if config.scale_attention else 1.0  # None: the library's 1/sqrt(H)
-    return _library_attention(q, k, v, bias=bias, mask=mask, scale=scale,
-                              choice=config.attention).astype(dtype(config.activation_dtype))
-  # Written out: dropout on the attention weights needs the probabilities, which the fused
-  # kernel never forms; elsewhere (CPUs) batched_matmul keeps bfloat16 products bfloat16 in the
-  # backward pass, which the library's XLA path does not.
-  b, t, n, h = q.shape
-  s, kv_heads = k.shape[1], k.shape[2]
-  groups = n // kv_heads
-  # (B, K, G*T, H) queries, (B, K, H, S) keys, (B, K, S, H) values: row-major batched products.
-  q = _materialized(q.reshape(b, t, kv_heads, groups, h), (0, 2, 3, 1, 4), operand)
-  q = q.reshape(b, kv_heads, groups * t, h)
-  logits = batched_matmul(q, _materialized(k, (0, 2, 3, 1), operand), operand)
-  logits = logits.reshape(b, n, t, s)
-  if config.scale_attention:
-    logits = logits / np.sqrt(h)
-  if bias is not None:
-    logits = logits + bias
-  if mask is not None:
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1)  # (B, N, T, S)
-  if dropout is not None:
-    probs = dropout(probs)
-  probs = probs.reshape(b, kv_heads, groups * t, s)
-  out = batched_matmul(probs, _materialized(v, (0, 2, 1, 3), operand), operand)
-  out = out.reshape(b, kv_heads, groups, t, h).transpose(0, 3, 1, 2, 4)  # (B, T, K, G, H)
-  return out.reshape(b, t, n, h).astype(dtype(config.activation_dtype))
+def cache_size(config: ModelConfig) -> int:
+  """Slots of a self-attention KV cache: the window, or the whole context."""
+  if config.attention_window:
+    return min(config.attention_window, config.max_len)
+  return config.max_len
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,12 +453,11 @@ class Block(nn.Module):
   has_cross_attention: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, *, mask: Array | None, bias: Array | None = None,
-               positions: Array | None = None, encoded: Array | None = None,
-               cross_mask: Array | None = None, decode: bool = False,
+  def __call__(self, x: Array, *, spec: MaskSpec, bias: Array | None = None,
+               cache_slots: Array | None = None, encoded: Array | None = None,
+               cross_spec: MaskSpec | None = None, decode: bool = False,
                deterministic: bool = True) -> Array:
     cfg = self.config
-    use_rope = cfg.position == "rope"
 
     def residual(x, branch, name):
       drop = nn.Dropout(cfg.dropout_rate)
@@ -499,40 +465,15 @@ class Block(nn.Module):
         return x + drop(branch(make_norm(cfg, f"{name}_norm")(x)), deterministic=deterministic)
       return make_norm(cfg, f"{name}_norm")(x + drop(branch(x), deterministic=deterministic))
 
-    self_attention = Attention(cfg, use_rope=use_rope, name="self_attention")
+    self_attention = Attention(cfg, use_rope=cfg.position == "rope", name="self_attention")
     x = residual(x, lambda y: self_attention(
-        y, mask=mask, bias=bias, q_positions=positions, k_positions=positions, decode=decode,
+        y, spec=spec, bias=bias, cache_slots=cache_slots, decode=decode,
         deterministic=deterministic), "self_attention")
     if self.has_cross_attention:
       cross_attention = Attention(cfg, name="cross_attention")  # no rotation across sequences
       x = residual(x, lambda y: cross_attention(
-          y, encoded, mask=cross_mask, deterministic=deterministic), "cross_attention")
+          y, encoded, spec=cross_spec, is_cross=True, decode=decode,
+          deterministic=deterministic), "cross_attention")
     mlp = Mlp(cfg, name="mlp")
     x = residual(x, lambda y: mlp(y, deterministic=deterministic), "mlp")
     return constrain(x, BATCH, LENGTH, EMBED)
-
-
-# ---------------------------------------------------------------------------------------------
-# Masks
-# ---------------------------------------------------------------------------------------------
-
-
-def causal_mask(q_positions: Array, k_positions: Array) -> Array:
-  """(B, T), (B, S) -> (B, 1, T, S): a query sees keys at its own position or earlier."""
-  return (k_positions[:, None, :] <= q_positions[:, :, None])[:, None]
-
-
-def padding_mask(q_valid: Array, k_valid: Array) -> Array:
-  """(B, T), (B, S) bool -> (B, 1, T, S): only real (non-padding) queries and keys interact."""
-  return (q_valid[:, :, None] & k_valid[:, None, :])[:, None]
-
-
-def prefix_mask(k_positions: Array, prefix_lengths: Array) -> Array:
-  """(B, S), (B,) -> (B, 1, 1, S): every query may see the keys inside its row's prefix."""
-  return (k_positions < prefix_lengths[:, None])[:, None, None, :]
-
-
-def segment_mask(q_segments: Array, k_segments: Array) -> Array:
-  """Packed sequences: a token attends only within its own segment (ids > 0; 0 = padding)."""
-  return ((q_segments[:, :, None] == k_segments[:, None, :]) & (k_segments[:, None, :] > 0))[:,
-                                                                                             None]

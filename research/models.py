@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import layers
+from research.attention import MaskSpec
 from research.config import ModelConfig
 
 Array = jax.Array
@@ -29,14 +30,6 @@ Array = jax.Array
 def default_positions(tokens: Array) -> Array:
   b, t = tokens.shape
   return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-
-
-def next_positions(module: nn.Module, tokens: Array) -> Array:
-  """Decode mode: the next T cache slots of `module`'s KV cache (a counter in 'cache')."""
-  index = module.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
-  start = index.value
-  index.value = start + tokens.shape[1]
-  return start + default_positions(tokens)
 
 
 # Name of a Stack's scanned blocks (model.scan_layers): their parameters and KV caches are those
@@ -54,9 +47,9 @@ class _LiftedBlock(layers.Block):
   deterministic: bool = True
   scanned: bool = False  # return (carry, None), as nn.scan expects
 
-  def __call__(self, x, mask, bias, positions, encoded, cross_mask):
-    x = super().__call__(x, mask=mask, bias=bias, positions=positions, encoded=encoded,
-                         cross_mask=cross_mask, decode=self.decode,
+  def __call__(self, x, spec, bias, cache_slots, encoded, cross_spec):
+    x = super().__call__(x, spec=spec, bias=bias, cache_slots=cache_slots, encoded=encoded,
+                         cross_spec=cross_spec, decode=self.decode,
                          deterministic=self.deterministic)
     return (x, None) if self.scanned else x
 
@@ -64,9 +57,17 @@ class _LiftedBlock(layers.Block):
 class Stack(nn.Module):
   """Positions + embedding norm/dropout + `num_layers` Blocks + final norm: every family's body.
 
-  x: token embeddings (B, T, E). Learned positions are added here; RoPE is applied inside
+  x: token embeddings (B, T, E). The Stack builds its layers' one attention description
+  (attention.MaskSpec) from `segment_ids` (B, T) (packed examples 1, 2, ...; padding 0; None:
+  one sequence per row), `positions` (B, T) (default 0..T-1), `prefix_lengths` (B,) and the
+  config's window, causal or not. Learned positions are added here; RoPE is applied inside
   attention; a T5 relative bias is computed once and shared by all layers. Post-norm models
   (BERT) normalise the embeddings; pre-norm models (GPT, T5) normalise the output.
+
+  decode=True (causal stacks): the tokens continue each row's cache. The Stack keeps the one
+  position counter (next_position (B,)) and, for every cache slot, the position and segment of
+  the token in it; the chunk's real tokens (segment > 0) take the next positions and the slots
+  position % cache size, so a windowed cache holds the last `attention_window` positions.
 
   model.scan_layers runs the blocks as one nn.scan (parameters under SCANNED_LAYERS, stacked on
   a leading layer axis): one block is compiled instead of num_layers. model.remat recomputes
@@ -77,31 +78,47 @@ class Stack(nn.Module):
   config: ModelConfig
   num_layers: int
   has_cross_attention: bool = False
-  bidirectional: bool = True  # relative-position buckets: both directions (encoder) or past only
+  causal: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, *, mask: Array | None, positions: Array | None = None,
-               encoded: Array | None = None, cross_mask: Array | None = None,
-               decode: bool = False, deterministic: bool = True) -> Array:
+  def __call__(self, x: Array, *, positions: Array | None = None,
+               segment_ids: Array | None = None, prefix_lengths: Array | None = None,
+               packed: bool = False, encoded: Array | None = None,
+               encoder_segment_ids: Array | None = None, decode: bool = False,
+               deterministic: bool = True) -> Array:
     cfg = self.config
-    if positions is None:
-      positions = next_positions(self, x[..., 0]) if decode else default_positions(x[..., 0])
+    cache_slots = None
+    if decode:
+      spec, cache_slots = self._decoding_spec(x, segment_ids, prefix_lengths)
+    else:
+      positions = default_positions(x[..., 0]) if positions is None else positions
+      spec = MaskSpec.self_attention(positions, segment_ids, causal=self.causal,
+                                     window=cfg.attention_window, prefix_lengths=prefix_lengths,
+                                     packed=packed)
     if cfg.position == "learned":
-      x = x + layers.LearnedPositions(cfg, name="position_embed")(positions)
+      x = x + layers.LearnedPositions(cfg, name="position_embed")(spec.q_positions)
     if cfg.norm_position == "post":
       x = layers.make_norm(cfg, "embed_norm")(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain(x, layers.BATCH, layers.LENGTH, layers.EMBED)
     bias = None
     if cfg.position == "relative":
-      key_positions = jnp.arange(cfg.max_len)[None] if decode else positions  # decode: slots
-      bias = layers.RelativePositionBias(cfg, self.bidirectional, name="relative_bias")(
-          positions, key_positions)
+      bias = layers.RelativePositionBias(cfg, not self.causal, name="relative_bias")(
+          spec.q_positions, spec.k_positions)
+    cross_spec = None
+    if self.has_cross_attention:
+      if decode:  # the encoder's segments, kept with its keys and values at the prefill
+        kept = self.variable("cache", "encoder_segment_ids", lambda: encoder_segment_ids)
+        if encoded is not None:
+          kept.value = encoder_segment_ids
+        encoder_segment_ids = kept.value
+      cross_spec = MaskSpec.cross_attention(None if decode else segment_ids,
+                                            encoder_segment_ids, packed=packed)
     block = _LiftedBlock
     if cfg.remat != "none" and not decode:  # decoding has no backward pass to save memory for
       # Inside a scan, CSE cannot undo the recomputation, so the barrier is not needed there.
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-    args = (mask, bias, positions, encoded, cross_mask)  # the same for every layer
+    args = (spec, bias, cache_slots, encoded, cross_spec)  # the same for every layer
     modes = dict(decode=decode, deterministic=deterministic)
     if cfg.scan_layers:
       scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
@@ -116,6 +133,33 @@ class Stack(nn.Module):
     if cfg.norm_position == "pre":
       x = layers.make_norm(cfg, "final_norm")(x)
     return x
+
+  def _decoding_spec(self, x: Array, segment_ids: Array | None,
+                     prefix_lengths: Array | None) -> tuple[MaskSpec, Array]:
+    """The chunk's queries against the cache slots + the chunk, and the slots it is written to."""
+    cfg = self.config
+    b, t = x.shape[:2]
+    size = layers.cache_size(cfg)
+    next_position = self.variable("cache", "next_position", jnp.zeros, (b,), jnp.int32)
+    slot_positions = self.variable("cache", "slot_positions", jnp.zeros, (b, size), jnp.int32)
+    slot_segments = self.variable("cache", "slot_segments", jnp.zeros, (b, size), jnp.int32)
+    if segment_ids is None:
+      segment_ids = jnp.ones((b, t), jnp.int32)
+    positions = next_position.value[:, None] + jnp.arange(t, dtype=jnp.int32)  # (B, T)
+    real = segment_ids > 0  # a right-padded prompt's padding is neither seen nor kept
+    end = next_position.value + jnp.sum(real, axis=1, dtype=jnp.int32)  # (B,)
+    kept = real & (positions >= end[:, None] - size)  # a chunk longer than the cache: its tail
+    slots = jnp.where(kept, positions % size, size)  # (B, T); `size` is dropped when written
+    spec = MaskSpec.self_attention(
+        positions, segment_ids, causal=self.causal, window=cfg.attention_window,
+        prefix_lengths=prefix_lengths).with_keys(
+            jnp.concatenate([slot_positions.value, positions], axis=1),
+            jnp.concatenate([slot_segments.value, segment_ids], axis=1))
+    rows = jnp.arange(b)[:, None]
+    slot_positions.value = slot_positions.value.at[rows, slots].set(positions, mode="drop")
+    slot_segments.value = slot_segments.value.at[rows, slots].set(segment_ids, mode="drop")
+    next_position.value = end
+    return spec, slots
 
 
 def lm_head(config: ModelConfig, embed: layers.Embed, x: Array) -> Array:
@@ -133,37 +177,18 @@ def decoder_hidden(module: nn.Module, tokens: Array, *, positions: Array | None 
                    deterministic: bool = True) -> tuple[layers.Embed, Array]:
   """The GPT body, built inside `module`'s compact method: (token embedding, hidden (B, T, E)).
 
-  Decode mode keeps the KV cache in slots 0..max_len-1. A prefill of right-padded prompts passes
-  `prompt_lengths` (B,): row r's padding slots are never attended to, and its generated tokens
-  take positions prompt_lengths[r], prompt_lengths[r] + 1, ... although they sit in later slots.
+  segment_ids/positions: packed rows (training). prompt_lengths (B,): right-padded prompts
+  (decoding's prefill): row r's padding is never attended to, and its generated tokens take
+  positions prompt_lengths[r], prompt_lengths[r] + 1, ...
   """
   cfg = module.config
-  if decode:  # queries sit at the next cache slots; keys are all max_len slots
-    b = tokens.shape[0]
-    slots = next_positions(module, tokens)
-    key_slots = jnp.arange(cfg.max_len)[None]
-    # Zero-initialised like the rest of the cache (decode.init_cache): no slot is padding.
-    padding = module.variable("cache", "padding_slots", jnp.zeros, (b, cfg.max_len), bool)
-    shift = module.variable("cache", "position_shift", jnp.zeros, (b,), jnp.int32)
-    positions = slots - shift.value[:, None]
-    if prompt_lengths is not None:  # only at the prefill, which starts at slot 0
-      written = (key_slots >= slots[:, :1]) & (key_slots <= slots[:, -1:])
-      padding.value = jnp.where(written, key_slots >= prompt_lengths[:, None], padding.value)
-      shift.value = tokens.shape[1] - prompt_lengths
-    mask = layers.causal_mask(slots, key_slots)
-    if prefix_lengths is not None:
-      mask = mask | layers.prefix_mask(key_slots, prefix_lengths)
-    mask = mask & ~padding.value[:, None, None, :]
-  else:
-    positions = default_positions(tokens) if positions is None else positions
-    mask = layers.causal_mask(positions, positions)
-    if prefix_lengths is not None:
-      mask = mask | layers.prefix_mask(positions, prefix_lengths)
-    if segment_ids is not None:
-      mask = mask & layers.segment_mask(segment_ids, segment_ids)
+  packed = segment_ids is not None
+  if prompt_lengths is not None:
+    segment_ids = (jnp.arange(tokens.shape[1])[None] < prompt_lengths[:, None]).astype(jnp.int32)
   embed = layers.Embed(cfg.vocab_size, cfg, name="token_embed")
-  x = Stack(cfg, cfg.num_layers, bidirectional=False, name="decoder")(
-      embed(tokens), mask=mask, positions=positions, decode=decode, deterministic=deterministic)
+  x = Stack(cfg, cfg.num_layers, causal=True, name="decoder")(
+      embed(tokens), positions=positions, segment_ids=segment_ids,
+      prefix_lengths=prefix_lengths, packed=packed, decode=decode, deterministic=deterministic)
   return embed, x
 
 
@@ -182,6 +207,21 @@ class Decoder(nn.Module):
                               prefix_lengths=prefix_lengths, prompt_lengths=prompt_lengths,
                               decode=decode, deterministic=deterministic)
     return lm_head(self.config, embed, x)
+
+  def prefill(self, prompts: Array, input_mask: Array, *, prefix_lm: bool = False,
+              start_id: int = 0) -> Array:
+    """Decoding's first call: right-padded prompts (B, P) (input_mask True on their tokens) into
+    a fresh cache -> logits of each row's next token (B, V). prefix_lm: the prompt is attended
+    bidirectionally, as a prefix-LM model was trained. (start_id: encoder-decoders only.)"""
+    del start_id
+    lengths = jnp.sum(input_mask, axis=1, dtype=jnp.int32)
+    logits = self(prompts, prompt_lengths=lengths, prefix_lengths=lengths if prefix_lm else None,
+                  decode=True)
+    return jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+
+  def decode_step(self, tokens: Array) -> Array:
+    """One token per row (B,) after the cache -> logits of the next (B, V)."""
+    return self(tokens[:, None], decode=True)[:, -1]
 
 
 class DecoderClassifier(nn.Module):
@@ -204,11 +244,20 @@ class DecoderClassifier(nn.Module):
                          name="classifier")(last).astype(jnp.float32)
 
 
+def _segments(input_mask: Array | None, segment_ids: Array | None) -> Array | None:
+  """Segment ids (B, T) of an encoder input: packed ids as given, else 1 on real tokens and 0
+  on padding (input_mask), else None (every token real)."""
+  if segment_ids is not None or input_mask is None:
+    return segment_ids
+  return input_mask.astype(jnp.int32)
+
+
 class Encoder(nn.Module):
   """Bidirectional encoder (BERT body): returns hidden states (B, T, E).
 
   input_mask (B, T) is True on real tokens: padding is neither attended to nor attends.
-  token_types (B, T) are segment ids (BERT's sentence A/B), when config.num_token_types > 0.
+  segment_ids/positions (B, T): packed rows, several examples per row (0 on padding).
+  token_types (B, T) are BERT's sentence A/B ids, when config.num_token_types > 0.
   """
 
   config: ModelConfig
@@ -218,18 +267,17 @@ class Encoder(nn.Module):
     self.token_embed = layers.Embed(cfg.vocab_size, cfg)
     if cfg.num_token_types:
       self.type_embed = layers.Embed(cfg.num_token_types, cfg, axes=("token_types", "embed"))
-    self.stack = Stack(cfg, cfg.num_layers, bidirectional=True)
+    self.stack = Stack(cfg, cfg.num_layers)
 
   def __call__(self, tokens: Array, *, input_mask: Array | None = None,
-               token_types: Array | None = None, deterministic: bool = True) -> Array:
+               token_types: Array | None = None, positions: Array | None = None,
+               segment_ids: Array | None = None, deterministic: bool = True) -> Array:
     cfg = self.config
-    if input_mask is None:
-      input_mask = jnp.ones(tokens.shape, bool)
     x = self.token_embed(tokens)
     if cfg.num_token_types:
       x = x + self.type_embed(jnp.zeros_like(tokens) if token_types is None else token_types)
-    return self.stack(x, mask=layers.padding_mask(input_mask, input_mask),
-                      positions=default_positions(tokens), deterministic=deterministic)
+    return self.stack(x, positions=positions, segment_ids=_segments(input_mask, segment_ids),
+                      packed=segment_ids is not None, deterministic=deterministic)
 
   def attend(self, x: Array) -> Array:
     return self.token_embed.attend(x)
@@ -243,11 +291,12 @@ class EncoderLM(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Array, *, input_mask: Array | None = None,
-               token_types: Array | None = None, deterministic: bool = True) -> Array:
+               token_types: Array | None = None, positions: Array | None = None,
+               segment_ids: Array | None = None, deterministic: bool = True) -> Array:
     cfg = self.config
     encoder = Encoder(cfg, name="encoder")
-    x = encoder(tokens, input_mask=input_mask, token_types=token_types,
-                deterministic=deterministic)
+    x = encoder(tokens, input_mask=input_mask, token_types=token_types, positions=positions,
+                segment_ids=segment_ids, deterministic=deterministic)
     if cfg.pooler:  # held, not used by the MLM loss: a classifier fine-tuned from here reuses it
       layers.Linear((cfg.embed_dim,), ("embed", "mlp"), cfg, use_bias=cfg.use_bias,
                     name="pooler")(x[:, 0])
@@ -271,9 +320,11 @@ class EncoderClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Array, *, input_mask: Array | None = None,
-               token_types: Array | None = None, deterministic: bool = True) -> Array:
+               token_types: Array | None = None, positions: Array | None = None,
+               segment_ids: Array | None = None, deterministic: bool = True) -> Array:
     cfg = self.config
     x = Encoder(cfg, name="encoder")(tokens, input_mask=input_mask, token_types=token_types,
+                                     positions=positions, segment_ids=segment_ids,
                                      deterministic=deterministic)
     pooled = jnp.tanh(layers.Linear((cfg.embed_dim,), ("embed", "mlp"), cfg,
                                     use_bias=cfg.use_bias, name="pooler")(x[:, 0]))
@@ -292,9 +343,11 @@ class EncoderSpanQA(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Array, *, input_mask: Array | None = None,
-               token_types: Array | None = None, deterministic: bool = True):
+               token_types: Array | None = None, positions: Array | None = None,
+               segment_ids: Array | None = None, deterministic: bool = True):
     cfg = self.config
     x = Encoder(cfg, name="encoder")(tokens, input_mask=input_mask, token_types=token_types,
+                                     positions=positions, segment_ids=segment_ids,
                                      deterministic=deterministic)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     logits = layers.Linear((2,), ("embed", "classes"), cfg, use_bias=True, name="span_head")(
@@ -314,32 +367,33 @@ class EncoderDecoder(nn.Module):
   def setup(self):
     cfg = self.config
     self.token_embed = layers.Embed(cfg.vocab_size, cfg)
-    self.encoder = Stack(cfg, cfg.num_layers, bidirectional=True)
+    self.encoder = Stack(cfg, cfg.num_layers)
     self.decoder = Stack(cfg, cfg.num_decoder_layers or cfg.num_layers, has_cross_attention=True,
-                         bidirectional=False)
+                         causal=True)
     if not cfg.tie_embeddings:
       self.lm_head = layers.Linear((cfg.vocab_size,), ("embed", "vocab"), cfg)
 
   def encode(self, tokens: Array, *, input_mask: Array | None = None,
+             segment_ids: Array | None = None, positions: Array | None = None,
              deterministic: bool = True) -> Array:
-    if input_mask is None:
-      input_mask = jnp.ones(tokens.shape, bool)
-    return self.encoder(self.token_embed(tokens), mask=layers.padding_mask(input_mask, input_mask),
-                        positions=default_positions(tokens), deterministic=deterministic)
+    return self.encoder(self.token_embed(tokens), positions=positions,
+                        segment_ids=_segments(input_mask, segment_ids),
+                        packed=segment_ids is not None, deterministic=deterministic)
 
-  def decode(self, encoded: Array, decoder_tokens: Array, *, encoder_mask: Array | None = None,
+  def decode(self, encoded: Array | None, decoder_tokens: Array, *,
+             encoder_mask: Array | None = None, encoder_segment_ids: Array | None = None,
+             decoder_segment_ids: Array | None = None, decoder_positions: Array | None = None,
              decode: bool = False, deterministic: bool = True) -> Array:
+    """Decoder logits (B, T, V). Packed rows: decoder segment i cross-attends to encoder
+    segment i only. decode=True: `encoded` is given at the prefill (its keys and values are
+    cached) and None at every later step."""
     cfg = self.config
-    b, t = decoder_tokens.shape
-    if encoder_mask is None:
-      encoder_mask = jnp.ones(encoded.shape[:2], bool)
-    positions, mask = None, None  # decode: the Stack tracks positions, the cache masks
-    if not decode:
-      positions = default_positions(decoder_tokens)
-      mask = layers.causal_mask(positions, positions)
-    cross_mask = layers.padding_mask(jnp.ones((b, t), bool), encoder_mask)
-    x = self.decoder(self.token_embed(decoder_tokens), mask=mask, positions=positions,
-                     encoded=encoded, cross_mask=cross_mask, decode=decode,
+    encoder_segment_ids = _segments(encoder_mask, encoder_segment_ids)
+    if decode and encoded is not None and encoder_segment_ids is None:
+      encoder_segment_ids = jnp.ones(encoded.shape[:2], jnp.int32)  # kept in the cache
+    x = self.decoder(self.token_embed(decoder_tokens), positions=decoder_positions,
+                     segment_ids=decoder_segment_ids, packed=decoder_segment_ids is not None,
+                     encoded=encoded, encoder_segment_ids=encoder_segment_ids, decode=decode,
                      deterministic=deterministic)
     if cfg.tie_embeddings:
       logits = self.token_embed.attend(x)
@@ -349,11 +403,31 @@ class EncoderDecoder(nn.Module):
                             layers.VOCAB)
 
   def __call__(self, encoder_tokens: Array, decoder_tokens: Array, *,
-               encoder_mask: Array | None = None, decode: bool = False,
+               encoder_mask: Array | None = None, encoder_segment_ids: Array | None = None,
+               decoder_segment_ids: Array | None = None, encoder_positions: Array | None = None,
+               decoder_positions: Array | None = None, decode: bool = False,
                deterministic: bool = True) -> Array:
-    encoded = self.encode(encoder_tokens, input_mask=encoder_mask, deterministic=deterministic)
-    return self.decode(encoded, decoder_tokens, encoder_mask=encoder_mask, decode=decode,
+    encoded = self.encode(encoder_tokens, input_mask=encoder_mask,
+                          segment_ids=encoder_segment_ids, positions=encoder_positions,
+                          deterministic=deterministic)
+    return self.decode(encoded, decoder_tokens, encoder_mask=encoder_mask,
+                       encoder_segment_ids=encoder_segment_ids,
+                       decoder_segment_ids=decoder_segment_ids,
+                       decoder_positions=decoder_positions, decode=decode,
                        deterministic=deterministic)
+
+  def prefill(self, inputs: Array, input_mask: Array, *, prefix_lm: bool = False,
+              start_id: int = 0) -> Array:
+    """Decoding's first call: encodes `inputs` (B, S) once, caches the cross-attention keys and
+    values, feeds the start token -> logits of the first output token (B, V)."""
+    del prefix_lm
+    encoded = self.encode(inputs, input_mask=input_mask)
+    start = jnp.full((inputs.shape[0], 1), start_id, jnp.int32)
+    return self.decode(encoded, start, encoder_mask=input_mask, decode=True)[:, -1]
+
+  def decode_step(self, tokens: Array) -> Array:
+    """One token per row (B,) after the cache -> logits of the next (B, V)."""
+    return self.decode(None, tokens[:, None], decode=True)[:, -1]
 
 
 FAMILIES = {"decoder": Decoder, "encoder": EncoderLM, "encoder_decoder": EncoderDecoder}

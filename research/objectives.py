@@ -14,6 +14,14 @@ and turns it, on the host with a seeded numpy generator, into what its family co
                                     spans), each row led by its mode token
 
 Encoder-decoder batches hold encoder_inputs, encoder_mask, decoder_inputs, targets, weights.
+
+A packed LM batch (data.packing="documents") also holds positions and segment_ids (B, T), one
+segment per document; the transforms then work per document (research/data/packing.py):
+causal_lm keeps the batch, masked_lm masks within segments, and the encoder-decoder objectives
+make each document its own (input, target) pair and pack those pairs into rows again, with
+encoder_/decoder_ segment ids and positions. prefix_lm on the decoder is refused there (its
+one prefix length per row cannot describe a prefix per document).
+
 Losses return sums (not means) plus the token count, so that padding, packing and gradient
 accumulation never bias the average: the host divides once.
 """
@@ -28,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from research.config import ObjectiveConfig
+from research.config import ConfigError, ObjectiveConfig
 
 Array = jax.Array
 Batch = dict[str, np.ndarray]
@@ -58,27 +66,47 @@ def token_cross_entropy(logits: Array, targets: Array, weights: Array) -> dict[s
   }
 
 
+def decoder_logits(model, params, batch, *, rngs=None, deterministic=True):
+  return model.apply({"params": params}, batch["inputs"], positions=batch.get("positions"),
+                     segment_ids=batch.get("segment_ids"),
+                     prefix_lengths=batch.get("prefix_lengths"), deterministic=deterministic,
+                     rngs=rngs)
+
+
+def encoder_logits(model, params, batch, *, rngs=None, deterministic=True):
+  return model.apply({"params": params}, batch["inputs"], input_mask=batch["input_mask"],
+                     positions=batch.get("positions"), segment_ids=batch.get("segment_ids"),
+                     deterministic=deterministic, rngs=rngs)
+
+
+def seq2seq_logits(model, params, batch, *, rngs=None, deterministic=True):
+  return model.apply({"params": params}, batch["encoder_inputs"], batch["decoder_inputs"],
+                     encoder_mask=batch["encoder_mask"],
+                     encoder_segment_ids=batch.get("encoder_segment_ids"),
+                     decoder_segment_ids=batch.get("decoder_segment_ids"),
+                     encoder_positions=batch.get("encoder_positions"),
+                     decoder_positions=batch.get("decoder_positions"),
+                     deterministic=deterministic, rngs=rngs)
+
+
 def decoder_loss(model, params, batch, *, rngs=None, deterministic=True):
-  logits = model.apply({"params": params}, batch["inputs"], positions=batch.get("positions"),
-                       segment_ids=batch.get("segment_ids"),
-                       prefix_lengths=batch.get("prefix_lengths"), deterministic=deterministic,
-                       rngs=rngs)
+  logits = decoder_logits(model, params, batch, rngs=rngs, deterministic=deterministic)
   return token_cross_entropy(logits, batch["targets"], batch["weights"])
 
 
 def encoder_loss(model, params, batch, *, rngs=None, deterministic=True):
-  logits = model.apply({"params": params}, batch["inputs"], input_mask=batch["input_mask"],
-                       deterministic=deterministic, rngs=rngs)
+  logits = encoder_logits(model, params, batch, rngs=rngs, deterministic=deterministic)
   return token_cross_entropy(logits, batch["targets"], batch["weights"])
 
 
 def seq2seq_loss(model, params, batch, *, rngs=None, deterministic=True):
-  logits = model.apply({"params": params}, batch["encoder_inputs"], batch["decoder_inputs"],
-                       encoder_mask=batch["encoder_mask"], deterministic=deterministic,
-                       rngs=rngs)
+  logits = seq2seq_logits(model, params, batch, rngs=rngs, deterministic=deterministic)
   return token_cross_entropy(logits, batch["targets"], batch["weights"])
 
 
+# family -> (model, params, batch) -> logits (B, T, V): what each loss scores.
+LOGITS = {"decoder": decoder_logits, "encoder": encoder_logits,
+          "encoder_decoder": seq2seq_logits}
 LOSSES = {"decoder": decoder_loss, "encoder": encoder_loss, "encoder_decoder": seq2seq_loss}
 
 
@@ -139,10 +167,24 @@ def causal_lm(batch: Batch, rng: np.random.Generator, info: TokenInfo,
   return batch
 
 
+def _packing(batch: Batch) -> bool:
+  return "segment_ids" in batch
+
+
+def _packing_lib():
+  # Imported when first needed: research.data loads TFDS, which generation never needs.
+  from research.data import packing  # pylint: disable=import-outside-toplevel
+  return packing
+
+
 def prefix_lm_decoder(batch: Batch, rng: np.random.Generator, info: TokenInfo,
                       objective: ObjectiveConfig) -> Batch:
   """A random split point per row: attention is bidirectional before it, loss only after."""
   del info, objective
+  if _packing(batch):
+    raise ConfigError("objective.name='prefix_lm' on the decoder cannot use "
+                      "data.packing='documents' (one prefix per row, not per document); use "
+                      "data.packing='stream' or 'windows'")
   _, lengths = raw_windows(batch)
   # prefix p in [1, n-1] leaves at least one token to predict (n = real tokens in the row).
   prefix = 1 + np.floor(rng.random(len(lengths)) * np.maximum(lengths - 1, 1)).astype(np.int32)
@@ -153,10 +195,14 @@ def prefix_lm_decoder(batch: Batch, rng: np.random.Generator, info: TokenInfo,
 
 def masked_lm(batch: Batch, rng: np.random.Generator, info: TokenInfo,
               objective: ObjectiveConfig) -> Batch:
-  """BERT's masking on the first T tokens of each window."""
+  """BERT's masking on the first T tokens of each window; in a packed batch, of each document
+  (segment), which attends only within itself."""
   tokens = batch["inputs"]  # (B, T)
-  _, lengths = raw_windows(batch)
-  real = np.arange(tokens.shape[1])[None, :] < np.minimum(lengths, tokens.shape[1])[:, None]
+  if _packing(batch):
+    real = batch["segment_ids"] > 0
+  else:
+    _, lengths = raw_windows(batch)
+    real = np.arange(tokens.shape[1])[None, :] < np.minimum(lengths, tokens.shape[1])[:, None]
   eligible = real & ~np.isin(tokens, info.special_ids)
   selected = eligible & (rng.random(tokens.shape) < objective.mask_rate)
   action = rng.random(tokens.shape)
@@ -166,8 +212,11 @@ def masked_lm(batch: Batch, rng: np.random.Generator, info: TokenInfo,
   ordinary = np.setdiff1d(np.arange(info.vocab_size), info.special_ids)
   random_tokens = ordinary[rng.integers(0, len(ordinary), tokens.shape)]
   inputs = np.where(to_mask, info.mask_id, np.where(to_random, random_tokens, tokens))
-  return {"inputs": inputs.astype(np.int32), "targets": tokens.astype(np.int32),
-          "weights": selected.astype(np.float32), "input_mask": real}
+  out = {"inputs": inputs.astype(np.int32), "targets": tokens.astype(np.int32),
+         "weights": selected.astype(np.float32), "input_mask": real}
+  if _packing(batch):
+    out.update(positions=batch["positions"], segment_ids=batch["segment_ids"])
+  return out
 
 
 def random_spans_noise_mask(length: int, noise_density: float, mean_span_length: float,
@@ -252,6 +301,29 @@ def _seq2seq_rows(batch: Batch, max_tokens: int, make_pair) -> list:
           for row, n in zip(batch["inputs"], np.minimum(lengths, max_tokens).astype(int))]
 
 
+def packed_span_corruption_target_length(seq_len: int, objective: ObjectiveConfig) -> int:
+  """Decoder length of a packed span-corruption batch: twice an unpacked row's, since each
+  document adds its own EOS and rounding, capped at seq_len."""
+  return min(seq_len, 2 * span_corruption_target_length(seq_len, objective))
+
+
+def _packed_seq2seq(batch: Batch, max_tokens: int, target_len: int, make_pair,
+                    info: TokenInfo) -> Batch:
+  """A packed LM batch -> a packed encoder-decoder batch of as many rows: each document
+  (segment, its first max_tokens tokens) becomes its own (input, target + EOS) pair, and the
+  pairs are first-fit packed in order; a pair that fits no row is left out."""
+  packing = _packing_lib()
+  pairs = []
+  for row in packing.segments(batch["inputs"], batch["segment_ids"]):
+    for tokens in row:
+      if len(tokens) >= 2:
+        inputs, targets = make_pair(tokens[:max_tokens])
+        pairs.append((inputs, np.append(targets, info.eos_id).astype(np.int32)))
+  rows, seq_len = batch["inputs"].shape
+  packed, _ = packing.pack_pairs(pairs, rows, seq_len, target_len, info.pad_id, info.pad_id)
+  return packed
+
+
 def span_corruption(batch: Batch, rng: np.random.Generator, info: TokenInfo,
                     objective: ObjectiveConfig) -> Batch:
   seq_len = batch["inputs"].shape[1]  # the encoder sees at most T tokens
@@ -261,6 +333,9 @@ def span_corruption(batch: Batch, rng: np.random.Generator, info: TokenInfo,
                                     objective.mean_span_length, rng)
     return corrupt_spans(tokens, noise, info.sentinel_ids)
 
+  if _packing(batch):
+    return _packed_seq2seq(batch, seq_len, packed_span_corruption_target_length(
+        seq_len, objective), pair, info)
   return _seq2seq_batch(_seq2seq_rows(batch, seq_len, pair), seq_len,
                         span_corruption_target_length(seq_len, objective), info)
 
@@ -275,8 +350,10 @@ def prefix_lm_seq2seq(batch: Batch, rng: np.random.Generator, info: TokenInfo,
   """Encoder-decoder LM: a random prefix goes to the encoder, the rest is the target."""
   del objective
   seq_len = batch["inputs"].shape[1]
-  rows = _seq2seq_rows(batch, seq_len, lambda tokens: _split_at_random(tokens, rng))
-  return _seq2seq_batch(rows, seq_len, seq_len, info)
+  pair = lambda tokens: _split_at_random(tokens, rng)
+  if _packing(batch):
+    return _packed_seq2seq(batch, seq_len, seq_len, pair, info)
+  return _seq2seq_batch(_seq2seq_rows(batch, seq_len, pair), seq_len, seq_len, info)
 
 
 UL2_DENOISERS = (  # (mode, kind, noise density, mean span length), as in the UL2 paper's mixture
@@ -302,6 +379,8 @@ def ul2(batch: Batch, rng: np.random.Generator, info: TokenInfo,
     return np.concatenate([[info.mode_ids[mode]], inputs]).astype(np.int32), targets
 
   # seq_len - 1 real tokens: one slot is the mode token's
+  if _packing(batch):
+    return _packed_seq2seq(batch, seq_len - 1, seq_len, pair, info)
   return _seq2seq_batch(_seq2seq_rows(batch, seq_len - 1, pair), seq_len, seq_len, info)
 
 

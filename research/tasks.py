@@ -16,7 +16,9 @@ in the format that kind gives the model's family:
                                           response only
 
 Generation formats are scored by decoding the evaluation split (greedy or beam search,
-task.decoding) and computing the task's metric on the text.
+task.decoding) and computing the task's metric on the text. With task.packing, their training
+examples are first-fit packed several to a row, kept apart by segment ids
+(research/data/packing.py); evaluation and generation stay one example per row.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from etils import epath
 
 from research import kinds, paths
 from research.config import DataError, ExperimentConfig
-from research.data import pipeline, tasks as task_data, tokenizers as tokenizers_lib
+from research.data import packing, pipeline, tasks as task_data, tokenizers as tokenizers_lib
 from research.kinds.base import TaskDef, encode_with_offsets, lead_id  # noqa: F401 (re-exported)
 from research.kinds.instruction import (  # noqa: F401 (research.chat speaks the template)
     ASSISTANT_PREFIX, TURN_SEPARATOR, USER_PREFIX, instruction_text)
@@ -94,6 +96,26 @@ class _Collate:
 
   def __call__(self, indices: np.ndarray) -> Batch:
     return self._kind.collate([self._features[int(i)] for i in indices])
+
+
+class _PackExample:
+  """grain map: a feature index -> the arrays its kind packs (task.packing)."""
+
+  def __init__(self, kind: kinds.Kind, features: list[Feature]):
+    self._kind, self._features = kind, features
+
+  def __call__(self, index: int) -> dict[str, np.ndarray]:
+    return self._kind.pack_example(self._features[int(index)])
+
+
+class _CollatePacked:
+  """grain map: a batch of packed rows -> the packed training batch."""
+
+  def __init__(self, kind: kinds.Kind):
+    self._kind = kind
+
+  def __call__(self, rows: Batch) -> Batch:
+    return self._kind.collate_packed(rows)
 
 
 @dataclasses.dataclass
@@ -159,9 +181,17 @@ def build_task_data(config: ExperimentConfig, workdir: str | os.PathLike, *,
                     f"data.batch_size={config.data.batch_size}")
   seed = int(np.random.SeedSequence(config.data.shuffle_seed).generate_state(1)[0])
   ds = grain.MapDataset.range(len(features)).shuffle(seed=seed)
-  ds = ds[process_index::process_count].repeat().batch(local, drop_remainder=True)
-  ds = ds.map(_Collate(kind, features))
-  train = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  ds = ds[process_index::process_count].repeat()
+  read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+  if config.task.packing:  # examples first-fit packed into rows, then batched
+    lengths = kind.pack_lengths()
+    rows = packing.first_fit(
+        ds.map(_PackExample(kind, features)).to_iter_dataset(read), lengths, seed=seed,
+        padding={k: tokenizer.pad_id for k in lengths if k != "loss_mask"})
+    train = rows.batch(local, drop_remainder=True).map(_CollatePacked(kind))
+  else:
+    ds = ds.batch(local, drop_remainder=True).map(_Collate(kind, features))
+    train = ds.to_iter_dataset(read)
   return TaskData(tokenizer, kind, train, data_dir, process_index, process_count)
 
 

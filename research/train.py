@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from typing import Any, Callable, Iterator
 
 import flax.linen as nn
@@ -446,10 +447,11 @@ def _start_and_train(config: ExperimentConfig, workdir: epath.Path,
   # Another model is said as such, before the tokenizer is found not to fit it.
   # (model.vocab_size is checked against the tokenizer first, once it is loaded.)
   check_resumable(workdir, config, sections=("model",), ignore=("vocab_size",))
+  # Other data than the run started with is refused before any of it is read or prepared.
+  data_record = workdir_lib.check_data(workdir, config)
   exp = build_experiment(config, workdir)  # bad data is said here, with its own message
   cfg = exp.config
   check_resumable(workdir, cfg)
-  data_record = workdir_lib.check_data(workdir, cfg)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints,
                                        async_save=cfg.train.async_checkpoints)
   train_iter = iter(exp.train_batches())
@@ -470,7 +472,8 @@ def _start_and_train(config: ExperimentConfig, workdir: epath.Path,
       if data_record is not None:
         paths.write_atomic(workdir / workdir_lib.DATA_FILE, json.dumps(data_record, indent=1))
       changes = workdir_lib.record_config(workdir, cfg.to_json())
-      if changes and latest is not None:
+      # (At or past train.steps the loop's own line says that nothing is trained.)
+      if changes and latest is not None and latest < cfg.train.steps:
         print(f"resuming step {latest} with changed settings ({'; '.join(changes)}): the run "
               f"continues with the new values; the previous config is kept in "
               f"{workdir / workdir_lib.HISTORY_FILE}", file=sys.stderr)
@@ -570,6 +573,7 @@ def _train_loop(exp: Experiment, state: TrainState, train_iter: Iterator, step_f
     print(f"the run is at step {start}, train.steps={total_steps}: nothing to train; "
           "evaluating the checkpoint (raise train.steps to train on)", file=sys.stderr)
     final = evaluate_split(exp, eval_fn, state.params, cfg.train.eval_batches)
+  done = start
   try:
     for step in range(start, total_steps):
       batch = sharding.shard_batch(next(train_iter), exp.mesh, cfg.rules)
@@ -607,10 +611,22 @@ def _train_loop(exp: Experiment, state: TrainState, train_iter: Iterator, step_f
         if preemption.signal == signal.SIGINT:
           raise Interrupted
         break
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
+    # A log write found the disk full (often filled by a checkpoint saving in the background):
+    # one line naming the save that failed, or the step, and the last complete checkpoint.
+    raise checkpointer.disk_full(e, done) from None
   finally:
+    failing = sys.exc_info()[1]
     preemption.close()
     bar.close()
-    writer.close()
+    try:
+      writer.close()
+    except OSError:
+      if failing is None:
+        raise
+      # The loop's own error says what went wrong (a full disk fails the last flush too).
   return final
 
 
@@ -672,18 +688,32 @@ def restore_params(workdir: str | os.PathLike, config: ExperimentConfig | None =
 # ---------------------------------------------------------------------------------------------
 
 
+_ERROR_REPORTED = threading.Event()  # the CLI printed its one 'error:' line
+
+
 def _quiet_closed_loop_errors() -> None:
-  """tensorstore's callbacks print 'RuntimeError: Event loop is closed' tracebacks (through
-  sys.excepthook) when orbax abandons a failed read or write; the error itself is reported as
-  one line, so these are noise. Every other exception is printed as before."""
-  previous = sys.excepthook
+  """When orbax abandons a failed read or write, tensorstore's callbacks print 'RuntimeError:
+  Event loop is closed' tracebacks (through sys.excepthook and sys.unraisablehook), and the
+  array reads still pending are dropped with 'Exception ignored in: <coroutine ...>'
+  tracebacks; the error itself is reported as one line, so these are noise. Every other
+  exception is printed as before, until the CLI has reported its error and is exiting."""
+  previous, previous_unraisable = sys.excepthook, sys.unraisablehook
+  closed = lambda value: isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
 
   def hook(kind, value, tb):
-    if kind is RuntimeError and str(value) == "Event loop is closed":
+    if not closed(value):
+      previous(kind, value, tb)
+
+  def unraisable(info):  # tensorstore and abandoned coroutines report here
+    if closed(info.exc_value) or _ERROR_REPORTED.is_set():
       return
-    previous(kind, value, tb)
+    code = getattr(info.object, "cr_code", None)  # a coroutine dropped with its error
+    if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+      return  # orbax's reads or writes of a restore or save that failed, reported as such
+    previous_unraisable(info)
 
   sys.excepthook = hook
+  sys.unraisablehook = unraisable
 
 
 def run_cli(main_fn: Callable[[], Any]) -> None:
@@ -701,6 +731,7 @@ def run_cli(main_fn: Callable[[], Any]) -> None:
   except (UserError, FileNotFoundError, UnicodeDecodeError, FloatingPointError) as e:
     if os.environ.get("RESEARCH_TRACEBACK"):
       raise
+    _ERROR_REPORTED.set()
     print(f"error: {e}", file=sys.stderr)
     if isinstance(e, ckpt_lib.DiskFullError):
       _exit_now(2)
@@ -708,6 +739,7 @@ def run_cli(main_fn: Callable[[], Any]) -> None:
   except OSError as e:
     if e.errno != errno.ENOSPC or os.environ.get("RESEARCH_TRACEBACK"):
       raise
+    _ERROR_REPORTED.set()
     print(f"error: no space left on device ({e.filename or e}); free space and rerun",
           file=sys.stderr)
     _exit_now(2)
@@ -728,14 +760,20 @@ def quiet_logs() -> None:
   if not os.environ.get("RESEARCH_VERBOSE"):
     logging.set_verbosity(logging.ERROR)
     for logger in (logging.get_absl_logger(), pylogging.getLogger("asyncio")):
-      logger.addFilter(_drop_disk_full_records)
+      logger.addFilter(_drop_reported_records)
 
 
-def _drop_disk_full_records(record) -> bool:
-  """orbax logs a save that ran out of space from each of its threads, tracebacks included;
-  the run reports it as one 'error:' line (research/checkpoint.py), so those records go."""
+def _drop_reported_records(record) -> bool:
+  """orbax logs a save that ran out of space from each of its threads, and asyncio each read
+  of a failed restore ('exception was never retrieved'), tracebacks included; the run reports
+  the failure as one 'error:' line (research/checkpoint.py), so those records go."""
   text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
-  return "No space left" not in text and "RESOURCE_EXHAUSTED" not in text
+  if "No space left" in text or "RESOURCE_EXHAUSTED" in text:
+    return False
+  if record.exc_info and "exception was never retrieved" in record.getMessage():
+    frames = traceback.extract_tb(record.exc_info[2])
+    return not any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames)
+  return True
 
 
 def reject_positional_args(argv: list[str]) -> None:
@@ -786,16 +824,41 @@ def parse_flags(argv: list[str]) -> list[str]:
     rest = flags.FLAGS(argv)
     if "config" in flags.FLAGS and flags.FLAGS.config is not None:
       flags.FLAGS.config.to_dict()  # the config file loads lazily: surface its errors here
-    return rest
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-    text = str(e).replace("\\n", "\n").replace("\\'", "'")
-    message = " ".join(text.split())
-    if len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":
-      message = message[1:-1]  # KeyError's repr quotes; quotes inside stay paired
-    print(f"error: bad command-line flag: {message} (flags: --config=FILE --workdir=DIR "
-          "--config.SECTION.KEY=VALUE, where KEY is a field of research/config.py)",
+    print(f"error: bad command-line flag: {_flag_error_text(e)} (flags: --config=FILE "
+          "--workdir=DIR --config.SECTION.KEY=VALUE, where KEY is a field of research/config.py)",
           file=sys.stderr)
     sys.exit(2)
+  for name in PATH_FLAGS:  # an empty path would be the current folder: never meant
+    flag = flags.FLAGS[name] if name in flags.FLAGS else None
+    if flag is not None and flag.default is None and flag.present and not str(
+        flag.value or "").strip():
+      print(f"error: --{name} is empty; pass a path", file=sys.stderr)
+      sys.exit(2)
+  return rest
+
+
+# Flags naming a folder that a CLI reads or writes; where their default is None (no default),
+# an empty value is refused (where it is "", the CLI gives "" its own meaning).
+PATH_FLAGS = ("workdir", "out")
+
+
+def _flag_error_text(error: BaseException) -> str:
+  """absl's or ml_collections' message about a bad flag, on one line: a KeyError's quotes
+  taken off (those inside kept as they are), a traceback embedded in it (a config file whose
+  get_config fails on its argument) cut to its last line."""
+  while len(error.args) == 1 and isinstance(error.args[0], BaseException):
+    error = error.args[0]  # ml_collections wraps a KeyError in an AttributeError
+  if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
+    # str(KeyError) is the repr of its argument, escapes and all
+    text = f"unknown config field {error.args[0]}"
+  else:  # absl quotes some values with repr: their newlines and quotes come escaped
+    text = str(error).replace("\\n", "\n").replace("\\'", "'")
+  if "Traceback (most recent call last)" in text:
+    head = text.split("Traceback (most recent call last)", 1)[0].rstrip(" :\n")
+    last = [line.strip() for line in text.strip().splitlines() if line.strip()][-1]
+    text = f"{head}: {last}"
+  return " ".join(text.split())
 
 
 def check_config_flag(argv: list[str]) -> None:

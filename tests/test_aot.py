@@ -169,3 +169,20 @@ def test_two_slices_put_only_the_data_axis_across_slices():
   assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
   for row in range(2):  # each data-parallel replica lies within one slice
     assert {d.slice_index for d in mesh.devices[row].flat} == {row}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
+def test_each_family_trains_with_splash_attention_on_a_tpu_slice(family):
+  # Rows of 128 tokens (the kernel's block) and no T5 relative bias: every attention of the
+  # train step (the encoder's, the decoder's, cross-attention) runs in the Pallas kernel, inside
+  # shard_map: forward, dq and dkv kernels per attention.
+  model = dict(vocab_size=512, num_layers=1, num_decoder_layers=1, embed_dim=256, num_heads=2,
+               mlp_dim=512, max_len=128, attention="auto", position="learned")
+  # (Encoder-decoder: prefix LM, whose targets are 128 long too; span corruption's are not.)
+  objective = dict(name="prefix_lm") if family == "encoder_decoder" else {}
+  config = config_of(FAMILY_CONFIGS[family], mesh=dict(data=2, fsdp=2, tensor=1), model=model,
+                     data=dict(seq_len=128, batch_size=8), objective=objective)
+  train = aot.compile_report(config, V5E_4, programs=("train",))["programs"]["train"]
+  attentions = {"decoder": 1, "encoder": 1, "encoder_decoder": 3}[family]
+  assert train["pallas_kernel_calls"] == 3 * attentions
+  assert train["memory"]["fits"]

@@ -87,10 +87,11 @@ def test_encoder_decoder_cached_decoding_matches_the_full_pass():
   params = init(model, src, tgt)
   full = model.apply({"params": params}, src, tgt)
   encoded = model.apply({"params": params}, src, method=EncoderDecoder.encode)
-  cache = decode.init_cache(model, B, encoder_len=T)
+  cache = decode.init_cache(model, B, T)
   steps = []
-  for t in range(8):
-    logits, mutated = model.apply({"params": params, "cache": cache}, encoded, tgt[:, t:t + 1],
+  for t in range(8):  # the encoder's keys and values are projected at the first step only
+    logits, mutated = model.apply({"params": params, "cache": cache},
+                                  encoded if t == 0 else None, tgt[:, t:t + 1],
                                   decode=True, mutable=["cache"], method=EncoderDecoder.decode)
     cache = mutated["cache"]
     steps.append(logits)

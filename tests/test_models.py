@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research import decode, layers
+from research import attention, decode, layers
 from research.config import ModelConfig
 from research.models import Decoder
 
@@ -164,7 +164,8 @@ def test_batched_matmul_gradient_and_attention_match_the_library(operand_dtype):
   q = jax.random.normal(kq, (2, 7, 4, 8))
   k, v = jax.random.normal(kk, (2, 7, 2, 8)), jax.random.normal(kv, (2, 7, 2, 8))
   mask = jnp.tril(jnp.ones((7, 7), bool))[None, None]
-  ours = lambda q, k, v: layers.attention_core(q, k, v, mask=mask, bias=None, config=config)
+  ours = lambda q, k, v: attention.reference_attention(
+      q, k, v, mask, scale=None, operand_dtype=layers.dtype(config.matmul_dtype))
   library = lambda q, k, v: jax.nn.dot_product_attention(
       q.astype(operand_dtype), k.astype(operand_dtype), v.astype(operand_dtype),
       mask=mask).astype(jnp.float32)

@@ -141,8 +141,10 @@ def test_kill_during_asynchronous_saves_restarts_from_a_complete_checkpoint(
   print(f"partial saves left by the kill (attempt {attempt}): {[p.name for p in partials]}")
   assert partials, "no kill landed inside a save in 6 runs"
   steps = Checkpointer(workdir, read_only=True).all_steps()
-  for step in steps:  # every listed step is complete and restorable
-    assert (workdir / "checkpoints" / str(step) / "state").is_dir()
+  for step in steps:  # every listed step is complete: no item of it left half written
+    step_dir = workdir / "checkpoints" / str(step)
+    assert (step_dir / "state").is_dir() and (step_dir / "config").is_dir()
+    assert not list(step_dir.glob("*.orbax-checkpoint-tmp*")), sorted(step_dir.iterdir())
   # The partial save is never taken as the latest step.
   latest = max(steps)
   assert all(int(p.name.split(".")[0]) > latest for p in partials)
@@ -151,6 +153,7 @@ def test_kill_during_asynchronous_saves_restarts_from_a_complete_checkpoint(
   assert f"resumed from {workdir.resolve() / 'checkpoints' / str(latest)}" in result.stderr
   assert logged_losses(workdir) == logged_losses(straight_run)
   assert_bit_identical(params_of(workdir), params_of(straight_run))
+  assert not list((workdir / "checkpoints").glob("*.orbax-checkpoint-tmp*"))  # cleaned up
 
 
 def test_sigterm_checkpoints_and_exits_zero_then_continues(tmp_path):

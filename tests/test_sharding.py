@@ -10,7 +10,6 @@ from jax.sharding import NamedSharding
 
 from research import objectives, sharding, train
 from research.config import ConfigError, ExperimentConfig, MeshConfig
-from research.models import build_model
 
 # fp32 all-reduces sum in a different order than one device: losses agree to rounding level.
 TOLERANCE = dict(rtol=2e-5, atol=2e-6)
@@ -39,12 +38,13 @@ def small_config(mesh=(1, 1, 1), family="decoder", **train_overrides) -> Experim
 
 def run_steps(config: ExperimentConfig, batches, devices):
   mesh = sharding.make_mesh(config, devices)
-  model = build_model(config.model)
+  # The production model, loss, optimizer, shardings and step wiring (jit, shardings, donation,
+  # dropout key) of research.train; only the data is made here.
+  model, loss_fn, _ = train.build_model_and_loss(config)
   tx = train.build_optimizer(config)
   abstract, shardings = train.state_shardings(model, tx, config, mesh)
-  # The production wiring (jit, shardings, donation, dropout key), on batches made here.
   exp = train.Experiment(config, mesh, model, tx, abstract, shardings, data=None,
-                         transform=None, loss_fn=objectives.LOSSES[config.model.family])
+                         transform=None, loss_fn=loss_fn)
   step, _ = train.make_step_fns(exp)
   losses = []
   with jax.set_mesh(mesh), nn.logical_axis_rules(config.rules):

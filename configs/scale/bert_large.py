@@ -6,9 +6,9 @@
   python -m research.aot --config=configs/scale/bert_large.py --topology=v5e:4x4
 
 AOT (v5e:4x4, 16 chips, mesh fsdp=16; research.aot on 2 shared CPU cores, AMD EPYC Zen 5,
-compiled in 374 s): train step 3.86 GiB per chip of 16 GiB (parameters 0.08 GiB, optimizer state
-0.16 GiB, temporaries 3.50 GiB); roofline estimate >= 1261 ms per step (HBM bandwidth-bound),
-MFU <= 7%; eval 2.99 GiB per chip.
+2026-12-02, compiled in 160 s): train step 3.86 GiB per chip of 16 GiB (parameters 0.08 GiB,
+optimizer state 0.16 GiB, temporaries 3.50 GiB; XLA attention); roofline estimate >= 1261 ms per
+step (HBM bandwidth-bound), MFU <= 7%; eval 2.99 GiB per chip.
 """
 
 from research.config import derive

@@ -13,9 +13,10 @@ Data: TFDS's c4 (en), prepared beforehand with `tfds build c4 --data_dir=...` (A
 a SentencePiece vocabulary of 50,257 pieces trained on its first documents, packed as a stream.
 
 AOT (v5e:4x4, 16 chips, mesh fsdp=16; research.aot on 2 shared CPU cores, AMD EPYC Zen 5,
-compiled in 165 s): train step 9.78 GiB per chip of 16 GiB (parameters 0.03 GiB, optimizer state
-0.06 GiB, temporaries 9.64 GiB); roofline estimate >= 282 ms per step (HBM bandwidth-bound), MFU
-<= 6%; eval 2.37 GiB, decode 0.61 GiB per chip.
+2026-12-02, compiled in 111 s): train step 6.82 GiB per chip of 16 GiB (parameters 0.03 GiB,
+optimizer state 0.06 GiB, temporaries 6.68 GiB; splash attention (Pallas kernels)); roofline
+estimate >= 239 ms per step (HBM bandwidth-bound), MFU <= 7%; eval 2.37 GiB, decode 0.65 GiB per
+chip.
 """
 
 from research.config import base_config

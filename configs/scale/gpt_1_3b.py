@@ -8,9 +8,10 @@ scanned layers, full rematerialisation, bf16 matmul operands.
 
 Data as configs/scale/gpt2_small.py.
 AOT (v5e:4x4, 16 chips, mesh fsdp=16; research.aot on 2 shared CPU cores, AMD EPYC Zen 5,
-compiled in 209 s): train step 5.83 GiB per chip of 16 GiB (parameters 0.31 GiB, optimizer state
-0.61 GiB, temporaries 4.87 GiB); roofline estimate >= 1602 ms per step (HBM bandwidth-bound),
-MFU <= 12%; eval 2.33 GiB, decode 3.60 GiB per chip.
+2026-12-02, compiled in 90 s): train step 4.08 GiB per chip of 16 GiB (parameters 0.31 GiB,
+optimizer state 0.61 GiB, temporaries 3.12 GiB; splash attention (Pallas kernels)); roofline
+estimate >= 1537 ms per step (HBM bandwidth-bound), MFU <= 12%; eval 2.88 GiB, decode 3.62 GiB per
+chip.
 """
 
 from research.config import base_config

@@ -10,9 +10,9 @@ bf16 matmul operands, float32 master weights and AdamW state.
 
 Data as configs/scale/gpt2_small.py with a 32,000-piece SentencePiece vocabulary.
 AOT (v5p:4x4x4, 64 chips, mesh fsdp=64; research.aot on 2 shared CPU cores, AMD EPYC Zen 5,
-compiled in 288 s): train step 12.76 GiB per chip of 95 GiB (parameters 0.39 GiB, optimizer
-state 0.79 GiB, temporaries 11.51 GiB); roofline estimate >= 521 ms per step (compute-bound),
-MFU <= 79%; eval 3.29 GiB, decode 9.58 GiB per chip.
+2026-12-02, compiled in 302 s): train step 7.72 GiB per chip of 95 GiB (parameters 0.39 GiB,
+optimizer state 0.79 GiB, temporaries 6.47 GiB; splash attention (Pallas kernels)); roofline
+estimate >= 444 ms per step (compute-bound), MFU <= 93%; eval 1.89 GiB, decode 9.42 GiB per chip.
 """
 
 from research.config import base_config

@@ -10,9 +10,9 @@ layers, full rematerialisation, bf16 matmul operands.
 Data as configs/scale/gpt2_small.py with a 32,000-piece SentencePiece vocabulary (+ 100
 sentinels, inside the 32,128 rows).
 AOT (v5e:4x4, 16 chips, mesh fsdp=16; research.aot on 2 shared CPU cores, AMD EPYC Zen 5,
-compiled in 504 s): train step 2.33 GiB per chip of 16 GiB (parameters 0.05 GiB, optimizer state
-0.10 GiB, temporaries 2.03 GiB); roofline estimate >= 449 ms per step (HBM bandwidth-bound), MFU
-<= 4%; eval 1.10 GiB, decode 0.67 GiB per chip.
+2026-12-02, compiled in 208 s): train step 2.33 GiB per chip of 16 GiB (parameters 0.05 GiB,
+optimizer state 0.10 GiB, temporaries 2.03 GiB; XLA attention); roofline estimate >= 449 ms per step
+(HBM bandwidth-bound), MFU <= 4%; eval 1.10 GiB, decode 1.06 GiB per chip.
 """
 
 from research.config import base_config

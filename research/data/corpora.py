@@ -347,8 +347,9 @@ def _catalog_data_source(name: str, split: str, data_dir_: str | None) -> Any:
     data_dir_ = data_dir_ or tfds.core.constants.DATA_DIR
     if paths.is_url(data_dir_) or os.path.isdir(os.path.join(data_dir_, base)):
       raise
+    target = name.split(":")[0]  # the dataset and its config (wmt14_translate/de-en)
     raise DataError(f"catalog dataset '{name}' is not prepared under {data_dir_}; prepare it "
-                    f"once with `tfds build {base} --data_dir={data_dir_}` (or set "
+                    f"once with `tfds build {target} --data_dir={data_dir_}` (or set "
                     "data.data_dir to where it is prepared)") from None
 
 

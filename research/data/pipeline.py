@@ -4,11 +4,14 @@ A batch is a dict of numpy arrays for the LOCAL batch b = global batch_size // p
   inputs  int32   (b, T)  tokens t[0:T] of a window of T+1 tokens
   targets int32   (b, T)  tokens t[1:T+1] (next-token prediction)
   weights float32 (b, T)  1.0 on real targets, 0.0 on padding
-Two ways to make training examples (data.packing):
-  windows: random windows over the whole split held as one token array (small corpora);
-  stream:  documents read in a shuffled order, tokenized on the fly with EOS appended,
-           concatenated and cut into T+1 windows (corpora too big for memory).
-Either training dataset repeats forever, and its iterator's get_state()/set_state() resume
+Three ways to make training examples (data.packing):
+  windows:   random windows over the whole split held as one token array (small corpora);
+  stream:    documents read in a shuffled order, tokenized on the fly with EOS appended,
+             concatenated and cut into T+1 windows (corpora too big for memory);
+  documents: the same documents whole (a long one cut into row-sized pieces), first-fit packed
+             into rows of T+1 tokens; the batch adds positions and segment_ids (b, T), which
+             restart at each document, and no target crosses one (research/data/packing.py).
+Every training dataset repeats forever, and its iterator's get_state()/set_state() resume
 exactly where a checkpoint left off.
 """
 
@@ -30,6 +33,7 @@ from etils import epath
 from research import paths
 from research.config import DataConfig, DataError
 from research.data import corpora
+from research.data import packing as packing_lib
 from research.data import tokenizers as tokenizers_lib
 
 Batch = dict[str, np.ndarray]
@@ -178,6 +182,39 @@ def stream_dataset(texts: collections.abc.Sequence[str], tokenizer: tokenizers_l
   return _with_workers(it, data_cfg)
 
 
+class _DocumentRows:
+  """A batch of packed rows (b, T+1) -> the LM batch with positions and segment_ids."""
+
+  def __call__(self, rows: dict[str, np.ndarray]) -> Batch:
+    return packing_lib.next_token_batch(rows["tokens"], rows["tokens_segment_ids"],
+                                        rows["tokens_positions"])
+
+
+def documents_dataset(texts: collections.abc.Sequence[str], tokenizer: tokenizers_lib.Tokenizer,
+                      data_cfg: DataConfig, *, process_index: int = 0,
+                      process_count: int = 1) -> grain.IterDataset:
+  """Documents in a seeded order per epoch, EOS-terminated, packed whole into rows of T+1.
+
+  A document longer than a row is cut into pieces of T+1 tokens (consecutive pieces share a
+  token, so none of its targets is lost); each piece is a segment of its own. Each process
+  reads its own share of the documents.
+  """
+  _check_process(process_index, process_count)
+  local = local_batch_size(data_cfg.batch_size, process_count)
+  if len(texts) < process_count:
+    raise DataError(f"the training split has {len(texts)} documents, fewer than the "
+                     f"{process_count} processes reading it")
+  ds = grain.MapDataset.source(texts).shuffle(seed=_seed32(data_cfg.shuffle_seed))
+  ds = ds[process_index::process_count].repeat().map(_EncodeDocument(tokenizer))
+  pieces = grain.experimental.FlatMapIterDataset(
+      _to_iter(ds, num_threads=2), packing_lib.SplitDocuments(data_cfg.seq_len + 1))
+  rows = packing_lib.first_fit(pieces, {"tokens": data_cfg.seq_len + 1},
+                               seed=_seed32(data_cfg.shuffle_seed),
+                               padding={"tokens": tokenizer.pad_id})
+  it = rows.batch(local, drop_remainder=True).map(_DocumentRows())
+  return _with_workers(it, data_cfg)
+
+
 def eval_batches(tokens: np.ndarray, data_cfg: DataConfig, batch_size: int, *, pad_id: int = 0,
                  process_index: int = 0, process_count: int = 1,
                  max_batches: int = 0) -> Iterator[Batch]:
@@ -285,7 +322,10 @@ def build_lm_data(data_cfg: DataConfig, workdir: str | os.PathLike, *, process_i
     train = train_dataset(tokens(data_cfg.train_split), data_cfg, **kwargs)
   elif data_cfg.packing == "stream":
     train = stream_dataset(texts(data_cfg.train_split), tokenizer, data_cfg, **kwargs)
+  elif data_cfg.packing == "documents":
+    train = documents_dataset(texts(data_cfg.train_split), tokenizer, data_cfg, **kwargs)
   else:
-    raise DataError(f"unknown data.packing={data_cfg.packing!r}; use 'windows' or 'stream'")
+    raise DataError(f"unknown data.packing={data_cfg.packing!r}; use 'windows', 'stream' or "
+                    "'documents'")
   return LMData(tokenizer=tokenizer, train=train, eval_tokens=tokens(data_cfg.eval_split),
                 data_cfg=data_cfg, **kwargs)

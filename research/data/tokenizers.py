@@ -250,7 +250,15 @@ class HFTokenizer(Tokenizer):
     if not path.is_file():
       raise FileNotFoundError(f"tokenizer file {path} not found; set data.tokenizer_path to a "
                               "Hugging Face tokenizer.json")
-    return cls(path.read_text(encoding="utf-8"))
+    text = path.read_text(encoding="utf-8")
+    try:
+      return cls(text)
+    except DataError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (the tokenizers library's parse error)
+      detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      raise DataError(f"tokenizer file {path} is truncated or not a Hugging Face tokenizer.json "
+                      f"({detail})") from None
 
   def __getstate__(self):
     return {"tokenizer_json": self._json}
@@ -306,7 +314,12 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     if not model.is_file():
       raise FileNotFoundError(f"SentencePiece model {model} not found; delete {directory} to "
                               "train a new tokenizer")
-    return SentencePieceTokenizer(model.read_bytes())
+    try:
+      return SentencePieceTokenizer(model.read_bytes())
+    except RuntimeError as e:  # sentencepiece's parse error of a cut-short or garbled file
+      raise DataError(f"SentencePiece model {model} is truncated or corrupt ({e}); delete "
+                      f"{directory} and rerun to train the tokenizer again from the same "
+                      "data") from None
   if kind == "hf":
     return HFTokenizer.from_file(directory / manifest["tokenizer_file"])
   raise DataError(f"{manifest_path} names an unknown tokenizer kind {kind!r}; expected one of "

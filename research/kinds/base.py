@@ -19,7 +19,7 @@ import numpy as np
 
 from research import decode, metrics as metrics_lib, models, objectives
 from research.config import ConfigError, DataError, ExperimentConfig
-from research.data import tokenizers as tokenizers_lib
+from research.data import packing, tokenizers as tokenizers_lib
 
 Batch = dict[str, np.ndarray]
 Record = dict[str, Any]
@@ -192,6 +192,11 @@ class Kind:
       raise ConfigError(f"task.max_target_len={config.task.max_target_len} leaves no room for "
                         f"the prompt in data.seq_len={config.data.seq_len}; raise data.seq_len "
                         "or lower max_target_len")
+    head = cls.format_for(config.model.family)
+    if config.task.packing and head not in ("seq2seq", "prompt"):
+      raise ConfigError(f"task.packing=True packs generated text, but task.name="
+                        f"'{config.task.name}' (kind {cls.NAME}) on model.family="
+                        f"'{config.model.family}' trains a {head} head; set task.packing=False")
 
   @classmethod
   def labels_from(cls, task: TaskDef, records: list[Record]) -> tuple[str, ...]:
@@ -292,6 +297,37 @@ class Kind:
       weights[i, len(f["prompt"]) - 1:len(sequence) - 1] = 1.0
     sequences = self._pad(rows, self.seq_len + 1)
     return {"inputs": sequences[:, :-1], "targets": sequences[:, 1:], "weights": weights}
+
+  # -- packed batches (task.packing) -----------------------------------------------------------
+
+  def pack_lengths(self) -> dict[str, int]:
+    """The row length of each packed array (research.data.packing.first_fit): data.seq_len + 1
+    tokens for the decoder; for the encoder-decoder, data.seq_len input tokens (at least
+    max_input_len) and targets in an unpacked row's proportion, so that a data.seq_len longer
+    than max_input_len makes rows that hold several examples each."""
+    if self.format == "seq2seq":
+      inputs = max(self.seq_len, self.input_len)
+      return {"source": inputs, "target": -(-self.target_len * inputs // self.input_len)}
+    return {"tokens": self.seq_len + 1, "loss_mask": self.seq_len + 1}
+
+  def pack_example(self, feature: Feature) -> dict[str, np.ndarray]:
+    """A feature as the arrays first_fit packs: what collate would put in its row."""
+    if self.format == "seq2seq":
+      return {"source": feature["source"][:self.input_len],
+              "target": feature["target"][:self.target_len]}
+    tokens = np.concatenate([feature["prompt"], feature["target"]])[:self.seq_len + 1]
+    response = np.arange(len(tokens)) >= len(feature["prompt"])  # the response and its EOS
+    return {"tokens": tokens.astype(np.int32), "loss_mask": response.astype(np.int32)}
+
+  def collate_packed(self, rows: Batch) -> Batch:
+    """A batch of packed rows -> collate's batch plus segment ids and positions, the weights
+    on the same tokens as unpacked (research/data/packing.py)."""
+    if self.format == "seq2seq":
+      return packing.seq2seq_batch(
+          rows["source"], rows["source_segment_ids"], rows["source_positions"], rows["target"],
+          rows["target_segment_ids"], rows["target_positions"], self.tokenizer.pad_id)
+    return packing.next_token_batch(rows["tokens"], rows["tokens_segment_ids"],
+                                    rows["tokens_positions"], rows["loss_mask"])
 
   # -- model and loss --------------------------------------------------------------------------
 
