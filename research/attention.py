@@ -154,6 +154,8 @@ def attend(q: Array, k: Array, v: Array, spec: MaskSpec, *, choice: str, platfor
     _say_once(f"splash attention cannot run this attention ({reason}); using the XLA path")
   elif impl == "cudnn":
     reason = _cudnn_unsupported(q, spec, dropout, decode)
+    if reason is None and choice == "auto" and jnp.dtype(operand_dtype) == jnp.float32:
+      reason = "float32 operands (cuDNN fuses 16-bit ones; model.attention=cudnn casts to bf16)"
     if reason is None:
       return _cudnn_attention(q, k, v, spec, scale=scale, bias=bias,
                               operand_dtype=operand_dtype).astype(jnp.float32)

@@ -7,6 +7,7 @@ cross-attention keys and values are cached at the prefill. Float32 throughout; 2
 """
 
 import dataclasses
+import functools
 import logging
 
 import jax
@@ -59,10 +60,12 @@ def test_mask_spec_dense_combines_segments_causality_prefix_and_window():
 
 def _teacher_forced(model, params, prompt, mask, continuation, **prefill_kw):
   """Logits from decode.prefill then decode.step fed `continuation` (B, n) -> (B, 1 + n, V)."""
-  logits, cache = decode.prefill(model, params, prompt, mask, **prefill_kw)
+  logits, cache = jax.jit(functools.partial(decode.prefill, model, **prefill_kw))(
+      params, prompt, mask)
+  step = jax.jit(functools.partial(decode.step, model))  # compiled once, run per token
   out = [logits]
   for t in range(continuation.shape[1]):
-    logits, cache = decode.step(model, params, cache, continuation[:, t])
+    logits, cache = step(params, cache, continuation[:, t])
     out.append(logits)
   return jnp.stack(out, axis=1), cache
 
