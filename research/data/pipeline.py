@@ -161,6 +161,22 @@ def _packed_example(packed: dict[str, np.ndarray]) -> Batch:
   return {k: v[0] for k, v in _lm_batch(packed["tokens"][None], weights).items()}
 
 
+def _encoded_documents(texts: collections.abc.Sequence[str],
+                       tokenizer: tokenizers_lib.Tokenizer, data_cfg: DataConfig,
+                       process_index: int, process_count: int
+                       ) -> tuple[int, grain.IterDataset]:
+  """(local batch size, this process's share of the documents in a seeded order per epoch,
+  tokenized and EOS-terminated, repeating forever): what stream and documents packing read."""
+  _check_process(process_index, process_count)
+  local = local_batch_size(data_cfg.batch_size, process_count)
+  if len(texts) < process_count:
+    raise DataError(f"the training split has {len(texts)} documents, fewer than the "
+                     f"{process_count} processes reading it")
+  ds = grain.MapDataset.source(texts).shuffle(seed=_seed32(data_cfg.shuffle_seed))
+  ds = ds[process_index::process_count].repeat().map(_EncodeDocument(tokenizer))
+  return local, _to_iter(ds, num_threads=2)
+
+
 def stream_dataset(texts: collections.abc.Sequence[str], tokenizer: tokenizers_lib.Tokenizer,
                    data_cfg: DataConfig, *, process_index: int = 0,
                    process_count: int = 1) -> grain.IterDataset:
@@ -169,15 +185,9 @@ def stream_dataset(texts: collections.abc.Sequence[str], tokenizer: tokenizers_l
   Windows are contiguous pieces of the stream and may span documents (GPT-2 style); each
   process reads its own share of the documents.
   """
-  _check_process(process_index, process_count)
-  local = local_batch_size(data_cfg.batch_size, process_count)
-  if len(texts) < process_count:
-    raise DataError(f"the training split has {len(texts)} documents, fewer than the "
-                     f"{process_count} processes reading it")
-  ds = grain.MapDataset.source(texts).shuffle(seed=_seed32(data_cfg.shuffle_seed))
-  ds = ds[process_index::process_count].repeat().map(_EncodeDocument(tokenizer))
+  local, docs = _encoded_documents(texts, tokenizer, data_cfg, process_index, process_count)
   it = grain.experimental.ConcatThenSplitIterDataset(
-      _to_iter(ds, num_threads=2), length_struct={"tokens": data_cfg.seq_len + 1})
+      docs, length_struct={"tokens": data_cfg.seq_len + 1})
   it = it.map(_packed_example).batch(local, drop_remainder=True)
   return _with_workers(it, data_cfg)
 
@@ -199,15 +209,9 @@ def documents_dataset(texts: collections.abc.Sequence[str], tokenizer: tokenizer
   token, so none of its targets is lost); each piece is a segment of its own. Each process
   reads its own share of the documents.
   """
-  _check_process(process_index, process_count)
-  local = local_batch_size(data_cfg.batch_size, process_count)
-  if len(texts) < process_count:
-    raise DataError(f"the training split has {len(texts)} documents, fewer than the "
-                     f"{process_count} processes reading it")
-  ds = grain.MapDataset.source(texts).shuffle(seed=_seed32(data_cfg.shuffle_seed))
-  ds = ds[process_index::process_count].repeat().map(_EncodeDocument(tokenizer))
+  local, docs = _encoded_documents(texts, tokenizer, data_cfg, process_index, process_count)
   pieces = grain.experimental.FlatMapIterDataset(
-      _to_iter(ds, num_threads=2), packing_lib.SplitDocuments(data_cfg.seq_len + 1))
+      docs, packing_lib.SplitDocuments(data_cfg.seq_len + 1))
   rows = packing_lib.first_fit(pieces, {"tokens": data_cfg.seq_len + 1},
                                seed=_seed32(data_cfg.shuffle_seed),
                                padding={"tokens": tokenizer.pad_id})
