@@ -1,54 +1,110 @@
 """Compute-matched architecture ablation: T5's Table 2 (Raffel et al. 2020, Sec. 3.2) in miniature.
 
-  python -m experiments.architecture_ablation --out=runs/ablation [--budget_flops=1e13] \
-      [--seeds=0,1] [--arms=encdec_span,encdec_lm,decoder_prefix_lm,decoder_lm,encoder_mlm]
+  python -m experiments.architecture_ablation --out=runs/ablation [--budgets=1e12,3e12,1e13] \
+      [--seeds=0,1,2] [--lr_sweep=0.5,1,2] [--seeds_per_program=1] [--workers=1] \
+      [--arms=encdec_span,encdec_lm,decoder_prefix_lm,decoder_lm,encoder_mlm]
   python -m experiments.architecture_ablation --out=/tmp/ablation_tiny --tiny
 
 Each arm is a config in experiments/ablation/ that states only its difference from
-experiments/ablation/baseline.py. For every seed and arm, in this order:
-  1. pretraining on character-level Tiny Shakespeare for the same training FLOPs: train.steps =
-     round(budget / research.flops.training_flops_per_step(arm)), so an arm whose step is cheaper
-     takes more steps; the validation loss is measured EVAL_POINTS times along the way;
-  2. fine-tuning from that workdir (config.init_from: its architecture and character vocabulary)
-     on SST-2 (dev accuracy) and on Spanish -> English (sacrebleu BLEU of greedy decoding on the
-     test split), with the same steps, batch and lengths for every arm; an encoder-only model
-     cannot generate, so it has no translation score (n/a, as T5 leaves cells empty).
-Then OUT/report.md (tables, config diffs, conclusions), OUT/loss_vs_flops.png,
-OUT/downstream.png and OUT/results.json.
+experiments/ablation/baseline.py. Every arm pretrains on one corpus with one vocabulary: the
+training splits of the bundled corpora and a shared 4096-piece SentencePiece vocabulary
+(experiments/ablation_corpus.py), built once in OUT/corpus (~70 s the first time) and copied
+into every pretraining workdir before it is used (--tiny keeps the configs' character-level Tiny
+Shakespeare: the vocabulary alone would take most of its time). For every arm:
+  1. a learning-rate sweep at the SMALLEST budget: one pretraining per --lr_sweep multiplier of
+     the arm's optimizer.learning_rate (the whole schedule scaled, its end rate too), with the
+     first seed; the rate of the lowest final validation loss is carried to every budget
+     (OUT/<arm>/lr.json). One seed, because the sweep multiplies the cheapest budget's cost by
+     the number of rates while its seeds would multiply it again, and with one seed the rates
+     are compared paired (same initialisation and data order). The chosen rate's sweep run is
+     also that seed's run at the smallest budget (the same config and seed), so the choice
+     favours that one run's pretraining loss a little; downstream scores are not selected on;
+  2. at every budget and seed: pretraining on that corpus for that many training FLOPs:
+     train.steps = round(budget / research.flops.training_flops_per_step(arm)),
+     so an arm whose step is cheaper takes more steps; the validation loss is measured
+     EVAL_POINTS times along the way; then its yardsticks (Hooks.yardsticks; not with --tiny):
+     the SST-2 linear-probe accuracy of its frozen features, and bits per character of the
+     corpus's validation text for the arms that predict left to right
+     (experiments/ablation_yardsticks.py);
+  3. fine-tuning from that workdir (config.init_from: its architecture and the shared
+     vocabulary) on SST-2 (dev accuracy) and on Spanish -> English (sacrebleu BLEU of greedy
+     decoding on the test split), with the same steps, batch, lengths and learning rate for
+     every arm; an encoder-only model cannot generate, so it has no translation score (n/a,
+     as T5 leaves cells empty).
+Then OUT/report.md (sweep, results per budget, trends against FLOPs, paired differences with
+bootstrap intervals, T5's orderings point by point: experiments/ablation_writeup.py), its plots
+(experiments/ablation_plots.py) and OUT/results.json.
 
-Layout: OUT/<arm>/seed<k>/{pretrain,sst2,spa_eng}/ are research.train workdirs; a stage's
-OUT/<arm>/seed<k>/<stage>.json is written when it has finished and been evaluated, and
-OUT/<arm>/seed<k>/result.json when all of the arm's stages have. Running the command again
-skips what has a record, resumes interrupted workdirs from their last checkpoint (as
-train_and_evaluate does), and rewrites the report; adding seeds or arms adds runs. A run stopped
-by SIGTERM (research.train checkpoints and returns) ends the ablation until the next rerun. A
-different budget, --tiny or changed arm config on the same OUT is refused. A progress line
-before every stage names the arm, seed and stage and estimates the time left from the stages
-finished so far. JAX's persistent compilation cache lives in OUT/jax_cache.
+Paired seeds: seed k sets the initialisation, the objective's noise and the data order. The
+pretraining order of windows is a function of the seed, the corpus length, data.seq_len and
+data.batch_size only (research/data/pipeline.py shuffles window offsets), which every arm
+shares; arms differ in token ids (the objective's special tokens come first in the
+vocabulary) but not in text. So seed k of every arm reads the same text in the same order
+(a longer prefix of it at a larger budget), and fine-tunes with seed k too: differences
+between arms are taken per seed (experiments/ablation_stats.py). The runner checks it: each
+plan records a digest of seed 0's first pretraining batches decoded to text, and the report
+says whether all arms agree.
 
---workers=N runs N arms at once, each in its own process (its seeds one after another, so that
-the later seeds load the first one's compiled programs from the cache; its output goes to
-OUT/<arm>/log.txt), and logs each stage as it finishes. The default is one, so that the
-report's wall times and MFU are measured on an otherwise idle machine; --tiny, whose stages
-are compile-bound, defaults to TINY_WORKERS, and the report says when stages shared the machine.
+Layout (experiments/ablation_spec.py): OUT/<arm>/<budget>/seed<k>/{pretrain,sst2,spa_eng}/ are
+research.train workdirs (<budget> as flops1e12), the sweep's are OUT/<arm>/<smallest
+budget>/lr<rate>/pretrain/; a stage's record <stage>.json beside its workdir is written when it
+has finished and been evaluated, and OUT/<arm>/<budget>/seed<k>/result.json when all of that
+arm-seed's stages have. Running the command again skips what has a record, resumes interrupted
+workdirs from their last checkpoint (as train_and_evaluate does), and rewrites the report;
+adding seeds, arms or larger budgets adds runs. A run stopped by SIGTERM (research.train
+checkpoints and returns) ends the ablation until the next rerun. Another smallest budget,
+--lr_sweep, --tiny or a changed arm config on the same OUT is refused. A progress line before
+every stage names it and estimates the time left from the stages finished so far. JAX's
+persistent compilation cache lives in OUT/jax_cache.
 
-Runtime of the default (5 arms x 2 seeds: 10 pretrainings of ~820-1460 steps, 10 SST-2 and 8
-translation fine-tunings of 100 steps): 31m42s measured on 2 idle CPU cores
-(experiments/ablation_report/). --tiny (tiny models, a few steps each, 2 seeds, 28 stages):
-1m39s on 2 idle cores with its default three workers (median of 3 runs: 97, 99, 100 s; one
-process: 2m19s).
+--workers=N runs N arms at once, each in its own process (its stages one after another, so
+that later seeds load the first one's compiled programs from the cache; its output goes to
+OUT/<arm>/log.txt: experiments/ablation_pool.py), and logs each stage as it finishes. The
+default is one, so that the report's wall times and MFU are measured on an otherwise idle
+machine; --tiny, whose stages are compile-bound, defaults to TINY_WORKERS, and the report says
+when stages shared the machine.
+
+--seeds_per_program=K > 1 trains the seeds of an arm and budget K at a time as one compiled
+program (research/multiseed.py: the same runs, stacked along a seed axis); the sweep's rates,
+which differ in more than the seed, and a group that diverged run one by one. A seed's wall_s
+is then its share of its program's time. On the 2-core CPU it gains nothing (0.92-0.93x of
+one-by-one at K=4, benchmarks/multiseed.py); it is meant for an accelerator that a model this
+small leaves mostly idle.
+
+Extension points: Hooks.pretrain runs a batch of pretraining jobs (all seeds of an arm and
+budget, or the sweep's rates); `pretrain_each` runs them one by one, `pretrain_together(K)`
+(--seeds_per_program) K seeds a program. Hooks.yardsticks returns extra numbers measured on a
+finished pretraining workdir (`measure_yardsticks`: linear probe, bits per character); they are
+kept in the pretraining record under "yardsticks" and the report tabulates and compares them
+when present.
+
+Runtimes. The single-budget predecessor (5 arms x 2 seeds at 1e13 FLOPs) took 31m42s on 2 idle
+CPU cores (experiments/ablation_report/). The default here (3 budgets x 3 seeds, 3 rates: 136
+stages, on the corpus with the shared vocabulary, with yardsticks) has not been run yet; from
+that run's stage times (pretraining ~2.2 min per 1e13 FLOPs: 44e12 an arm, ~50 min in all; ~1 min
+for an arm-seed's fine-tunings: 45 of them) and ~1.5 min of yardsticks on each of the 55
+pretrained workdirs, it needs about 3 h on one worker (an estimate). --tiny (2 budgets x 2
+seeds, one rate, fine-tuning at the larger budget only, characters, no yardsticks: 38
+stages): 2m46s with its three workers on the 2 cores of an Intel Xeon (AVX-512 with bf16, no
+AMX flags exposed) shared with other work (load average 2.5-4.7 during the run; 3m33s at load
+average 6-8), 169 s of CPU time;
+the single-budget tiny run (28 stages) used 162 s of CPU on the same machine and took 1m39s on
+2 idle cores, so this one should take about as long there. Its first version, fine-tuning at
+both budgets and sweeping two rates (61 stages), used 280 s: a tiny stage costs seconds of
+tracing whatever its size, so --tiny's time follows its number of stages.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import pathlib
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 if __package__ in (None, ""):  # run as a file: make the repository importable
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -58,104 +114,56 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from experiments import ablation_corpus, ablation_pool, ablation_writeup
+from experiments.ablation_pool import Progress, format_seconds
+from experiments.ablation_spec import (FINETUNES, T5_NAMES, T5_ORDER, TASKS, Plan, Results,
+                                       budget_tag, lr_tag, seed_dir, stages_of, sweep_dir)
 from research import config_diff, paths
 from research.config import ConfigError, ExperimentConfig, UserError, load_config_file
 from research.paths import REPO_ROOT
 # pylint: enable=wrong-import-position
 
+__all__ = ["FINETUNES", "T5_NAMES", "T5_ORDER", "TASKS", "Plan"]  # re-exported for readers
+
 ARM_DIR = pathlib.Path(__file__).resolve().with_name("ablation")
 BASELINE = "baseline"
 DEFAULT_ARMS = ("encdec_span", "encdec_lm", "decoder_prefix_lm", "decoder_lm", "encoder_mlm")
-DEFAULT_BUDGET = 1e13  # training FLOPs per pretraining run (~880 steps of the decoder-only arms)
-TINY_BUDGET = 5e8  # a handful of steps of the tiny models
+# Training FLOPs per pretraining run: 10x from the smallest to the largest (the largest is
+# ~880 steps of the decoder-only arms).
+DEFAULT_BUDGETS = (1e12, 3e12, 1e13)
+DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_LR_SWEEP = (0.5, 1.0, 2.0)  # multipliers of each arm's optimizer.learning_rate
+TINY_BUDGETS = (2.5e8, 5e8)  # a handful of steps of the tiny models
+TINY_SEEDS = (0, 1)
+# One rate: each rate compiles the arm's training step anew (the rate is a constant in the
+# program), and with two --tiny took 1.7x the CPU time of its single-budget predecessor, past
+# its two minutes. The choice among rates is tested without training (tests/test_ablation.py).
+TINY_LR_SWEEP = (2.0,)
+# (and --tiny fine-tunes at its largest budget only: Ablation.tasks_at)
 EVAL_POINTS = 5  # validation-loss measurements along each pretraining run
-TASKS = ("sst2", "spa_eng")
+CORPUS_DIR = "corpus"  # OUT/corpus: experiments/ablation_corpus.py's corpus and vocabulary
+# What the arms pretrain on (ablation.json: an OUT of the other is refused).
+CORPUS_DATA = (f"ablation corpus (experiments/ablation_corpus.py), shared "
+               f"{ablation_corpus.VOCAB_SIZE}-piece SentencePiece vocabulary")
+TINY_DATA = "tiny_shakespeare, characters"
 
 # --tiny: the arms shrunk alike (half the layers; width and MLP / 4, so the parameter matching
 # of baseline.py still holds: its MLP is narrower by exactly the width), short sequences.
+# A constant rate: a schedule that decays over train.steps is compiled into the training step,
+# so each budget would compile its own; at a constant rate the budgets share one program.
 TINY_PRETRAIN = {"model.embed_dim": 32, "model.num_heads": 2, "data.seq_len": 32,
                  "data.batch_size": 8, "train.eval_batches": 2, "train.eval_batch_size": 8,
-                 "train.log_every": 1, "optimizer.warmup_steps": 1}
+                 "train.log_every": 1, "optimizer.warmup_steps": 1,
+                 "optimizer.schedule": "constant"}
 TINY_MLP_DIVISOR = 4
 # Tiny runs are compile-bound: without LLVM's optimisations a tiny stage compiles ~2.5x faster
 # (measured on the 2-core CPU); the default runs keep them, their steps dominate.
 TINY_XLA_FLAGS = "--xla_backend_optimization_level=0"
 # --tiny's stages are mostly tracing and compilation, which leave a core idle much of the time:
-# on the 2-core CPU, one worker took 2m19s, two 1m48s and three 1m33s-1m40s (idle cores); five
-# were no faster than three. Tiny models leave an accelerator's memory room for three.
+# on the 2-core CPU, one worker took 2m19s, two 1m48s and three 1m33s-1m40s (idle cores, the
+# single-budget predecessor); five were no faster than three. Tiny models leave an
+# accelerator's memory room for three.
 TINY_WORKERS = 3
-
-
-@dataclasses.dataclass(frozen=True)
-class Finetune:
-  """One downstream task: which repository config each family starts from, and the settings
-  every arm shares (the pretrained workdir replaces the architecture and tokenizer)."""
-
-  task: str
-  label: str  # in tables and plots
-  metric: str  # key of train_and_evaluate's result
-  metric_label: str
-  scale: float  # metric -> the reported unit (accuracy in %)
-  configs: dict[str, str]  # family -> configs/<file>
-  settings: dict[str, Any]  # "section.key" -> value, every arm
-  tiny: dict[str, Any]
-
-  def families(self) -> tuple[str, ...]:
-    from research import kinds  # pylint: disable=import-outside-toplevel
-    return kinds.KINDS[kinds.TASKS[self.task].kind].FAMILIES
-
-
-# Shared by both tasks: the same optimizer, steps and batch for every arm; no dropout (a few
-# hundred steps do not overfit); one evaluation, at the end.
-_COMMON = {"data.tokenizer": "char", "data.vocab_size": 0, "data.batch_size": 32,
-           "model.dropout_rate": 0.0, "optimizer.learning_rate": 1e-3,
-           "optimizer.end_learning_rate": 1e-4, "optimizer.warmup_steps": 10,
-           "optimizer.weight_decay": 0.01, "optimizer.decay_steps": 0, "train.steps": 100,
-           "train.eval_every": 0, "train.checkpoint_every": 50, "train.log_every": 10,
-           "train.eval_batches": 0, "train.eval_batch_size": 0}
-# --tiny reads only the first 2,000 training records of each task (featurising them all would
-# take longer than the tiny run itself).
-_TINY_COMMON = {"data.batch_size": 8, "data.train_split": "train[:2000]", "train.steps": 2,
-                "train.checkpoint_every": 2, "train.log_every": 1, "optimizer.warmup_steps": 1}
-
-FINETUNES = {
-    "sst2": Finetune(
-        "sst2", "SST-2", "eval/accuracy", "dev accuracy (%)", 100.0,
-        {"encoder": "sst2_bert.py", "decoder": "sst2_gpt.py", "encoder_decoder": "sst2_t5.py"},
-        # Characters: 128 hold three quarters of the dev sentences whole; "positive" + EOS is
-        # 9 tokens for the encoder-decoder to write.
-        {**_COMMON, "data.seq_len": 128, "data.eval_split": "validation",
-         "task.max_input_len": 128, "task.max_target_len": 10, "task.decoding": "greedy",
-         "task.eval_examples": 0, "task.eval_batch_size": 128},
-        {**_TINY_COMMON, "data.seq_len": 32, "task.max_input_len": 32,
-         "task.eval_examples": 16, "task.eval_batch_size": 16}),
-    "spa_eng": Finetune(
-        "spa_eng", "Spanish->English", "eval/bleu", "test BLEU", 1.0,
-        {"decoder": "spa_eng_gpt.py", "encoder_decoder": "spa_eng_t5.py"},
-        # The same text for both generating families: a 64-character input (template and the
-        # Spanish sentence cut to ~45 characters) and a 48-character English target; the
-        # decoder holds both in its 112 positions.
-        {**_COMMON, "data.seq_len": 112, "data.eval_split": "test", "task.max_input_len": 64,
-         "task.max_target_len": 48, "task.decoding": "greedy", "task.eval_examples": 400,
-         "task.eval_batch_size": 200},
-        {**_TINY_COMMON, "data.seq_len": 36, "task.max_input_len": 28, "task.max_target_len": 8,
-         "task.eval_examples": 16, "task.eval_batch_size": 16}),
-}
-
-# The rows of T5's Table 2 that the arms reproduce at matched parameters ("P"): the
-# encoder-decoder there has L/2 + L/2 layers when matched to an L-layer decoder ("6 layers").
-T5_NAMES = {("encoder_decoder", "span_corruption"): "Enc-dec, 6 layers (P, M/2), denoising",
-            ("encoder_decoder", "prefix_lm"): "Enc-dec, 6 layers (P, M/2), LM",
-            ("decoder", "prefix_lm"): "Prefix LM (P, M), LM",
-            ("decoder", "causal_lm"): "Language model (P, M), LM"}
-# Pairs (better, worse) that those rows order on GLUE in Table 2: denoising beats the LM
-# objective, and the decoder-only language model is last. The encoder-decoder trained as an LM
-# and the prefix LM are about a point apart there, so that pair is no expectation.
-T5_ORDER = ((("encoder_decoder", "span_corruption"), ("encoder_decoder", "prefix_lm")),
-            (("encoder_decoder", "span_corruption"), ("decoder", "prefix_lm")),
-            (("encoder_decoder", "span_corruption"), ("decoder", "causal_lm")),
-            (("encoder_decoder", "prefix_lm"), ("decoder", "causal_lm")),
-            (("decoder", "prefix_lm"), ("decoder", "causal_lm")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,10 +189,19 @@ def _set(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> None:
     config[section][name] = value
 
 
-def pretrain_config_dict(arm: str, seed: int, tiny: bool) -> ml_collections.ConfigDict:
+def pretrain_config_dict(arm: str, seed: int, tiny: bool, learning_rate: float | None = None,
+                         corpus: epath.Path | None = None) -> ml_collections.ConfigDict:
   """The arm's config with the seed (initialisation, objective noise and data order) applied,
-  shrunk with --tiny; train.steps is set later from the budget."""
+  shrunk with --tiny, its learning-rate schedule scaled to peak at `learning_rate` (None: the
+  config's), pretraining on the ablation corpus built in `corpus` (None: the config's own data,
+  as --tiny does); train.steps is set later from the budget."""
   config = load_config_file(str(arm_path(arm)))
+  if corpus is not None:
+    _set(config, ablation_corpus.pretrain_overrides(corpus))
+  if learning_rate is not None:
+    scale = learning_rate / config.optimizer.learning_rate
+    config.optimizer.learning_rate = learning_rate
+    config.optimizer.end_learning_rate *= scale
   if tiny:  # half the layers (4 -> 2, 2 + 2 -> 1 + 1): compilation dominates tiny runs
     config.model.num_layers = max(1, config.model.num_layers // 2)
     config.model.num_decoder_layers = max(0, config.model.num_decoder_layers // 2)
@@ -197,9 +214,15 @@ def pretrain_config_dict(arm: str, seed: int, tiny: bool) -> ml_collections.Conf
 def with_steps(config: ml_collections.ConfigDict, steps: int, tiny: bool) -> ExperimentConfig:
   points = 2 if tiny else EVAL_POINTS
   every = max(1, steps // points)
+  # Warm-up at most a tenth of the run: at the smallest budget an arm takes ~55 steps, and the
+  # baseline's 100 warm-up steps would keep it from ever reaching its peak learning rate (the
+  # rate the sweep is choosing).
+  warmup = min(config.optimizer.warmup_steps, max(1, steps // 10))
+  # --tiny checkpoints only the last step: its runs take seconds, a save a good part of them.
   _set(config, {"train.steps": steps, "train.eval_every": every,
-                "train.checkpoint_every": every, "train.keep_checkpoints": 2,
-                "optimizer.decay_steps": 0})
+                "optimizer.warmup_steps": warmup,
+                "train.checkpoint_every": steps if tiny else every,
+                "train.keep_checkpoints": 2, "optimizer.decay_steps": 0})
   return ExperimentConfig.from_config_dict(config)
 
 
@@ -216,8 +239,9 @@ def finetune_config(task: str, family: str, init_from: epath.Path, seed: int,
   return ExperimentConfig.from_config_dict(config)
 
 
-def stages_of(family: str) -> list[str]:
-  return ["pretrain"] + [t for t in TASKS if family in FINETUNES[t].families()]
+
+def sweep_rates(plan: Plan, multipliers: list[float]) -> list[float]:
+  return [m * plan.learning_rate for m in multipliers]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,54 +249,46 @@ def stages_of(family: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-  arm: str
-  family: str
-  objective: str
-  parameters: int
-  vocab_size: int
-  flops_per_step: int
-  steps: int
-  batch_size: int
-  seq_len: int
-  diff: tuple[str, ...]  # config_diff lines against baseline.py
-
-  @property
-  def training_flops(self) -> int:
-    return self.steps * self.flops_per_step
-
-  @property
-  def tokens(self) -> int:
-    return self.steps * self.batch_size * self.seq_len
+def data_order(exp, batches: int = 2) -> str:
+  """A digest of the first training batches decoded to text: equal for two arms when they read
+  the same text in the same order, whatever their vocabularies."""
+  digest = hashlib.sha256()
+  iterator = iter(exp.data.train)
+  for _ in range(batches):
+    for row in next(iterator)["inputs"]:  # (b, T)
+      digest.update(exp.data.tokenizer.decode(row).encode() + b"\0")
+  return digest.hexdigest()[:16]
 
 
-def make_plan(arm: str, config: ExperimentConfig, budget: float, workdir: epath.Path) -> Plan:
+def make_plan(arm: str, config: ExperimentConfig, workdir: epath.Path) -> Plan:
   """Resolves the arm's vocabulary (building its tokenizer in `workdir`, where training finds
-  it again) and counts its parameters and training FLOPs per step."""
+  it again), counts its parameters and training FLOPs per step, and digests its data order."""
   from research import flops as flops_lib  # pylint: disable=import-outside-toplevel
   from research import models, train  # pylint: disable=import-outside-toplevel
   exp = train.build_experiment(config, workdir)
   resolved = exp.config
-  per_step = flops_lib.training_flops_per_step(resolved)
   diff = config_diff.format_diff(config_diff.diff_files(str(ARM_DIR / f"{BASELINE}.py"),
                                                         str(arm_path(arm))))
   return Plan(arm=arm, family=resolved.model.family, objective=resolved.objective.name,
               parameters=models.parameter_count(exp.abstract_state.params),
-              vocab_size=resolved.model.vocab_size, flops_per_step=per_step,
-              steps=max(1, round(budget / per_step)), batch_size=resolved.data.batch_size,
-              seq_len=resolved.data.seq_len, diff=tuple(diff))
+              vocab_size=resolved.model.vocab_size,
+              flops_per_step=flops_lib.training_flops_per_step(resolved),
+              batch_size=resolved.data.batch_size, seq_len=resolved.data.seq_len,
+              learning_rate=resolved.optimizer.learning_rate, diff=tuple(diff),
+              data_order=data_order(exp))
 
 
-def load_or_make_plan(out: epath.Path, arm: str, budget: float, tiny: bool,
-                      workdir: epath.Path) -> Plan:
+def load_or_make_plan(out: epath.Path, arm: str, tiny: bool, workdir: epath.Path,
+                      corpus: epath.Path | None = None) -> Plan:
   """OUT/<arm>/plan.json, made on the first run; a later run refuses an arm whose config file
   (or the baseline) has changed since, as its finished runs would be reported for the new one."""
-  config = ExperimentConfig.from_config_dict(pretrain_config_dict(arm, 0, tiny))
+  config = ExperimentConfig.from_config_dict(pretrain_config_dict(arm, 0, tiny, corpus=corpus))
   path = out / arm / "plan.json"
   saved = read_json(path)
   if saved is None:
-    plan = make_plan(arm, config, budget, workdir)
+    if corpus is not None:  # the shared vocabulary, not one research.train would train here
+      ablation_corpus.install_tokenizer(corpus, workdir)
+    plan = make_plan(arm, config, workdir)
     write_json(path, {**dataclasses.asdict(plan), "config": config.to_dict()})
     return plan
   before = ExperimentConfig.from_config_dict(saved.pop("config"))
@@ -298,15 +314,19 @@ def read_json(path: epath.Path) -> Any:
   return json.loads(path.read_text()) if path.exists() else None
 
 
+SETTINGS_CHECKED = ("sweep_budget", "lr_sweep", "tiny", "finetune", "pretrain_data")
+
+
 def check_settings(out: epath.Path, settings: dict) -> None:
-  """Refuses an OUT made with another budget, --tiny or fine-tuning settings: its finished
-  runs would be skipped although they measure something else."""
+  """Refuses an OUT made with another smallest budget, learning-rate sweep, --tiny or
+  fine-tuning settings: its finished runs would be skipped although they measure something
+  else. (Larger budgets, seeds and arms may be added.)"""
   path = out / "ablation.json"
   saved = read_json(path)
   if saved is None:
     write_json(path, settings)
     return
-  for key in ("budget_flops", "tiny", "finetune"):
+  for key in SETTINGS_CHECKED:
     if saved.get(key) != settings[key]:
       raise UserError(f"{out} holds an ablation with other settings ({key}: "
                       f"{saved.get(key)!r} there, {settings[key]!r} now); rerun with the same "
@@ -347,69 +367,34 @@ class Interrupted(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# Running
+# Stages
 # ---------------------------------------------------------------------------------------------
 
 
-def format_seconds(seconds: float) -> str:
-  seconds = int(round(seconds))
-  if seconds < 60:
-    return f"{seconds}s"
-  if seconds < 3600:
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+@dataclasses.dataclass(frozen=True)
+class StageRun:
+  """What one research.train run gave: its final evaluation, seconds, whether it resumed."""
+
+  result: dict
+  seconds: float
+  resumed: bool
 
 
-class Progress:
-  """The progress line: which arm, seed and stage runs, and the time left, estimated from the
-  stages finished so far (in this process or recorded by an earlier one)."""
+@dataclasses.dataclass(frozen=True, eq=False)  # each job is itself (a key of records)
+class PretrainJob:
+  """One pretraining run to make: `config` has its seed, rate and steps set."""
 
-  def __init__(self, todo: list[tuple[str, int, str]], known: dict[tuple[str, str], list[float]],
-               workers: int = 1):
-    self.todo = todo  # (arm, seed, stage) still to run, in order
-    self.known = known  # (arm, stage) -> seconds of finished ones
-    self.workers = workers  # stages running at once: the time left is shared among them
-    self.started = time.perf_counter()
-    self.done = 0
-
-  def estimate(self, arm: str, stage: str) -> float | None:
-    same = self.known.get((arm, stage))
-    if same:
-      return float(np.mean(same))
-    kind = [s for (_, st), seconds in self.known.items() if st == stage for s in seconds]
-    if kind:
-      return float(np.mean(kind))
-    every = [s for seconds in self.known.values() for s in seconds]
-    return float(np.mean(every)) if every else None
-
-  def time_left(self, remaining: list[tuple[str, int, str]]) -> str:
-    estimates = [self.estimate(a, st) for a, _, st in remaining]
-    if any(e is None for e in estimates):
-      return "time left: known after the first stage"
-    return f"about {format_seconds(sum(estimates) / self.workers)} left"
-
-  def line(self, arm: str, seed: int, stage: str, detail: str) -> str:
-    return (f"[ablation {self.done + 1}/{len(self.todo)}] {arm} seed {seed}: {stage} "
-            f"({detail}); {format_seconds(time.perf_counter() - self.started)} elapsed, "
-            f"{self.time_left(self.todo[self.done:])}")
-
-  def finished_line(self, arm: str, seed: int, stage: str, seconds: float,
-                    remaining: list[tuple[str, int, str]]) -> str:
-    """After finished(): for stages run by workers, which report when a stage ends."""
-    return (f"[ablation {self.done}/{len(self.todo)}] {arm} seed {seed}: {stage} done in "
-            f"{format_seconds(seconds)}; {format_seconds(time.perf_counter() - self.started)} "
-            f"elapsed, {self.time_left(remaining)}")
-
-  def finished(self, arm: str, stage: str, seconds: float) -> None:
-    self.known.setdefault((arm, stage), []).append(seconds)
-    self.done += 1
-
-  def skipped(self, count: int) -> None:
-    self.done += count
+  arm: str
+  budget: float
+  seed: int
+  learning_rate: float
+  config: ExperimentConfig
+  workdir: epath.Path
+  where: str  # in progress lines: "flops1e12 seed0", "flops1e12 lr0.002"
 
 
-def run_stage(config: ExperimentConfig, workdir: epath.Path) -> tuple[dict, float, bool]:
-  """(final evaluation, seconds, whether it resumed) of one research.train run."""
+def run_stage(config: ExperimentConfig, workdir: epath.Path) -> StageRun:
+  """One research.train run to its last step (Interrupted if it stopped before)."""
   from research import train  # pylint: disable=import-outside-toplevel
   resumed = latest_checkpoint(workdir) is not None
   start = time.perf_counter()
@@ -418,572 +403,456 @@ def run_stage(config: ExperimentConfig, workdir: epath.Path) -> tuple[dict, floa
   reached = latest_checkpoint(workdir)
   if reached != config.train.steps:
     raise Interrupted(f"{workdir} stopped at step {reached} of {config.train.steps}")
-  return result, seconds, resumed
+  return StageRun(result, seconds, resumed)
 
 
-def pretrain_record(plan: Plan, workdir: epath.Path, result: dict, seconds: float,
-                    resumed: bool) -> dict:
-  records = metrics_records(workdir)
-  return {"stage": "pretrain", "steps": plan.steps, "flops_per_step": plan.flops_per_step,
-          "training_flops": plan.training_flops, "tokens": plan.tokens,
-          "eval_loss": result.get("eval/loss"), "eval_accuracy": result.get("eval/accuracy"),
-          "curve": loss_curve(records), "mfu": mean_mfu(records), "wall_s": seconds,
-          "resumed": resumed}
-
-
-def finetune_record(task: str, config: ExperimentConfig, result: dict, seconds: float,
-                    resumed: bool) -> dict:
-  spec = FINETUNES[task]
-  value = result.get(spec.metric)
-  return {"stage": task, "metric": spec.metric,
-          "value": None if value is None else spec.scale * float(value),
-          "eval_loss": result.get("eval/loss"), "examples": result.get("eval/examples"),
-          "steps": config.train.steps, "batch_size": config.data.batch_size, "wall_s": seconds,
-          "resumed": resumed}
-
-
-def run_arm_seed(arm: str, seed: int, plan: Plan, directory: epath.Path, tiny: bool,
-                 progress: Progress, log, concurrent: int = 1) -> dict[str, dict]:
-  """Every stage of one arm and seed, skipping those with a record; returns the records.
-  `concurrent`: how many arm-seeds run at once (--workers), kept in each record because it
-  makes the stage's wall time and MFU those of a shared machine."""
-  records = {}
-  for stage in stages_of(plan.family):
-    path = directory / f"{stage}.json"
-    records[stage] = read_json(path)
-    if records[stage] is not None:
-      continue
-    workdir = directory / stage
-    if stage == "pretrain":
-      config = with_steps(pretrain_config_dict(arm, seed, tiny), plan.steps, tiny)
-      log(progress.line(arm, seed, stage, f"{plan.steps} steps, {plan.training_flops:.2e} FLOPs"))
-      result, seconds, resumed = run_stage(config, workdir)
-      records[stage] = pretrain_record(plan, workdir, result, seconds, resumed)
-    else:
-      config = finetune_config(stage, plan.family, directory / "pretrain", seed, tiny)
-      log(progress.line(arm, seed, stage, f"fine-tuning, {config.train.steps} steps"))
-      result, seconds, resumed = run_stage(config, workdir)
-      records[stage] = finetune_record(stage, config, result, seconds, resumed)
-    records[stage]["concurrent"] = concurrent
-    write_json(path, records[stage])
-    progress.finished(arm, stage, seconds)
-  return records
-
-
-def run_ablation(out: epath.Path, arms: list[str], seeds: list[int], budget: float,
-                 tiny: bool, log=print, workers: int = 1, worker_of: int = 0) -> dict[str, Any]:
-  """Runs (or resumes, or skips) every stage of every arm and seed, seed by seed, then writes
-  the report. Returns {"plans": {arm: Plan}, "results": {(arm, seed): record},
-  "failed": [message, ...], "interrupted": whether a run was stopped (SIGTERM)}.
-
-  workers > 1 runs that many arm-seeds at once, each in its own process (run_in_workers).
-  worker_of = N > 0: this process is one of N such workers; it runs its stages and writes no
-  report."""
-  for arm in arms:
-    arm_path(arm)  # every name checked before anything runs
-  settings = {"budget_flops": budget, "tiny": tiny,
-              "finetune": {t: {**f.settings, **(f.tiny if tiny else {})}
-                           for t, f in FINETUNES.items()}}
-  out.mkdir(parents=True, exist_ok=True)
-  check_settings(out, settings)
-  seed_dir = lambda arm, seed: out / arm / f"seed{seed}"
-  plans = {arm: load_or_make_plan(out, arm, budget, tiny, seed_dir(arm, seeds[0]) / "pretrain")
-           for arm in arms}
-  todo, known = [], {}
-  for seed in seeds:
-    for arm in arms:
-      for stage in stages_of(plans[arm].family):
-        record = read_json(seed_dir(arm, seed) / f"{stage}.json")
-        if record is None:
-          todo.append((arm, seed, stage))
-        else:
-          known.setdefault((arm, stage), []).append(record["wall_s"])
-  progress = Progress(todo, known, workers)
-  failed, interrupted = [], False
-  pending = [(arm, seed) for seed in seeds for arm in arms  # seed by seed: an interrupted
-             if not (seed_dir(arm, seed) / "result.json").exists()]  # one has whole comparisons
-  if workers > 1:
-    failed, interrupted = run_in_workers(out, pending, plans, settings, workers, progress, log)
-  else:
+def pretrain_each(jobs: list[PretrainJob], start: Callable[[PretrainJob], None],
+                  done: Callable[[PretrainJob, StageRun | FloatingPointError], None]) -> None:
+  """The default Hooks.pretrain: the jobs one after another. A replacement (several seeds in
+  one compiled program) calls start(job) before and done(job, run) after each job's run, and
+  passes a diverged run's FloatingPointError to done instead of raising it."""
+  for job in jobs:
+    start(job)
     try:
-      for arm, seed in pending:
-        directory = seed_dir(arm, seed)
-        try:
-          records = run_arm_seed(arm, seed, plans[arm], directory, tiny, progress, log,
-                                 max(1, worker_of))
-        except FloatingPointError as e:  # a diverged run: the other arms still run
-          failed.append(f"{arm} seed {seed}: {e}")
-          log(f"[ablation] {arm} seed {seed} failed: {e}")
-          progress.skipped(sum(not (directory / f"{stage}.json").exists()
-                               for stage in stages_of(plans[arm].family)))
-          continue
-        write_json(directory / "result.json", {"arm": arm, "seed": seed, **records})
-    except Interrupted as e:
-      interrupted = True
-      log(f"[ablation] stopped: {e}; rerun the same command to continue from there")
-  results = {(arm, seed): read_json(seed_dir(arm, seed) / "result.json")
-             for seed in seeds for arm in arms}
-  results = {key: record for key, record in results.items() if record is not None}
-  if not worker_of:
-    write_report(out, arms, seeds, plans, results, settings, failed)
-  return {"plans": plans, "results": results, "failed": failed, "interrupted": interrupted}
+      run = run_stage(job.config, job.workdir)
+    except FloatingPointError as e:
+      run = e
+    done(job, run)
 
 
-class WorkerLogs:
-  """OUT/<arm>/log.txt of the worker processes. A worker's output goes to a file descriptor,
-  so with OUT on cloud storage it is written to a local file (starting from the log already
-  there) and uploaded when the worker ends."""
-
-  def __init__(self, out: epath.Path):
-    self.out = out
-    self._staging = None
-    if paths.is_url(out):
-      import tempfile  # pylint: disable=import-outside-toplevel
-      self._staging = pathlib.Path(tempfile.mkdtemp(prefix="ablation-logs-"))
-
-  def remote(self, arm: str) -> epath.Path:
-    return self.out / arm / "log.txt"
-
-  def local(self, arm: str) -> pathlib.Path:
-    if self._staging is None:
-      return pathlib.Path(self.remote(arm))
-    local = self._staging / f"{arm}.txt"
-    if not local.exists():
-      remote = self.remote(arm)
-      local.write_bytes(remote.read_bytes() if remote.exists() else b"")
-    return local
-
-  def done(self, arm: str) -> None:
-    if self._staging is not None:
-      self.remote(arm).write_bytes(self.local(arm).read_bytes())
-
-  def close(self) -> None:
-    if self._staging is not None:
-      import shutil  # pylint: disable=import-outside-toplevel
-      shutil.rmtree(self._staging, ignore_errors=True)
+def no_yardsticks(job: PretrainJob) -> dict[str, Any]:
+  """The default Hooks.yardsticks: none. A replacement returns {name: number} (read as higher
+  is better) or {name: {"value": number, "higher_is_better": bool}} measured on job.workdir."""
+  del job
+  return {}
 
 
-def run_in_workers(out: epath.Path, pending: list[tuple[str, int]], plans: dict[str, Plan],
-                   settings: dict, workers: int, progress: Progress,
-                   log) -> tuple[list[str], bool]:
-  """Runs the pending arm-seeds in `workers` processes at a time, one process per arm (its
-  seeds in turn, so that the later ones load the first one's programs from the compilation
-  cache): `python -m experiments.architecture_ablation --arms=ARM --seeds=... --worker_of=N`,
-  its output in OUT/<arm>/log.txt. Logs each stage as its record appears. SIGTERM or Ctrl-C is
-  passed on to the workers (research.train checkpoints and returns); the caller then writes
-  the report. Returns (failed, interrupted)."""
-  import signal  # pylint: disable=import-outside-toplevel
-  import subprocess  # pylint: disable=import-outside-toplevel
-  queue = list(dict.fromkeys(arm for arm, _ in pending))  # arms in order of first appearance
-  seeds_of = {arm: [seed for a, seed in pending if a == arm] for arm in queue}
-  running, failed, gone = {}, [], set()  # gone: arms whose worker failed
-  # (arm, seed, stage) with a record: those of earlier runs, then as the workers write them.
-  todo = set(progress.todo)
-  seen = {(arm, seed, stage) for arm, seed in pending for stage in stages_of(plans[arm].family)
-          if (arm, seed, stage) not in todo}
-  stop = []
-
-  def request_stop(signum, frame):
-    del frame
-    stop.append(signum)
-    for process in running.values():
-      process.send_signal(signal.SIGTERM)
-
-  previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-  logs = WorkerLogs(out)
-  try:
-    while (queue and not stop) or running:
-      while queue and not stop and len(running) < workers:
-        arm = queue.pop(0)
-        seeds = ",".join(map(str, seeds_of[arm]))
-        command = [sys.executable, "-m", "experiments.architecture_ablation", f"--out={out}",
-                   f"--arms={arm}", f"--seeds={seeds}",
-                   f"--budget_flops={settings['budget_flops']!r}", f"--worker_of={workers}"]
-        command += ["--tiny"] if settings["tiny"] else []
-        with open(logs.local(arm), "a", encoding="utf-8") as log_file:
-          running[arm] = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file,
-                                          stderr=subprocess.STDOUT)
-        log(f"[ablation] {arm} seeds {seeds}: started (output in {arm}/log.txt)")
-      time.sleep(0.2)
-      for arm, process in list(running.items()):
-        for seed in seeds_of[arm]:
-          for stage in stages_of(plans[arm].family):
-            record = read_json(out / arm / f"seed{seed}" / f"{stage}.json")
-            if (arm, seed, stage) in seen or record is None:
-              continue
-            seen.add((arm, seed, stage))
-            progress.finished(arm, stage, record["wall_s"])
-            remaining = [t for t in progress.todo if t not in seen and t[0] not in gone]
-            log(progress.finished_line(arm, seed, stage, record["wall_s"], remaining))
-        if process.poll() is None:
-          continue
-        del running[arm]
-        logs.done(arm)
-        if process.returncode != 0 and not stop:
-          gone.add(arm)
-          lines = logs.local(arm).read_text(errors="replace").strip().splitlines()
-          failed.append(f"{arm}: {lines[-1] if lines else 'no output'} (exit status "
-                        f"{process.returncode}; {out / arm / 'log.txt'})")
-          log(f"[ablation] {failed[-1]}")
-          progress.skipped(sum((arm, seed, stage) not in seen for seed in seeds_of[arm]
-                               for stage in stages_of(plans[arm].family)))
-  finally:
-    for sig, handler in previous.items():
-      signal.signal(sig, handler)
-    logs.close()
-  if stop:
-    log("[ablation] stopped; rerun the same command to continue from there")
-  return failed, bool(stop)
+def seed_groups(jobs: list[PretrainJob], per_program: int) -> list[list[PretrainJob]]:
+  """The jobs in groups that one multiseed program can train: jobs of one arm, budget and rate
+  (so differing only in their seed), at most `per_program` to a group, in the jobs' order. The
+  sweep's jobs differ in their rate, so each is a group of one."""
+  groups: dict[tuple, list[PretrainJob]] = {}
+  for job in jobs:
+    groups.setdefault((job.arm, job.budget, job.learning_rate), []).append(job)
+  return [group[i:i + per_program] for group in groups.values()
+          for i in range(0, len(group), per_program)]
 
 
-# ---------------------------------------------------------------------------------------------
-# The report
-# ---------------------------------------------------------------------------------------------
+def run_seeds_together(jobs: list[PretrainJob]) -> list[StageRun]:
+  """Trains the jobs (seeds of one config) as one research.multiseed program; each run's
+  seconds are its share of the program's (the sum is the time taken)."""
+  from research import multiseed  # pylint: disable=import-outside-toplevel
+  config, seeds = multiseed.split_seeds([job.config for job in jobs])
+  resumed = [latest_checkpoint(job.workdir) is not None for job in jobs]
+  start = time.perf_counter()
+  results = multiseed.train_and_evaluate(config, seeds, [job.workdir for job in jobs])
+  seconds = (time.perf_counter() - start) / len(jobs)
+  for job in jobs:
+    reached = latest_checkpoint(job.workdir)
+    if reached != config.train.steps:
+      raise Interrupted(f"{job.workdir} stopped at step {reached} of {config.train.steps}")
+  return [StageRun(result, seconds, r) for result, r in zip(results, resumed)]
+
+
+def pretrain_together(per_program: int) -> Callable:
+  """A Hooks.pretrain that trains up to `per_program` seeds of an arm and budget in one
+  compiled program (research/multiseed.py); a group of one, or a group that diverged (which
+  seed is unknown) or that the program refuses, runs one by one with `pretrain_each` (a
+  diverged group resumes there from its last shared checkpoint)."""
+  def pretrain(jobs, start, done) -> None:
+    for group in seed_groups(jobs, per_program):
+      if len(group) == 1:
+        pretrain_each(group, start, done)
+        continue
+      for job in group:
+        start(job)
+      try:
+        runs = run_seeds_together(group)
+      except (FloatingPointError, ConfigError) as e:
+        print(f"[ablation] {group[0].arm} {budget_tag(group[0].budget)}: {len(group)} seeds in "
+              f"one program failed ({e}); running them one by one", file=sys.stderr, flush=True)
+        pretrain_each(group, lambda job: None, done)
+        continue
+      for job, run in zip(group, runs):
+        done(job, run)
+
+  return pretrain
+
+
+# Training sentences of SST-2 the linear probe fits on: as many as linear_probe's default.
+PROBE_EXAMPLES = 8192
+
+
+def measure_yardsticks(job: PretrainJob) -> dict[str, Any]:
+  """The Hooks.yardsticks of the default runs (experiments/ablation_yardsticks.py): the frozen
+  features' SST-2 linear-probe accuracy for every arm, and bits per character of the corpus's
+  validation text for the arms that predict text left to right (~1 min each on 2 CPU cores)."""
+  from experiments import ablation_yardsticks  # pylint: disable=import-outside-toplevel
+  probe = ablation_yardsticks.linear_probe(str(job.workdir), train_examples=PROBE_EXAMPLES)
+  values: dict[str, Any] = {"linear probe accuracy (%)": 100.0 * probe["accuracy"]}
+  if (job.config.model.family, job.config.objective.name) in ablation_yardsticks.LEFT_TO_RIGHT:
+    bits = ablation_yardsticks.bits_per_char(str(job.workdir))["bits_per_char"]
+    values["bits per character"] = {"value": bits, "higher_is_better": False}
+  return values
 
 
 @dataclasses.dataclass(frozen=True)
-class Stat:
-  values: tuple[float, ...]
+class Hooks:
+  """Where other pretraining runners and measurements plug in (see the module docstring)."""
+
+  pretrain: Callable = pretrain_each
+  yardsticks: Callable = no_yardsticks
+
+
+def default_hooks(tiny: bool, seeds_per_program: int) -> Hooks:
+  """The runner's hooks: K seeds a program with --seeds_per_program=K > 1, and the yardsticks
+  except with --tiny (they would double its time; tests/test_ablation.py tests them alone)."""
+  return Hooks(pretrain=pretrain_together(seeds_per_program) if seeds_per_program > 1 else
+               pretrain_each, yardsticks=no_yardsticks if tiny else measure_yardsticks)
+
+
+def pretrain_record(out: epath.Path, plan: Plan, job: PretrainJob, run: StageRun,
+                    yardsticks: dict) -> dict:
+  records = metrics_records(job.workdir)
+  return {"stage": "pretrain", "budget": job.budget, "seed": job.seed,
+          "learning_rate": job.learning_rate, "steps": job.config.train.steps,
+          "flops_per_step": plan.flops_per_step,
+          "training_flops": job.config.train.steps * plan.flops_per_step,
+          "tokens": plan.tokens(job.budget), "eval_loss": run.result.get("eval/loss"),
+          "eval_accuracy": run.result.get("eval/accuracy"), "curve": loss_curve(records),
+          "mfu": mean_mfu(records), "wall_s": run.seconds, "resumed": run.resumed,
+          "workdir": str(relative(out, job.workdir)), "yardsticks": yardsticks}
+
+
+def diverged_record(job: PretrainJob, error: FloatingPointError) -> dict:
+  return {"stage": "pretrain", "budget": job.budget, "seed": job.seed,
+          "learning_rate": job.learning_rate, "eval_loss": None, "diverged": str(error),
+          "curve": [], "wall_s": 0.0, "yardsticks": {}}
+
+
+def finetune_record(task: str, config: ExperimentConfig, run: StageRun) -> dict:
+  spec = FINETUNES[task]
+  value = run.result.get(spec.metric)
+  return {"stage": task, "metric": spec.metric,
+          "value": None if value is None else spec.scale * float(value),
+          "eval_loss": run.result.get("eval/loss"), "examples": run.result.get("eval/examples"),
+          "steps": config.train.steps, "batch_size": config.data.batch_size,
+          "wall_s": run.seconds, "resumed": run.resumed}
+
+
+def relative(out: epath.Path, path: epath.Path) -> str:
+  return os.path.relpath(os.fspath(path), os.fspath(out)) if not paths.is_url(out) else (
+      os.fspath(path)[len(os.fspath(out)):].lstrip("/"))
+
+
+def choose_rate(records: dict[float, dict]) -> float | None:
+  """The rate of the lowest finite final validation loss, or None if none has one."""
+  finite = {rate: r["eval_loss"] for rate, r in records.items()
+            if r.get("eval_loss") is not None and math.isfinite(r["eval_loss"])}
+  return min(finite, key=finite.get) if finite else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Running: the grid of (arm, budget, seed) and the sweep
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Ablation:
+  """The run being made: its grid, where it goes, and what plugs in."""
+
+  out: epath.Path
+  arms: list[str]
+  budgets: list[float]  # ascending
+  seeds: list[int]
+  lr_sweep: list[float]  # multipliers
+  tiny: bool
+  plans: dict[str, Plan]
+  hooks: Hooks = Hooks()
+  concurrent: int = 1  # arms running at once (--workers), kept in each record
+  corpus: epath.Path | None = None  # the built ablation corpus (None: the configs' own data)
+  seeds_per_program: int = 1  # passed on to the worker processes (--seeds_per_program)
 
   @property
-  def n(self) -> int:
-    return len(self.values)
+  def sweep_budget(self) -> float:
+    return self.budgets[0]
 
   @property
-  def mean(self) -> float | None:
-    return float(np.mean(self.values)) if self.values else None
+  def sweep_seed(self) -> int:
+    return min(self.seeds)
 
-  @property
-  def sd(self) -> float | None:
-    """Sample standard deviation over seeds (None below two seeds)."""
-    return float(np.std(self.values, ddof=1)) if self.n >= 2 else None
+  def job(self, arm: str, budget: float, seed: int, rate: float, workdir: epath.Path,
+          where: str) -> PretrainJob:
+    config = with_steps(pretrain_config_dict(arm, seed, self.tiny, rate, self.corpus),
+                        self.plans[arm].steps(budget), self.tiny)
+    return PretrainJob(arm, budget, seed, rate, config, workdir, where)
 
-  def format(self, digits: int, unit: str = "") -> str:
-    if not self.values:
-      return "—"
-    if self.sd is None:
-      return f"{self.mean:.{digits}f}{unit}"
-    return f"{self.mean:.{digits}f} ± {self.sd:.{digits}f}{unit}"
+  def sweep_jobs(self, arm: str) -> list[tuple[PretrainJob, epath.Path]]:
+    """(job, record path) of every rate of the arm's sweep."""
+    jobs = []
+    for rate in sweep_rates(self.plans[arm], self.lr_sweep):
+      directory = sweep_dir(self.out, arm, self.sweep_budget, rate)
+      where = f"{budget_tag(self.sweep_budget)} {lr_tag(rate)}"
+      jobs.append((self.job(arm, self.sweep_budget, self.sweep_seed, rate,
+                            directory / "pretrain", where), directory / "pretrain.json"))
+    return jobs
 
+  def tasks_at(self, arm: str, budget: float) -> list[str]:
+    """The fine-tunings of the arm at `budget`: every task of its family, at every budget but
+    with --tiny, which fine-tunes at its largest budget only (a stage costs seconds of tracing
+    whatever its size: fine-tuning at both budgets took --tiny past its two minutes)."""
+    if self.tiny and budget != self.budgets[-1]:
+      return []
+    return stages_of(self.plans[arm].family)[1:]
 
-def collect(results: dict, arm: str, seeds: list[int], pick) -> Stat:
-  values = []
-  for seed in seeds:
-    record = results.get((arm, seed))
-    value = pick(record) if record is not None else None
-    if value is not None and math.isfinite(value):
-      values.append(float(value))
-  return Stat(tuple(values))
+  def stages(self, arm: str, budget: float) -> list[tuple[str, str, epath.Path]]:
+    """(where, kind, record path) of every stage the arm runs at `budget`, in order: the sweep
+    (smallest budget), pretraining of each seed, then each seed's fine-tunings. The sweep
+    seed's pretraining at the smallest budget is the sweep's chosen run, not a stage."""
+    tag = budget_tag(budget)
+    stages = []
+    if budget == self.sweep_budget:
+      stages += [(job.where, f"pretrain@{tag}", path) for job, path in self.sweep_jobs(arm)]
+    for seed in self.seeds:
+      if not (budget == self.sweep_budget and seed == self.sweep_seed):
+        stages.append((f"{tag} seed{seed}", f"pretrain@{tag}",
+                       seed_dir(self.out, arm, budget, seed) / "pretrain.json"))
+    for seed in self.seeds:
+      for task in self.tasks_at(arm, budget):
+        stages.append((f"{tag} seed{seed}", task,
+                       seed_dir(self.out, arm, budget, seed) / f"{task}.json"))
+    return stages
 
+  def chosen_rate(self, arm: str) -> float | None:
+    saved = read_json(self.out / arm / "lr.json")
+    return None if saved is None else saved["learning_rate"]
 
-def _task_value(task: str):
-  return lambda record: (record.get(task) or {}).get("value")
+  # -- running -----------------------------------------------------------------------------
 
+  def pretrain(self, jobs: list[tuple[PretrainJob, epath.Path]], progress: Progress, log,
+               keep_diverged: bool = False) -> dict[PretrainJob, dict]:
+    """Runs the jobs without a record through hooks.pretrain; returns every job's record. A
+    diverged run's record is written only with keep_diverged (a sweep's rate that diverged is
+    a result; a seed's run is retried by the next rerun)."""
+    records = {job: read_json(path) for job, path in jobs}
+    paths_of = dict(jobs)
 
-def _wall(stages):
-  def pick(record):
-    times = [record[s]["wall_s"] for s in stages if record.get(s)]
-    return sum(times) if times else None
-  return pick
+    def start(job: PretrainJob) -> None:
+      steps = job.config.train.steps
+      log(progress.line(job.arm, job.where, f"pretrain@{budget_tag(job.budget)}",
+                        f"{steps} steps, {steps * self.plans[job.arm].flops_per_step:.2e} "
+                        f"FLOPs, learning rate {job.learning_rate:.3g}"))
 
-
-def summary(arms: list[str], seeds: list[int], plans: dict[str, Plan],
-            results: dict) -> dict[str, dict[str, Any]]:
-  """Per arm: the plan's figures and a Stat per measured quantity."""
-  out = {}
-  for arm in arms:
-    plan = plans[arm]
-    out[arm] = {
-        "plan": plan,
-        "pretrain_loss": collect(results, arm, seeds, lambda r: r["pretrain"]["eval_loss"]),
-        "mfu": collect(results, arm, seeds, lambda r: r["pretrain"]["mfu"]),
-        "pretrain_wall": collect(results, arm, seeds, _wall(["pretrain"])),
-        "finetune_wall": collect(results, arm, seeds, _wall(TASKS)),
-        **{task: collect(results, arm, seeds, _task_value(task)) for task in TASKS},
-    }
-  return out
-
-
-def applicable(plan: Plan, task: str) -> bool:
-  return plan.family in FINETUNES[task].families()
-
-
-def conclusions(arms: list[str], stats: dict) -> list[str]:
-  """Sentences drawn from the numbers: the winner of each task and how the order compares with
-  T5's Table 2."""
-  lines = []
-  for task in TASKS:
-    spec = FINETUNES[task]
-    scored = [(stats[a][task].mean, a) for a in arms if stats[a][task].values]
-    if not scored:
-      lines.append(f"- {spec.label}: no results yet.")
-      continue
-    scored.sort(reverse=True)
-    ranking = ", ".join(f"{a} ({stats[a][task].format(1 if spec.scale > 1 else 2)})"
-                        for _, a in scored)
-    best, runner = scored[0][1], scored[1][1] if len(scored) > 1 else None
-    sentence = f"- {spec.label} ({spec.metric_label}): **{best}** is best; ranking: {ranking}."
-    if runner is not None:
-      gap = scored[0][0] - scored[1][0]
-      spread = max(stats[best][task].sd or 0.0, stats[runner][task].sd or 0.0)
-      if gap == 0:
-        sentence += f" It is tied with {runner}."
-      elif stats[best][task].sd is None:
-        sentence += " One seed only: no spread to judge the gaps by."
-      elif gap <= spread:
-        sentence += (f" Its lead over {runner} ({gap:.2f}) is within the seed spread "
-                     f"({spread:.2f}), so the two are not told apart.")
+    def done(job: PretrainJob, run: StageRun | FloatingPointError) -> None:
+      if isinstance(run, FloatingPointError):
+        record = diverged_record(job, run)
+        log(f"[ablation] {job.arm} {job.where}: diverged: {run}")
       else:
-        sentence += f" Its lead over {runner} ({gap:.2f}) exceeds the seed spread ({spread:.2f})."
-    kinds = {(stats[a]["plan"].family, stats[a]["plan"].objective): a for a in arms
-             if stats[a][task].values}
-    agree, disagree, ties = [], [], []
-    for better, worse in T5_ORDER:
-      if better in kinds and worse in kinds:
-        a, b = kinds[better], kinds[worse]
-        gap = stats[a][task].mean - stats[b][task].mean
-        spread = max(stats[a][task].sd or 0.0, stats[b][task].sd or 0.0)
-        noise = " (within the seed spread)" if abs(gap) <= spread else ""
-        if gap > 0:
-          agree.append(f"{a} > {b}{noise}")
-        elif gap < 0:
-          disagree.append(f"{b} > {a}{noise}")
+        record = pretrain_record(self.out, self.plans[job.arm], job, run,
+                                 self.hooks.yardsticks(job))
+      record["concurrent"] = self.concurrent
+      if keep_diverged or not record.get("diverged"):
+        write_json(paths_of[job], record)
+      records[job] = record
+      progress.finished(job.arm, f"pretrain@{budget_tag(job.budget)}", record["wall_s"])
+
+    todo = [job for job, _ in jobs if records[job] is None]
+    if self.corpus is not None:  # the shared vocabulary, before research.train trains its own
+      for job in todo:
+        ablation_corpus.install_tokenizer(self.corpus, job.workdir)
+    self.hooks.pretrain(todo, start, done)
+    return records
+
+  def sweep(self, arm: str, progress: Progress, log) -> float:
+    """The arm's learning rate: lr.json, or its sweep run now (FloatingPointError if every
+    rate diverged)."""
+    rate = self.chosen_rate(arm)
+    if rate is not None:
+      return rate
+    records = self.pretrain(self.sweep_jobs(arm), progress, log, keep_diverged=True)
+    rate = choose_rate({job.learning_rate: record for job, record in records.items()})
+    if rate is None:
+      tried = ", ".join(f"{r:.3g}" for r in sweep_rates(self.plans[arm], self.lr_sweep))
+      raise FloatingPointError(f"every rate of the sweep diverged ({tried})")
+    write_json(self.out / arm / "lr.json", {"learning_rate": rate, "seed": self.sweep_seed,
+                                            "budget": self.sweep_budget})
+    log(f"[ablation] {arm}: learning rate {rate:.3g} chosen by the sweep")
+    return rate
+
+  def run_budget(self, arm: str, budget: float, rate: float, progress: Progress,
+                 log) -> list[str]:
+    """Every stage of the arm at `budget` with the chosen rate, skipping those with a record;
+    returns failure messages (a diverged seed; the other seeds go on)."""
+    failed = []
+    jobs = []
+    for seed in self.seeds:
+      directory = seed_dir(self.out, arm, budget, seed)
+      if (directory / "result.json").exists():
+        continue
+      if budget == self.sweep_budget and seed == self.sweep_seed:
+        self.copy_sweep_run(arm, rate, directory / "pretrain.json")
+      else:
+        jobs.append((self.job(arm, budget, seed, rate, directory / "pretrain",
+                              f"{budget_tag(budget)} seed{seed}"), directory / "pretrain.json"))
+    records = self.pretrain(jobs, progress, log)
+    for job, record in records.items():
+      if record.get("diverged"):
+        failed.append(f"{arm} {job.where}: {record['diverged']}")
+    for seed in self.seeds:
+      directory = seed_dir(self.out, arm, budget, seed)
+      pretrained = read_json(directory / "pretrain.json")
+      if (directory / "result.json").exists() or pretrained is None or (
+          pretrained.get("diverged")):
+        continue
+      try:
+        stages = self.finetune(arm, budget, seed, pretrained, progress, log)
+      except FloatingPointError as e:  # a diverged run: the other seeds and arms still run
+        failed.append(f"{arm} {budget_tag(budget)} seed{seed}: {e}")
+        log(f"[ablation] {failed[-1]}")
+        continue
+      write_json(directory / "result.json", {"arm": arm, "budget": budget, "seed": seed,
+                                             "pretrain": pretrained, **stages})
+    return failed
+
+  def copy_sweep_run(self, arm: str, rate: float, path: epath.Path) -> None:
+    if not path.exists():
+      record = read_json(sweep_dir(self.out, arm, self.sweep_budget, rate) / "pretrain.json")
+      write_json(path, {**record, "from_sweep": True})
+
+  def finetune(self, arm: str, budget: float, seed: int, pretrained: dict, progress: Progress,
+               log) -> dict[str, dict]:
+    directory = seed_dir(self.out, arm, budget, seed)
+    records = {}
+    for task in self.tasks_at(arm, budget):
+      path = directory / f"{task}.json"
+      records[task] = read_json(path)
+      if records[task] is not None:
+        continue
+      config = finetune_config(task, self.plans[arm].family, self.out / pretrained["workdir"],
+                               seed, self.tiny)
+      log(progress.line(arm, f"{budget_tag(budget)} seed{seed}", task,
+                        f"fine-tuning, {config.train.steps} steps"))
+      run = run_stage(config, directory / task)
+      records[task] = {**finetune_record(task, config, run), "concurrent": self.concurrent}
+      write_json(path, records[task])
+      progress.finished(arm, task, run.seconds)
+    return records
+
+  def run_arm_at(self, arm: str, budget: float, progress: Progress, log) -> list[str]:
+    """The arm's stages at one budget (after its sweep, at the smallest)."""
+    try:
+      rate = self.sweep(arm, progress, log)
+    except FloatingPointError as e:
+      log(f"[ablation] {arm}: {e}")
+      return [f"{arm}: {e}"]
+    return self.run_budget(arm, budget, rate, progress, log)
+
+  # -- progress and workers ----------------------------------------------------------------
+
+  def progress(self, workers: int) -> Progress:
+    """The stages left, in the order they run: budget by budget, arm by arm (one process),
+    or arm by arm (workers), and the seconds of those already finished."""
+    order = ([(arm, b) for arm in self.arms for b in self.budgets] if workers > 1 else
+             [(arm, b) for b in self.budgets for arm in self.arms])
+    todo, known = [], {}
+    for arm, budget in order:
+      for where, kind, path in self.stages(arm, budget):
+        record = read_json(path)
+        if record is None:
+          todo.append((arm, where, kind))
         else:
-          ties.append(f"{a} = {b}")
-    tested = len(agree) + len(disagree) + len(ties)
-    if tested:
-      sentence += (f" Of the orderings T5's Table 2 shows on GLUE among these arms (the "
-                   f"expectation for both tasks), {len(agree)} of {tested} hold here" +
-                   (f" ({'; '.join(agree)})" if agree else "") +
-                   (f"; reversed here: {'; '.join(disagree)}" if disagree else "") +
-                   (f"; tied: {'; '.join(ties)}" if ties else "") + ".")
-    lines.append(sentence)
-  return lines
+          known.setdefault((arm, kind), []).append(record["wall_s"])
+    return Progress(todo, known, workers)
 
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-  lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-  lines += ["| " + " | ".join(row) + " |" for row in rows]
-  return lines
-
-
-def plot_losses(path: epath.Path, arms: list[str], seeds: list[int], plans: dict[str, Plan],
-                results: dict) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, ax = plt.subplots(figsize=(7.5, 4.5))
-  colors = plt.get_cmap("tab10")
-  styles = ["-", "--", ":", "-."]
-  for i, arm in enumerate(arms):
-    for j, seed in enumerate(seeds):
-      record = results.get((arm, seed))
-      if record is None or not record["pretrain"]["curve"]:
+  def worker_jobs(self, workers: int) -> list[ablation_pool.WorkerJob]:
+    jobs = []
+    for arm in self.arms:
+      records = [(where, kind, path) for budget in self.budgets
+                 for where, kind, path in self.stages(arm, budget) if not path.exists()]
+      if not records:
         continue
-      steps, losses = zip(*record["pretrain"]["curve"])
-      ax.plot(np.asarray(steps) * plans[arm].flops_per_step, losses, styles[j % len(styles)],
-              marker="o", markersize=3, color=colors(i % 10),
-              label=f"{arm} ({plans[arm].objective})" if j == 0 else None)
-  ax.set_xlabel("training FLOPs")
-  ax.set_ylabel("validation loss per target token")
-  ax.set_title("Pretraining: each arm's own objective (losses of different objectives\n"
-               "are not comparable); one line per seed", fontsize=10)
-  ax.grid(alpha=0.3)
-  if ax.get_legend_handles_labels()[0]:
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  with paths.local_output(path) as local:
-    fig.savefig(local, dpi=120)
-  plt.close(fig)
+      command = [sys.executable, "-m", "experiments.architecture_ablation",
+                 f"--out={self.out}", f"--arms={arm}", f"--seeds={','.join(map(str, self.seeds))}",
+                 f"--budgets={','.join(map(repr, self.budgets))}",
+                 f"--lr_sweep={','.join(map(repr, self.lr_sweep))}", f"--worker_of={workers}",
+                 f"--seeds_per_program={self.seeds_per_program}"]
+      command += ["--tiny"] if self.tiny else []
+      jobs.append(ablation_pool.WorkerJob(arm, command, records))
+    return jobs
+
+  def results(self, settings: dict, failed: list[str]) -> Results:
+    runs = {}
+    for arm in self.arms:
+      for budget in self.budgets:
+        for seed in self.seeds:
+          record = read_json(seed_dir(self.out, arm, budget, seed) / "result.json")
+          if record is not None:
+            runs[(arm, budget, seed)] = record
+    sweeps = {}
+    for arm in self.arms:
+      sweeps[arm] = {}
+      for job, path in self.sweep_jobs(arm):
+        record = read_json(path)
+        if record is not None:
+          sweeps[arm][job.learning_rate] = record
+    chosen = {arm: rate for arm in self.arms if (rate := self.chosen_rate(arm)) is not None}
+    return Results(self.arms, self.budgets, self.seeds, self.plans, settings, runs, sweeps,
+                   chosen, failed)
 
 
-def plot_downstream(path: epath.Path, arms: list[str], seeds: list[int], stats: dict) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, axes = plt.subplots(1, len(TASKS), figsize=(4.5 * len(TASKS) + 1, 4.2))
-  colors = plt.get_cmap("tab10")
-  x = np.arange(len(arms))
-  for ax, task in zip(np.atleast_1d(axes), TASKS):
-    spec = FINETUNES[task]
-    for i, arm in enumerate(arms):
-      stat = stats[arm][task]
-      if not applicable(stats[arm]["plan"], task):
-        ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=9)
-        continue
-      if not stat.values:
-        continue
-      ax.bar(i, stat.mean, color=colors(i % 10), yerr=stat.sd or 0.0, capsize=4, alpha=0.85)
-      ax.plot([i] * stat.n, stat.values, "k.", markersize=5)
-    ax.set_xlim(-0.6, len(arms) - 0.4)
-    ax.set_ylim(bottom=0.0, top=max(ax.get_ylim()[1], 1.0))
-    ax.set_xticks(x, arms, rotation=30, ha="right", fontsize=8)
-    ax.set_title(f"{spec.label}: {spec.metric_label}", fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
-  fig.suptitle(f"Downstream after compute-matched pretraining (mean ± sd over seeds "
-               f"{', '.join(map(str, seeds))}; dots: seeds)", fontsize=10)
-  fig.tight_layout()
-  with paths.local_output(path) as local:
-    fig.savefig(local, dpi=120)
-  plt.close(fig)
+def run_ablation(out: epath.Path, arms: list[str], seeds: list[int], budgets: list[float],
+                 lr_sweep: list[float], tiny: bool, log=print, workers: int = 1,
+                 worker_of: int = 0, hooks: Hooks = Hooks(),
+                 seeds_per_program: int = 1) -> dict[str, Any]:
+  """Runs (or resumes, or skips) every stage of every arm, budget and seed, then writes the
+  report. Returns {"results": Results, "failed": [message, ...], "interrupted": whether a run
+  was stopped (SIGTERM)}.
 
-
-def machine() -> str:
-  import jax  # pylint: disable=import-outside-toplevel
-  kinds = sorted({d.device_kind for d in jax.devices()})
-  return (f"{os.cpu_count()} CPU cores, JAX {jax.__version__} on {len(jax.devices())} x "
-          f"{', '.join(kinds)}")
-
-
-def shared_machine_note(results: dict) -> str:
-  """Says so when stages ran several at a time (--workers): their wall times and MFU then
-  measure a shared machine, not the arm alone."""
-  most = max((stage.get("concurrent", 1) for record in results.values()
-              for stage in record.values() if isinstance(stage, dict)), default=1)
-  if most <= 1:
-    return ""
-  return (f"; up to {most} arm-seeds ran at once (--workers), so wall times and MFU are "
-          "those of a shared machine and do not compare arms")
-
-
-def write_report(out: epath.Path, arms: list[str], seeds: list[int], plans: dict[str, Plan],
-                 results: dict, settings: dict, failed: list[str] = ()) -> epath.Path:
-  """OUT/report.md, the two plots and OUT/results.json from the records."""
-  stats = summary(arms, seeds, plans, results)
-  plot_losses(out / "loss_vs_flops.png", arms, seeds, plans, results)
-  plot_downstream(out / "downstream.png", arms, seeds, stats)
-  budget = settings["budget_flops"]
-  shown_out = out
-  if not paths.is_url(out) and pathlib.Path(out).is_relative_to(REPO_ROOT):
-    shown_out = pathlib.Path(out).relative_to(REPO_ROOT)
-  flags = f"--out={shown_out} --budget_flops={budget:g} --seeds={','.join(map(str, seeds))} " \
-          f"--arms={','.join(arms)}" + (" --tiny" if settings["tiny"] else "")
-  lines = [
-      "# Architecture ablation: compute-matched pretraining, then fine-tuning",
-      "",
-      "T5 (Raffel et al. 2020), Section 3.2 and Table 2, in miniature: each arm is pretrained "
-      "on character-level Tiny Shakespeare for the same training FLOPs, then fine-tuned with "
-      "the same steps and batch on SST-2 and on Spanish->English translation.",
-      "",
-      f"    python -m experiments.architecture_ablation {flags}",
-      "",
-      f"- Budget: {budget:.3g} training FLOPs per pretraining run (research/flops.py: matmul "
-      "FLOPs, 3x the forward pass); steps = round(budget / FLOPs per step), so an arm whose "
-      "step is cheaper (the encoder-decoder with short span-corruption targets) takes more "
-      "steps. The encoder-decoder LM pads both its prefix and its continuation to the full "
-      "sequence length, so about half of its positions, and FLOPs, are padding.",
-      "- Matched: parameters (about the same count in every arm, as T5's \"P\" arms) and "
-      "training FLOPs; not matched: FLOPs per token (the encoder-decoder, with half the "
-      "layers on each side, spends about half the decoder-only model's on each token, T5's "
-      "\"M/2\").",
-      f"- Seeds: {', '.join(map(str, seeds))} (each seed sets initialisation, objective noise "
-      "and data order of pretraining and fine-tuning); figures are mean ± sample standard "
-      "deviation over the seeds that finished.",
-      "- Tokens seen: input tokens (batch x sequence length per step).",
-      "- MFU: mean of train/mfu over the pretraining log (the first window, which holds "
-      "compilation, left out), against the peak research/flops.py uses (on CPUs a matmul "
-      "measured at start-up).",
-      f"- Machine of the last run: {machine()}; wall times are those of the runs that "
-      "finished each stage" + shared_machine_note(results) + ".",
-      "",
-      "## Results",
-      "",
-  ]
-  header = ["arm", "architecture", "objective", "parameters", "training FLOPs", "steps",
-            "tokens seen", "pretraining val loss (own objective)", "SST-2 dev acc (%)",
-            "spa->eng BLEU",
-            "wall min (pretrain / fine-tune)", "MFU (%)"]
-  rows = []
+  Without `tiny` the arms pretrain on the ablation corpus with its shared vocabulary, built
+  once in OUT/corpus (experiments/ablation_corpus.py); --tiny keeps the configs' own
+  character-level Tiny Shakespeare (building a vocabulary takes a minute, --tiny two in all).
+  workers > 1 runs that many arms at once, each in its own process (ablation_pool), passing
+  seeds_per_program on to them. worker_of = N > 0: this process is one of N such workers; it
+  runs its stages and writes no report."""
   for arm in arms:
-    plan, s = plans[arm], stats[arm]
-    cells = []
-    for task in TASKS:
-      cells.append(s[task].format(1 if FINETUNES[task].scale > 1 else 2)
-                   if applicable(plan, task) else "n/a")
-    walls = (f"{Stat(tuple(v / 60 for v in s['pretrain_wall'].values)).format(1)} / "
-             f"{Stat(tuple(v / 60 for v in s['finetune_wall'].values)).format(1)}")
-    mfu = Stat(tuple(100 * v for v in s["mfu"].values)).format(2)
-    rows.append([arm, plan.family, plan.objective, f"{plan.parameters:,}",
-                 f"{plan.training_flops:.3g}", f"{plan.steps:,}", f"{plan.tokens:,}",
-                 s["pretrain_loss"].format(3), *cells, walls, mfu])
-  lines += markdown_table(header, rows)
-  lines += ["", "![validation loss against training FLOPs](loss_vs_flops.png)", "",
-            "![downstream metrics](downstream.png)", "", "## Conclusions", ""]
-  lines += conclusions(arms, stats)
-  lines += [
-      "",
-      "What T5 found (Table 2): the full encoder-decoder with the denoising objective is "
-      "best on every task, and on GLUE the denoising objective beats the LM objective for "
-      "every architecture. Among the rows these arms reproduce (P parameters), GLUE orders "
-      "them: encoder-decoder with denoising first, the prefix LM and the encoder-decoder "
-      "trained as an LM about a point apart, the decoder-only language model last by several "
-      "points. Two differences: T5 trained every arm for the same steps, so its L/2 + L/2 "
-      "encoder-decoder also used half the FLOPs (M/2), while here the FLOPs are matched and "
-      "that arm takes more steps; and these models are "
-      f"~{np.mean([plans[a].parameters for a in arms]) / 1e6:.2g}M parameters trained for "
-      "minutes on one small corpus, with a character vocabulary that lacks most of Spanish's "
-      "accented letters, so BLEU stays near 0-5 and gaps of a few accuracy points can be "
-      "noise: read the seed spread first.",
-      "",
-      "Pretraining validation losses are per target token of each arm's own objective (span "
-      "corruption predicts sentinels and ~15% of the characters, masked LM 15% of the "
-      "characters seeing both sides, the LM objectives a continuation): they are not "
-      "comparable across objectives, only along one arm's curve, or between arms with the "
-      "same objective and family."]
-  lines += ["", "## Per seed", ""]
-  seed_rows = []
-  for arm in arms:
-    for seed in seeds:
-      record = results.get((arm, seed))
-      if record is None:
-        seed_rows.append([arm, str(seed), "not run or unfinished", "", "", "", ""])
-        continue
-      cells = []
-      for task in TASKS:
-        value = (record.get(task) or {}).get("value")
-        cells.append("n/a" if not applicable(plans[arm], task) else
-                     "—" if value is None else f"{value:.2f}")
-      wall = sum(record[s]["wall_s"] for s in stages_of(plans[arm].family))
-      mfu = record["pretrain"]["mfu"]
-      resumed = any(record[s].get("resumed") for s in stages_of(plans[arm].family))
-      loss = record["pretrain"]["eval_loss"]
-      seed_rows.append([arm, str(seed), "—" if loss is None else f"{loss:.4f}", *cells,
-                        f"{wall / 60:.1f}" + (" (resumed: last part only)" if resumed else ""),
-                        "—" if mfu is None else f"{100 * mfu:.2f}"])
-  lines += markdown_table(["arm", "seed", "pretraining val loss", "SST-2 acc (%)",
-                           "spa->eng BLEU", "wall min", "MFU (%)"], seed_rows)
-  lines += ["", "## Arms: differences from experiments/ablation/baseline.py", "",
-            "(`python -m research.config_diff experiments/ablation/baseline.py "
-            "experiments/ablation/<arm>.py`; defaults resolved. The runner also sets "
-            "train.steps from the budget, the seed, and when to evaluate and checkpoint" +
-            ("; --tiny shrinks every arm alike" if settings["tiny"] else "") + ".)", ""]
-  for arm in arms:
-    plan = plans[arm]
-    row = T5_NAMES.get((plan.family, plan.objective), "not in T5's Table 2")
-    lines += [f"- **{arm}** (T5: {row}): " + ("no difference (the baseline)" if not plan.diff
-                                              else "; ".join(f"`{d}`" for d in plan.diff))]
-  lines += ["", "## Fine-tuning", "",
-            "Every arm: init_from its pretraining workdir (architecture and character "
-            "vocabulary), a new optimizer, the settings below over configs/sst2_{bert,gpt,t5}.py "
-            "and configs/spa_eng_{gpt,t5}.py (by family: encoder = classifier on the first "
-            "token, decoder = classifier on the EOS / prompt and continuation, encoder-decoder "
-            "= text to text: it writes the label word, and any other text counts as wrong, as in "
-            "T5). The SST-2 dev split holds 444 positive and 428 negative sentences: always "
-            "answering positive scores 50.9%.", ""]
-  for task, values in settings["finetune"].items():
-    lines.append(f"- {FINETUNES[task].label}: " +
-                 ", ".join(f"{k}={v!r}" for k, v in sorted(values.items())))
-  if failed:
-    lines += ["", "## Failed runs (rerun the command to retry)", ""] + [f"- {f}" for f in failed]
-  report = out / "report.md"
-  report.write_text("\n".join(lines) + "\n")
-  write_json(out / "results.json", {
-      "settings": settings, "seeds": seeds,
-      "arms": {arm: {"plan": dataclasses.asdict(plans[arm]),
-                     **{k: {"mean": v.mean, "sd": v.sd, "values": list(v.values)}
-                        for k, v in stats[arm].items() if isinstance(v, Stat)}}
-               for arm in arms}})
-  return report
+    arm_path(arm)  # every name checked before anything runs
+  budgets = sorted(budgets)
+  corpus = None if tiny else out / CORPUS_DIR
+  settings = {"budgets": budgets, "sweep_budget": budgets[0], "lr_sweep": list(lr_sweep),
+              "tiny": tiny, "finetune": {t: {**f.settings, **(f.tiny if tiny else {})}
+                                         for t, f in FINETUNES.items()},
+              "pretrain_data": TINY_DATA if tiny else CORPUS_DATA}
+  out.mkdir(parents=True, exist_ok=True)
+  check_settings(out, settings)
+  if corpus is not None:  # reused when built (the workers find it built by their parent)
+    ablation_corpus.build(corpus, log=log)
+  # Each plan resolves its arm's tokenizer in the workdir of the sweep's first run (the shared
+  # one copied there, or with --tiny one built there), which finds it there.
+  first_rate = lambda arm: lr_sweep[0] * pretrain_config_dict(arm, 0, tiny).optimizer.learning_rate
+  plans = {arm: load_or_make_plan(out, arm, tiny, sweep_dir(out, arm, budgets[0], first_rate(arm))
+                                  / "pretrain", corpus) for arm in arms}
+  if len({plan.data_order for plan in plans.values()}) > 1:
+    log("[ablation] warning: the arms do not read the same pretraining text for seed 0 "
+        "(plan.json data_order); differences between arms are then not paired in data")
+  ablation = Ablation(out, arms, budgets, seeds, list(lr_sweep), tiny, plans, hooks,
+                      max(1, worker_of), corpus, seeds_per_program)
+  progress = ablation.progress(workers)
+  failed, interrupted = [], False
+  if workers > 1:
+    failed, interrupted = ablation_pool.run_in_workers(
+        out, ablation.worker_jobs(workers), workers, progress, log)
+  else:
+    try:
+      for budget in budgets:  # budget by budget: an interrupted run has whole comparisons
+        for arm in arms:
+          failed += ablation.run_arm_at(arm, budget, progress, log)
+    except Interrupted as e:
+      interrupted = True
+      log(f"[ablation] stopped: {e}; rerun the same command to continue from there")
+  results = ablation.results(settings, failed)
+  if not worker_of:
+    ablation_writeup.write_report(out, results)
+  return {"results": results, "failed": failed, "interrupted": interrupted}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1011,6 +880,19 @@ def parse_seeds(values: list[str]) -> list[int]:
   return seeds
 
 
+def parse_positive(flag: str, values: list[str], what: str) -> list[float]:
+  try:
+    numbers = [float(v) for v in values]
+  except ValueError:
+    raise UserError(f"--{flag} must be numbers separated by commas, got {','.join(values)}") \
+        from None
+  if (not numbers or len(set(numbers)) != len(numbers) or
+      not all(n > 0 and math.isfinite(n) for n in numbers)):
+    raise ConfigError(f"--{flag} needs distinct positive numbers ({what}), got "
+                      f"{','.join(values)}")
+  return numbers
+
+
 def main(argv) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
   from research import train  # pylint: disable=import-outside-toplevel
@@ -1024,9 +906,13 @@ def main(argv) -> None:
       os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TINY_XLA_FLAGS}".strip()
     if not f.out:
       raise UserError("--out=DIR is required (where the runs and the report go)")
-    budget = f.budget_flops or (TINY_BUDGET if f.tiny else DEFAULT_BUDGET)
-    if not budget > 0 or not math.isfinite(budget):
-      raise ConfigError(f"--budget_flops must be a positive number of FLOPs, got {budget}")
+    budgets = parse_positive("budgets", f.budgets or list(map(repr, TINY_BUDGETS if f.tiny
+                                                                 else DEFAULT_BUDGETS)),
+                             "training FLOPs of each pretraining run")
+    lr_sweep = parse_positive("lr_sweep", f.lr_sweep or list(map(repr, TINY_LR_SWEEP if f.tiny
+                                                                  else DEFAULT_LR_SWEEP)),
+                              "multipliers of each arm's learning rate")
+    seeds = parse_seeds(f.seeds or list(map(str, TINY_SEEDS if f.tiny else DEFAULT_SEEDS)))
     arms = list(f.arms)
     if not arms or len(set(arms)) != len(arms):
       raise UserError(f"--arms needs distinct arm names, got {arms}")
@@ -1040,15 +926,21 @@ def main(argv) -> None:
     enable_compilation_cache(out / "jax_cache")
     start = time.perf_counter()
     log = lambda line: print(line, file=sys.stderr, flush=True)
+    if f.seeds_per_program < 1:
+      raise UserError(f"--seeds_per_program must be a positive number of seeds, got "
+                      f"{f.seeds_per_program}")
+    hooks = default_hooks(f.tiny, f.seeds_per_program)
     if f.worker_of:  # one of run_in_workers' processes
-      outcome = run_ablation(out, arms, parse_seeds(f.seeds), budget, f.tiny, log,
-                             worker_of=f.worker_of)
+      outcome = run_ablation(out, arms, seeds, budgets, lr_sweep, f.tiny, log,
+                             worker_of=f.worker_of, hooks=hooks,
+                             seeds_per_program=f.seeds_per_program)
       if outcome["failed"]:
         raise UserError("; ".join(outcome["failed"]))
       return
-    outcome = run_ablation(out, arms, parse_seeds(f.seeds), budget, f.tiny, log, workers)
-    print(f"report: {epath.Path(f.out) / 'report.md'} ({len(outcome['results'])} arm-seed "
-          f"results, {format_seconds(time.perf_counter() - start)})")
+    outcome = run_ablation(out, arms, seeds, budgets, lr_sweep, f.tiny, log, workers,
+                           hooks=hooks, seeds_per_program=f.seeds_per_program)
+    print(f"report: {epath.Path(f.out) / 'report.md'} ({len(outcome['results'].runs)} "
+          f"arm-budget-seed results, {format_seconds(time.perf_counter() - start)})")
     if outcome["failed"]:
       raise UserError(f"{len(outcome['failed'])} run(s) failed (listed in the report); rerun "
                       "the command to retry them")
@@ -1059,14 +951,24 @@ def main(argv) -> None:
 def define_flags() -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
   flags.DEFINE_string("out", None, "Directory for the runs, records and the report.")
-  flags.DEFINE_float("budget_flops", 0.0, f"Training FLOPs of each pretraining run (0: "
-                     f"{DEFAULT_BUDGET:g}, or {TINY_BUDGET:g} with --tiny).")
-  flags.DEFINE_list("seeds", ["0", "1"], "Seeds; each arm runs once per seed.")
+  flags.DEFINE_list("budgets", [], "Training FLOPs of the pretraining runs (empty: "
+                    f"{','.join(f'{b:g}' for b in DEFAULT_BUDGETS)}, or "
+                    f"{','.join(f'{b:g}' for b in TINY_BUDGETS)} with --tiny); the learning "
+                    "rates are swept at the smallest.")
+  flags.DEFINE_list("lr_sweep", [], "Multipliers of each arm's learning rate tried at the "
+                    f"smallest budget (empty: {','.join(f'{m:g}' for m in DEFAULT_LR_SWEEP)}, "
+                    f"or {','.join(f'{m:g}' for m in TINY_LR_SWEEP)} with --tiny).")
+  flags.DEFINE_list("seeds", [], "Seeds; each arm runs once per seed and budget (empty: "
+                    f"{','.join(map(str, DEFAULT_SEEDS))}, or "
+                    f"{','.join(map(str, TINY_SEEDS))} with --tiny).")
   flags.DEFINE_list("arms", list(DEFAULT_ARMS), "Arms: files of experiments/ablation/.")
   flags.DEFINE_bool("tiny", False, "Tiny models and a few steps each (tests, a quick look).")
-  flags.DEFINE_integer("workers", 0, f"Arm-seeds run at once, each in its own process (0: "
+  flags.DEFINE_integer("workers", 0, f"Arms run at once, each in its own process (0: "
                        f"{TINY_WORKERS} with --tiny, else 1, so that wall times and MFU in the "
                        "report are measured on an otherwise idle machine).")
+  flags.DEFINE_integer("seeds_per_program", 1, "Pretraining runs of an arm and budget that "
+                       "differ only in their seed train this many at a time in one compiled "
+                       "program (research/multiseed.py); 1: one by one.")
   flags.DEFINE_integer("worker_of", 0, "Internal: set by --workers for the processes it starts.")
 
 

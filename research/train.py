@@ -30,6 +30,7 @@ from flax import struct
 
 from research import checkpoint as ckpt_lib
 from research import flops as flops_lib
+from research import machine as machine_lib
 from research import metrics as metrics_lib
 from research import models, objectives, paths, sharding
 from research import workdir as workdir_lib
@@ -469,20 +470,34 @@ def _start_and_train(config: ExperimentConfig, workdir: epath.Path,
     else:
       state = create_state(exp.model, exp.tx, cfg, exp.shardings, jax.random.key(cfg.train.seed))
     if jax.process_index() == 0:  # only once the run has really started
-      if data_record is not None:
-        paths.write_atomic(workdir / workdir_lib.DATA_FILE, json.dumps(data_record, indent=1))
-      changes = workdir_lib.record_config(workdir, cfg.to_json())
-      # (At or past train.steps the loop's own line says that nothing is trained.)
-      if changes and latest is not None and latest < cfg.train.steps:
-        print(f"resuming step {latest} with changed settings ({'; '.join(changes)}): the run "
-              f"continues with the new values; the previous config is kept in "
-              f"{workdir / workdir_lib.HISTORY_FILE}", file=sys.stderr)
+      record_start(workdir, cfg, data_record, latest)
     undo.started()
     try:
       result = _train_loop(exp, state, train_iter, step_fn, eval_fn, checkpointer, workdir)
     finally:
       checkpointer.close()  # waits for an asynchronous save in flight, even on an error
   return result
+
+
+def record_start(workdir: epath.Path, config: ExperimentConfig, data_record: dict | None,
+                 latest: int | None) -> None:
+  """What a run records in its workdir once it has really started: data.json, config.json
+  (the previous one kept in the history when settings changed, and said) and precision.json
+  ("auto" resolves per machine: said when a resume computes in another precision)."""
+  if data_record is not None:
+    paths.write_atomic(workdir / workdir_lib.DATA_FILE, json.dumps(data_record, indent=1))
+  changes = workdir_lib.record_config(workdir, config.to_json())
+  # (At or past train.steps the loop's own line says that nothing is trained.)
+  if changes and latest is not None and latest < config.train.steps:
+    print(f"resuming step {latest} with changed settings ({'; '.join(changes)}): the run "
+          f"continues with the new values; the previous config is kept in "
+          f"{workdir / workdir_lib.HISTORY_FILE}", file=sys.stderr)
+  note = workdir_lib.record_precision(
+      workdir, machine_lib.precision_policy(config.model.matmul_dtype,
+                                            config.model.activation_dtype),
+      machine_lib.summary(machine_lib.describe()), latest or 0)
+  if note:
+    print(note, file=sys.stderr)
 
 
 class Interrupted(Exception):

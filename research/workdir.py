@@ -4,6 +4,8 @@
 - A start that fails writes nothing: `undo_failed_start` removes what the start created.
 - Resume checks the data: `data_record` is written at the start (`data.json`) and compared on
   every resume, so another corpus or tokenizer setting is refused instead of silently mixed.
+- The precision a run computes in is recorded (`precision.json`): `matmul_dtype="auto"`
+  resolves per machine, and a resume on a machine that resolves it otherwise says so.
 - Small files are read through `read_json`, which names a truncated or garbled file and the fix.
 """
 
@@ -24,6 +26,7 @@ from research.config import ExperimentConfig, UserError
 
 DATA_FILE = "data.json"  # what the run trains on: corpus files and sizes, tokenizer settings
 HISTORY_FILE = "config_history.jsonl"  # each config a resumed run replaced, oldest first
+PRECISION_FILE = "precision.json"  # the resolved precision policy, per stretch of steps
 
 
 def read_json(path: epath.Path, fix: str) -> Any:
@@ -187,3 +190,28 @@ def record_config(workdir: epath.Path, config_json: str) -> list[str]:
   paths.write_atomic(history, previous + json.dumps(old) + "\n")
   paths.write_atomic(path, config_json)
   return changes
+
+
+def record_precision(workdir: epath.Path, policy: dict[str, str], machine: str,
+                     step: int) -> str | None:
+  """Records the precision policy the run computes in from `step` on (the config's, with
+  "auto" resolved on this machine). Returns a one-line note when a resumed run now computes in
+  another precision than its earlier steps did (its losses then differ from those of a run
+  that stayed on one kind of machine); None otherwise."""
+  path = workdir / PRECISION_FILE
+  recorded = (read_json(path, "delete it: it is written again at the next start")["stretches"]
+              if path.exists() else [])
+  kept = [s for s in recorded if s["from_step"] < step]  # the steps the checkpoint holds
+  previous = kept[-1] if kept else None
+  same = previous is not None and all(previous.get(k) == v for k, v in policy.items())
+  if not same:
+    kept.append({"from_step": step, **policy, "machine": machine})
+  if kept != recorded:
+    paths.write_atomic(path, json.dumps({"stretches": kept}, indent=1))
+  if previous is None or same:
+    return None
+  changed = ", ".join(f"{k}={previous.get(k)} -> {v}" for k, v in policy.items()
+                      if previous.get(k) != v)
+  return (f"note: steps {previous['from_step']}-{step} of this run computed in another "
+          f"precision ({previous['machine']}); here it continues with {changed} ({machine}), "
+          f"so its losses will differ from a run that stays on one kind of machine (see {path})")

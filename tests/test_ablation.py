@@ -1,5 +1,7 @@
-"""experiments/architecture_ablation.py: the --tiny ablation end to end (report, plots, every
-arm), skipping and resuming on a rerun, bad input, and the pieces of the report."""
+"""experiments/architecture_ablation.py: the --tiny ablation end to end (sweep, budgets, seeds,
+report with intervals and trends, every arm), skipping and resuming on a rerun, bad input, and
+the pieces: plans, hooks, records, the report (experiments/ablation_writeup.py) and the worker
+pool (experiments/ablation_pool.py)."""
 
 import dataclasses
 import json
@@ -13,11 +15,15 @@ import jax
 import numpy as np
 import pytest
 
+from experiments import ablation_pool, ablation_writeup
 from experiments import architecture_ablation as ablation
+from experiments.ablation_spec import Plan, Results, budget_tag, seed_dir
 from research import models, objectives, train
 from research.config import ExperimentConfig, UserError
 from research.paths import REPO_ROOT
 from xla_flags import cli_env
+
+TAGS = ("flops2.5e8", "flops5e8")  # ablation.TINY_BUDGETS as directory names
 
 
 def run_cli(*args):
@@ -34,9 +40,14 @@ def tiny_run(tmp_path_factory):
   return out, result, time.perf_counter() - start
 
 
-def results_table(report: str) -> list[str]:
-  section = report.split("## Results", 1)[1].split("\n## ", 1)[0]
-  return [line for line in section.splitlines() if line.startswith("| ")][1:]  # no header
+def section(report: str, title: str) -> str:
+  return report.split(f"\n## {title}", 1)[1].split("\n## ", 1)[0]
+
+
+def table_rows(text: str) -> list[list[str]]:
+  """The cells of a markdown table's rows (header and rule left out)."""
+  rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
+  return [[cell.strip() for cell in row.strip("|").split(" | ")] for row in rows]
 
 
 def test_tiny_ablation_writes_the_report_plots_and_every_arm(tiny_run):
@@ -44,47 +55,86 @@ def test_tiny_ablation_writes_the_report_plots_and_every_arm(tiny_run):
   assert result.returncode == 0, result.stderr[-3000:]
   print(f"tiny ablation: {seconds:.0f} s")
   report = (out / "report.md").read_text()
-  for png in ("loss_vs_flops.png", "downstream.png"):
+  for png in ("trends.png", "loss_vs_flops.png", "downstream.png"):
     assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"({png})" in report
-  rows = {row.split(" | ")[0][2:]: row.split(" | ") for row in results_table(report)}
-  assert sorted(rows) == sorted(ablation.DEFAULT_ARMS)
-  assert rows["encoder_mlm"][9] == "n/a"  # no translation from an encoder-only model
-  assert "±" in rows["decoder_lm"][7]  # two seeds: mean ± spread
+  # Every arm at every budget, mean ± spread over the two seeds.
+  rows = {(r[0], r[1]): r for r in table_rows(section(report, "Results"))}
+  assert sorted(rows) == sorted((a, t[5:]) for a in ablation.DEFAULT_ARMS for t in TAGS)
+  assert "±" in rows[("decoder_lm", "5e8")][6]  # pretraining loss
+  assert rows[("encoder_mlm", "5e8")][8] == "n/a"  # no translation from an encoder-only model
+  # The sweep: each arm's rates, the lowest final loss chosen and carried to both budgets.
+  sweep = {r[0]: r for r in table_rows(section(report, "Learning-rate sweep"))}
+  assert sorted(sweep) == sorted(ablation.DEFAULT_ARMS)
   for arm in ablation.DEFAULT_ARMS:
-    for seed in (0, 1):
-      record = json.loads((out / arm / f"seed{seed}" / "result.json").read_text())
-      assert record["pretrain"]["curve"] and record["sst2"]["value"] is not None
-      assert (record.get("spa_eng") is None) == (arm == "encoder_mlm")
-  # Compute matched: every arm within one step's FLOPs of the budget.
+    losses = {}
+    for rate_dir in (out / arm / TAGS[0]).glob("lr*"):
+      record = json.loads((rate_dir / "pretrain.json").read_text())
+      losses[record["learning_rate"]] = record["eval_loss"]
+    assert len(losses) == len(ablation.TINY_LR_SWEEP)
+    chosen = json.loads((out / arm / "lr.json").read_text())["learning_rate"]
+    assert chosen == min(losses, key=losses.get)
+    assert f"**{chosen:.3g}: {losses[chosen]:.4f}**" in sweep[arm]
+    for tag in TAGS:
+      for seed in (0, 1):
+        record = json.loads((out / arm / tag / f"seed{seed}" / "result.json").read_text())
+        assert record["pretrain"]["learning_rate"] == chosen and record["pretrain"]["curve"]
+        if tag == TAGS[-1]:  # --tiny fine-tunes at its largest budget only
+          assert record["sst2"]["value"] is not None
+          assert (record.get("spa_eng") is None) == (arm == "encoder_mlm")
+        else:
+          assert "sst2" not in record
+        # The sweep's chosen run is seed 0's at the smallest budget, not run again.
+        assert bool(record["pretrain"].get("from_sweep")) == (tag == TAGS[0] and seed == 0)
+  # Paired seeds: every arm read the same text in the same order.
+  plans = {arm: json.loads((out / arm / "plan.json").read_text())
+           for arm in ablation.DEFAULT_ARMS}
+  assert len({plan["data_order"] for plan in plans.values()}) == 1
+  assert "the same in every arm" in report
+  # Compute matched: every arm within one step's FLOPs of each budget.
+  for arm, plan in plans.items():
+    for budget in ablation.TINY_BUDGETS:
+      steps = max(1, round(budget / plan["flops_per_step"]))
+      assert abs(steps * plan["flops_per_step"] - budget) <= plan["flops_per_step"], arm
+  # Conclusions: T5's five orderings point by point, with intervals where fine-tuned.
+  conclusions = section(report, "Conclusions")
+  sst2 = conclusions.split("### SST-2", 1)[1].split("###", 1)[0]
+  orderings = table_rows(sst2)
+  assert len(orderings) == len(ablation.T5_ORDER)
+  for row in orderings:
+    assert row[1] == "—", row
+    assert row[2].split(":")[0] in ("reproduced", "reversed", "not resolved"), row
+    assert "[" in row[2] and row[2].endswith("n=2")
+  assert "Differences whose interval excludes zero" in sst2
+  assert "## Trends against pretraining FLOPs" in report
   summary = json.loads((out / "results.json").read_text())
-  for arm, values in summary["arms"].items():
-    plan = values["plan"]
-    assert abs(plan["steps"] * plan["flops_per_step"] - ablation.TINY_BUDGET) <= (
-        plan["flops_per_step"]), arm
-    assert len(values["sst2"]["values"]) == 2
+  assert len(summary["arms"]["decoder_lm"]["budgets"][TAGS[1]]["sst2"]["seeds"]) == 2
   assert "**encdec_lm** (T5: Enc-dec, 6 layers (P, M/2), LM): `objective.name:" in report
-  assert "not comparable across objectives" in report
   # --tiny runs TINY_WORKERS arms at once, each process logging to OUT/<arm>/log.txt; this
   # process reports every stage as its record appears, with the time left.
-  assert f"[ablation] {ablation.DEFAULT_ARMS[0]} seeds 0,1: started" in result.stderr
+  assert f"[ablation] {ablation.DEFAULT_ARMS[0]}: started" in result.stderr
   assert all((out / arm / "log.txt").exists() for arm in ablation.DEFAULT_ARMS)
   done = [line for line in result.stderr.splitlines() if " done in " in line]
-  assert len(done) == 28 and done[-1].startswith("[ablation 28/28]")
+  runs = len(ablation.TINY_BUDGETS) * len(ablation.TINY_SEEDS)  # of each arm
+  seeds = len(ablation.TINY_SEEDS)  # fine-tuned at the largest budget
+  total = sum(len(ablation.TINY_LR_SWEEP) + runs - 1 +  # the sweep's chosen run is reused
+              seeds * (2 if arm != "encoder_mlm" else 1) for arm in ablation.DEFAULT_ARMS)
+  assert len(done) == total and done[-1].startswith(f"[ablation {total}/{total}]")
   assert "left" in done[1]
-  assert f"up to {ablation.TINY_WORKERS} arm-seeds ran at once (--workers)" in report
+  assert f"up to {ablation.TINY_WORKERS} arms ran at once (--workers)" in report
 
 
 def test_rerun_skips_everything_finished(tiny_run):
   out = tiny_run[0]
-  records = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/*.json")}
+  records = {p: p.stat().st_mtime_ns for p in out.glob("*/flops*/*/*.json")}
+  assert len(records) > 30
   start = time.perf_counter()
   result = run_cli(f"--out={out}", "--tiny")
   seconds = time.perf_counter() - start
   assert result.returncode == 0, result.stderr[-3000:]
   assert "[ablation" not in result.stderr
-  assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/*.json")} == records
-  assert seconds < 60, seconds  # imports and the report only (~5 s on 2 idle cores)
+  assert {p: p.stat().st_mtime_ns for p in out.glob("*/flops*/*/*.json")} == records
+  assert seconds < 60, seconds  # imports and the report only
 
 
 def test_an_interrupted_stage_resumes_from_its_workdir(tiny_run):
@@ -92,32 +142,36 @@ def test_an_interrupted_stage_resumes_from_its_workdir(tiny_run):
   # The stage's record was lost after its run checkpointed its last step: the rerun runs
   # this stage alone, and training resumes at that checkpoint (only the evaluation is left).
   # In this process (--workers=1): its progress line comes before the stage.
-  seed_dir = out / "decoder_lm" / "seed1"
-  before = json.loads((seed_dir / "spa_eng.json").read_text())
-  (seed_dir / "spa_eng.json").unlink()
-  (seed_dir / "result.json").unlink()
+  directory = out / "decoder_lm" / TAGS[1] / "seed1"
+  before = json.loads((directory / "spa_eng.json").read_text())
+  (directory / "spa_eng.json").unlink()
+  (directory / "result.json").unlink()
   result = run_cli(f"--out={out}", "--tiny", "--workers=1")
   assert result.returncode == 0, result.stderr[-3000:]
   progress = [line for line in result.stderr.splitlines() if line.startswith("[ablation")]
-  assert len(progress) == 1 and progress[0].startswith("[ablation 1/1] decoder_lm seed 1: spa_eng")
+  assert len(progress) == 1, progress
+  assert progress[0].startswith(f"[ablation 1/1] decoder_lm {TAGS[1]} seed1: spa_eng")
   assert "resumed from" in result.stderr
-  after = json.loads((seed_dir / "spa_eng.json").read_text())
+  after = json.loads((directory / "spa_eng.json").read_text())
   assert after["resumed"] and after["value"] == pytest.approx(before["value"])
-  assert (seed_dir / "result.json").exists()
+  assert (directory / "result.json").exists()
 
 
-def test_other_settings_on_the_same_out_are_refused(tiny_run):
+@pytest.mark.parametrize("flags, key", [(["--lr_sweep=1,3"], "lr_sweep"),
+                                        (["--budgets=1e8,5e8"], "sweep_budget")])
+def test_other_settings_on_the_same_out_are_refused(tiny_run, flags, key):
   out = tiny_run[0]
-  result = run_cli(f"--out={out}", "--tiny", "--budget_flops=1e9")
+  result = run_cli(f"--out={out}", "--tiny", *flags)
   assert result.returncode == 2
-  assert "holds an ablation with other settings (budget_flops" in result.stderr
+  assert f"holds an ablation with other settings ({key}" in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--arms=decoder_lm,nope"], "no arm 'nope'"),
     (["--seeds=0,x"], "--seeds must be integers"),
-    (["--budget_flops=-1"], "--budget_flops must be a positive"),
+    (["--budgets=1e9,-1"], "--budgets needs distinct positive numbers"),
+    (["--lr_sweep=1,x"], "--lr_sweep must be numbers"),
     (["--workers=-2"], "--workers must be a positive"),
 ])
 def test_bad_flags_are_one_error_line(tmp_path, flags, message):
@@ -181,61 +235,248 @@ def test_finetune_configs_fit_every_family(tmp_path):
     ablation.arm_path("baseline")
 
 
-def test_records_stats_and_progress():
+def test_records_and_progress():
   records = [{"step": 1, "train/mfu": 0.01}, {"step": 2, "train/mfu": 0.3, "eval/loss": 3.0},
              {"step": 4, "train/mfu": 0.5, "eval/loss": 2.5},
              {"step": 4, "eval/loss": 2.4}]  # a resumed run measured step 4 again
   assert ablation.loss_curve(records) == [(2, 3.0), (4, 2.4)]
   assert ablation.mean_mfu(records) == pytest.approx(0.4)  # the compiling window left out
-  stat = ablation.Stat((1.0, 3.0))
-  assert stat.format(2) == "2.00 ± 1.41" and ablation.Stat((2.0,)).format(1) == "2.0"
-  assert ablation.Stat(()).format(1) == "—"
-  progress = ablation.Progress([("a", 0, "pretrain"), ("a", 0, "sst2")], {})
-  assert "known after the first stage" in progress.line("a", 0, "pretrain", "x")
-  progress.finished("a", "pretrain", 90.0)
-  line = progress.line("a", 0, "sst2", "y")
-  assert line.startswith("[ablation 2/2] a seed 0: sst2 (y)") and "about 1m30s left" in line
+  progress = ablation_pool.Progress([("a", "flops1e12 seed0", "pretrain@flops1e12"),
+                                     ("a", "flops1e12 seed0", "sst2")], {})
+  assert "known after the first stage" in progress.line("a", "flops1e12 seed0",
+                                                        "pretrain@flops1e12", "x")
+  progress.finished("a", "pretrain@flops1e12", 90.0)
+  line = progress.line("a", "flops1e12 seed0", "sst2", "y")
+  assert line.startswith("[ablation 2/2] a flops1e12 seed0: sst2 (y)")
+  assert "about 1m30s left" in line  # no sst2 finished yet: every stage's mean
+  assert ablation.choose_rate({1e-3: {"eval_loss": 2.0}, 2e-3: {"eval_loss": 1.9},
+                               4e-3: {"eval_loss": None, "diverged": "nan"}}) == 2e-3
+  assert ablation.choose_rate({4e-3: {"eval_loss": None}}) is None
+  assert [budget_tag(b) for b in (1e12, 3e12, 2.5e8, 1.5e13)] == [
+      "flops1e12", "flops3e12", "flops2.5e8", "flops1.5e13"]
 
 
-def fake_plan(arm: str, family: str, objective: str) -> "ablation.Plan":
-  return ablation.Plan(arm=arm, family=family, objective=objective, parameters=800_000,
-                       vocab_size=68, flops_per_step=10**10, steps=1000, batch_size=16,
-                       seq_len=128, diff=())
+def fake_plan(arm: str, family: str, objective: str) -> Plan:
+  return Plan(arm=arm, family=family, objective=objective, parameters=800_000, vocab_size=68,
+              flops_per_step=10**10, batch_size=16, seq_len=128, learning_rate=2e-3, diff=(),
+              data_order="same")
 
 
-def test_conclusions_name_the_winner_and_check_t5s_order():
-  plans = {"span": fake_plan("span", "encoder_decoder", "span_corruption"),
-           "lm": fake_plan("lm", "decoder", "causal_lm"),
-           "prefix": fake_plan("prefix", "decoder", "prefix_lm"),
-           "mlm": fake_plan("mlm", "encoder", "masked_lm")}
-  sst2 = {"span": (70.0, 72.0), "lm": (60.0, 61.0), "prefix": (75.0, 76.0), "mlm": (65.0, 66.0)}
-  stats = {arm: {"plan": plan, "sst2": ablation.Stat(sst2[arm]),
-                 "spa_eng": ablation.Stat(() if arm == "mlm" else (1.0, 1.2))}
-           for arm, plan in plans.items()}
-  lines = ablation.conclusions(list(plans), stats)
-  assert lines[0].startswith("- SST-2 (dev accuracy (%)): **prefix** is best; ranking: prefix")
-  assert "exceeds the seed spread" in lines[0]
-  # T5 on GLUE: span > prefix (reversed here), span > lm, prefix > lm (both hold here).
-  assert "2 of 3 hold here (span > lm; prefix > lm)" in lines[0]
-  assert "reversed here: prefix > span" in lines[0]
-  assert "tied with" in lines[1] and "tied: " in lines[1]
+KINDS = {"span": ("encoder_decoder", "span_corruption"), "lm": ("decoder", "causal_lm"),
+         "prefix": ("decoder", "prefix_lm"), "mlm": ("encoder", "masked_lm")}
+
+
+def fake_results(sst2_means: dict[str, float], seeds=(0, 1, 2, 3), budgets=(1e12, 1e13),
+                 yardsticks=False, wobble=()) -> Results:
+  """Records whose SST-2 score is the arm's mean plus what the seed does to every arm (a
+  spread of several points), plus, for the arms in `wobble`, +1 and -1 point on alternate
+  seeds; BLEU the same for every arm."""
+  rng = np.random.default_rng(0)
+  seed_effect = {seed: 5.0 * rng.normal() for seed in seeds}
+  plans = {arm: fake_plan(arm, *KINDS[arm]) for arm in sst2_means}
+  runs = {}
+  for arm, mean in sst2_means.items():
+    for budget in budgets:
+      for seed in seeds:
+        pretrain = {"eval_loss": 2.0 - 0.1 * np.log10(budget / 1e12), "mfu": 0.2,
+                    "wall_s": 60.0, "curve": [[50, 2.5], [100, 2.0]]}
+        if yardsticks:
+          pretrain["yardsticks"] = {"bits per character": {
+              "value": 2.0 + (0.5 if arm == "lm" else 0.0) + 1e-5 * rng.normal(),
+              "higher_is_better": False}}
+        record = {"pretrain": pretrain, "sst2": {
+            "value": mean + seed_effect[seed] + (arm in wobble) * (-1) ** seed,
+            "wall_s": 30.0}}
+        if arm != "mlm":
+          record["spa_eng"] = {"value": 1.0 + seed_effect[seed] / 10, "wall_s": 30.0}
+        runs[(arm, budget, seed)] = record
+  settings = {"budgets": list(budgets), "lr_sweep": [0.5, 1.0, 2.0], "tiny": False,
+              "finetune": {"sst2": {}, "spa_eng": {}}}
+  sweeps = {arm: {1e-3: {"eval_loss": 2.1}, 2e-3: {"eval_loss": 2.0},
+                  4e-3: {"eval_loss": None, "diverged": "loss is nan"}} for arm in plans}
+  return Results(list(plans), list(budgets), list(seeds), plans, settings, runs, sweeps,
+                 {arm: 2e-3 for arm in plans})
+
+
+def test_conclusions_state_resolved_differences_and_t5s_orderings(tmp_path):
+  # span 5 points above lm: reproduced although each seed moves every arm by several points
+  # (paired, that cancels); prefix as span on average but +1 / -1 on alternate seeds: span >
+  # prefix not resolved; prefix > lm reproduced.
+  results = fake_results({"span": 65.0, "prefix": 65.0, "lm": 60.0, "mlm": 70.0},
+                         wobble=("prefix",))
+  report = ablation_writeup.write_report(tmp_path, results).read_text()
+  sst2 = section(report, "Conclusions").split("### SST-2", 1)[1].split("###", 1)[0]
+  verdicts = {row[0]: [cell.split(":")[0] for cell in row[1:]] for row in table_rows(sst2)}
+  assert verdicts == {"span > prefix": ["not resolved"] * 2, "span > lm": ["reproduced"] * 2,
+                      "prefix > lm": ["reproduced"] * 2}
+  assert "1e12 FLOPs | 1e13 FLOPs" in sst2
+  resolved = sst2.split("excludes zero:", 1)[1]
+  assert "span > lm (+5.0 [+5.0, +5.0], n=4)" in resolved and "mlm > span (+5.0" in resolved
+  assert "span > prefix" not in resolved and "prefix > span" not in resolved
+  assert "At the largest budget: 2 reproduced, 0 reversed, 1 not resolved." in sst2
+  # BLEU: every arm the same: nothing resolved.
+  bleu = section(report, "Conclusions").split("### Spanish", 1)[1]
+  assert bleu.count("no two arms told apart") == 2
+  # The sweep table marks the chosen rate and a diverged one; the trend of the loss is the
+  # fake's -0.1 per tenfold FLOPs.
+  sweep = {row[0]: row for row in table_rows(section(report, "Learning-rate sweep"))}
+  assert sweep["span"][1:] == ["0.001: 2.1000", "**0.002: 2.0000**", "0.004: diverged",
+                               "0.002"]
+  trends = {row[0]: row for row in table_rows(section(report, "Trends against pretraining FLOPs"))}
+  assert trends["span"][1] == "-0.100" and trends["mlm"][3] == "n/a"
+
+
+def test_reversed_orderings_and_yardsticks(tmp_path):
+  results = fake_results({"span": 60.0, "lm": 63.0}, yardsticks=True)
+  report = ablation_writeup.write_report(tmp_path, results).read_text()
+  sst2 = section(report, "Conclusions").split("### SST-2", 1)[1].split("###", 1)[0]
+  assert [row[0] for row in table_rows(sst2)] == ["span > lm"]
+  assert table_rows(sst2)[0][1].startswith("reversed: -3.0 [-3.0, -3.0], n=4")
+  # A yardstick in the pretraining records: a column, a trend, and comparisons in its own
+  # direction (lower bits per character is better).
+  assert "| bits per character |" in section(report, "Results").splitlines()[2]
+  yard = section(report, "Conclusions").split("### bits per character", 1)[1]
+  assert table_rows(yard)[0][1].startswith("reproduced: +0.500 [")
 
 
 def test_report_of_partial_results(tmp_path):
-  plans = {"span": fake_plan("span", "encoder_decoder", "span_corruption"),
-           "mlm": fake_plan("mlm", "encoder", "masked_lm")}
-  record = {"pretrain": {"eval_loss": 2.0, "curve": [[500, 2.5], [1000, 2.0]], "mfu": 0.2,
-                         "wall_s": 60.0},
-            "sst2": {"value": 70.0, "wall_s": 30.0}, "spa_eng": {"value": 1.5, "wall_s": 30.0}}
-  settings = {"budget_flops": 1e13, "tiny": False, "finetune": {"sst2": {}, "spa_eng": {}}}
-  report = ablation.write_report(tmp_path, list(plans), [0, 1], plans, {("span", 0): record},
-                                 settings, ["mlm seed 0: non-finite loss"]).read_text()
-  rows = {row.split(" | ")[0][2:]: row.split(" | ") for row in results_table(report)}
-  assert rows["span"][8:10] == ["70.0", "1.50"] and rows["mlm"][8:10] == ["—", "n/a"]
-  assert "| mlm | 1 | not run or unfinished |" in report
-  assert "## Failed runs" in report and np.isclose(
-      json.loads((tmp_path / "results.json").read_text())["arms"]["span"]["sst2"]["mean"], 70.0)
-  assert pathlib.Path(tmp_path / "downstream.png").exists()
+  results = fake_results({"span": 65.0, "mlm": 60.0}, seeds=(0, 1))
+  del results.runs[("mlm", 1e12, 1)], results.runs[("mlm", 1e13, 0)], results.runs[("mlm", 1e13, 1)]
+  results.failed.append("mlm flops1e13 seed0: non-finite loss")
+  results.chosen.pop("mlm")
+  report = ablation_writeup.write_report(tmp_path, results).read_text()
+  rows = {(r[0], r[1]): r for r in table_rows(section(report, "Results"))}
+  assert rows[("mlm", "1e13")][6:9] == ["—", "—", "n/a"] and rows[("mlm", "1e12")][2] == "—"
+  assert "| mlm | 1e13 | 0 | not run or unfinished |" in report
+  assert "(—: under two seeds" not in report  # mlm is in none of T5's orderings
+  assert "## Failed runs" in report and np.isclose(json.loads(
+      (tmp_path / "results.json").read_text())["arms"]["span"]["budgets"]["flops1e12"]["sst2"][
+          "mean"], np.mean([r["sst2"]["value"] for k, r in results.runs.items()
+                            if k[:2] == ("span", 1e12)]))
+  assert (tmp_path / "trends.png").exists() and (tmp_path / "downstream.png").exists()
+
+
+def test_the_pretrain_and_yardstick_hooks(tmp_path):
+  # What a runner of several seeds in one program plugs in: it gets every seed's job at once
+  # and reports each; the yardsticks land in the record.
+  calls = []
+
+  def together(jobs, start, done):
+    calls.append([job.seed for job in jobs])
+    for job in jobs:
+      start(job)
+    for job in jobs:
+      done(job, ablation.StageRun({"eval/loss": 1.5 + job.seed}, 4.0, False))
+
+  hooks = ablation.Hooks(pretrain=together, yardsticks=lambda job: {"probe": 0.5 + job.seed})
+  plans = {"decoder_lm": fake_plan("decoder_lm", "decoder", "causal_lm")}
+  run = ablation.Ablation(tmp_path, ["decoder_lm"], [1e11, 1e12], [0, 1, 2], [1.0, 2.0], True,
+                          plans, hooks)
+  jobs = [(run.job("decoder_lm", 1e12, seed, 2e-3, seed_dir(tmp_path, "decoder_lm", 1e12, seed)
+                   / "pretrain", f"seed{seed}"), seed_dir(tmp_path, "decoder_lm", 1e12, seed) /
+           "pretrain.json") for seed in (0, 1, 2)]
+  ablation.write_json(jobs[1][1], {"eval_loss": 9.0, "wall_s": 1.0})  # finished before
+  lines = []
+  progress = ablation_pool.Progress([("decoder_lm", f"seed{s}", "pretrain@flops1e12")
+                                     for s in (0, 2)], {})
+  records = run.pretrain(jobs, progress, lines.append)
+  assert calls == [[0, 2]] and progress.done == 2 and len(lines) == 2
+  assert [records[job]["eval_loss"] for job, _ in jobs] == [1.5, 9.0, 3.5]
+  saved = json.loads(jobs[2][1].read_text())
+  assert saved["yardsticks"] == {"probe": 2.5} and saved["steps"] == 100
+  assert saved["workdir"] == "decoder_lm/flops1e12/seed2/pretrain"
+  # The sweep at the smallest budget: a rate that diverged is recorded and not chosen; a
+  # seed's run that diverged is a failure, unrecorded, so that a rerun tries it again.
+  def diverge_at_high_rates(jobs, start, done):
+    for job in jobs:
+      start(job)
+      done(job, FloatingPointError("loss is nan") if job.learning_rate > 3e-3 else
+           ablation.StageRun({"eval/loss": 2.0}, 1.0, False))
+
+  run.hooks = ablation.Hooks(pretrain=diverge_at_high_rates)
+  assert run.sweep("decoder_lm", ablation_pool.Progress([], {}), lines.append) == 2e-3
+  assert json.loads((tmp_path / "decoder_lm" / "flops1e11" / "lr0.004" / "pretrain.json")
+                    .read_text())["diverged"] == "loss is nan"
+  failed = run.run_budget("decoder_lm", 1e13, 4e-3, ablation_pool.Progress([], {}),
+                          lines.append)
+  assert failed == [f"decoder_lm flops1e13 seed{seed}: loss is nan" for seed in (0, 1, 2)]
+  assert not (tmp_path / "decoder_lm" / "flops1e13").exists()
+  # The stages of the smallest budget: the sweep's rates, then the seeds but the sweep's.
+  stages = run.stages("decoder_lm", 1e11)
+  assert [where for where, kind, _ in stages if kind.startswith("pretrain")] == [
+      "flops1e11 lr0.002", "flops1e11 lr0.004", "flops1e11 seed1", "flops1e11 seed2"]
+
+
+def fake_corpus(directory: pathlib.Path) -> pathlib.Path:
+  """What ablation_corpus.build leaves that the runner reads: stats.json and tokenizer/."""
+  (directory / "tokenizer").mkdir(parents=True)
+  (directory / "tokenizer" / "manifest.json").write_text("{}")
+  (directory / "stats.json").write_text(json.dumps({"train": {"documents": 90},
+                                                    "validation": {"documents": 10}}))
+  return directory
+
+
+def test_seeds_per_program_groups_the_seeds_of_an_arm_and_budget(tmp_path, monkeypatch):
+  # --seeds_per_program=K: seeds of one arm, budget and rate go K at a time to one multiseed
+  # program; the sweep's rates (one job each) and a group that diverged run one by one. The
+  # arms pretrain on the shared corpus: each workdir gets its vocabulary before it is used.
+  corpus = fake_corpus(tmp_path / "corpus")
+  plans = {"decoder_lm": fake_plan("decoder_lm", "decoder", "causal_lm")}
+  run = ablation.Ablation(tmp_path, ["decoder_lm"], [1e11, 1e12], [0, 1, 2, 3, 4], [1.0, 2.0],
+                          False, plans, corpus=corpus)
+  job = lambda budget, seed, rate=2e-3: (run.job("decoder_lm", budget, seed, rate, seed_dir(
+      tmp_path, "decoder_lm", budget, seed) / "pretrain", f"seed{seed}"), seed_dir(
+          tmp_path, "decoder_lm", budget, seed) / "pretrain.json")
+  jobs = [job(1e12, seed) for seed in range(5)] + [job(1e11, 0, 2e-3), job(1e11, 0, 4e-3)]
+  assert jobs[0][0].config.data.dataset == "text_files"
+  assert jobs[0][0].config.data.files == str(corpus)
+  assert jobs[0][0].config.data.tokenizer == "sentencepiece"
+  groups = ablation.seed_groups([j for j, _ in jobs], 2)
+  assert [[(j.budget, j.seed, j.learning_rate) for j in g] for g in groups] == [
+      [(1e12, 0, 2e-3), (1e12, 1, 2e-3)], [(1e12, 2, 2e-3), (1e12, 3, 2e-3)],
+      [(1e12, 4, 2e-3)], [(1e11, 0, 2e-3)], [(1e11, 0, 4e-3)]]
+  together, alone = [], []
+
+  def program(group):
+    from research import multiseed  # pylint: disable=import-outside-toplevel
+    config, seeds = multiseed.split_seeds([j.config for j in group])  # what the runner passes
+    assert config.train.steps == group[0].config.train.steps
+    together.append(seeds)
+    if 3 in seeds:
+      raise FloatingPointError("loss is nan at step 7")
+    return [ablation.StageRun({"eval/loss": 1.0 + j.seed}, 2.0, False) for j in group]
+
+  def one(config, workdir):
+    alone.append(config.train.seed)
+    return ablation.StageRun({"eval/loss": 1.0 + config.train.seed}, 4.0, False)
+
+  monkeypatch.setattr(ablation, "run_seeds_together", program)
+  monkeypatch.setattr(ablation, "run_stage", one)
+  run.hooks = ablation.default_hooks(True, 2)
+  lines = []
+  records = run.pretrain(jobs, ablation_pool.Progress([], {}), lines.append)
+  assert together == [[0, 1], [2, 3]]
+  assert alone == [2, 3, 4, 0, 0]  # the diverged pair, the fifth seed, the sweep's two rates
+  assert [records[j]["eval_loss"] for j, _ in jobs] == [1.0, 2.0, 3.0, 4.0, 5.0, 1.0, 1.0]
+  assert all((j.workdir / "tokenizer" / "manifest.json").exists() for j, _ in jobs)
+  assert sum(line.startswith("[ablation") and "pretrain@flops1e12" in line
+             for line in lines) == 5  # each job's progress line once
+
+
+def test_the_yardsticks_of_the_default_runs(tmp_path, monkeypatch):
+  from experiments import ablation_yardsticks  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(ablation_yardsticks, "linear_probe",
+                      lambda workdir, train_examples: {"accuracy": 0.625})
+  monkeypatch.setattr(ablation_yardsticks, "bits_per_char", lambda workdir: {"bits_per_char": 2.5})
+  hooks = ablation.default_hooks(False, 1)
+  assert hooks.pretrain is ablation.pretrain_each
+  assert ablation.default_hooks(True, 1).yardsticks is ablation.no_yardsticks
+  for arm, expected in [("decoder_lm", {"linear probe accuracy (%)": 62.5, "bits per character":
+                                        {"value": 2.5, "higher_is_better": False}}),
+                        ("encoder_mlm", {"linear probe accuracy (%)": 62.5})]:
+    config = ablation.with_steps(ablation.pretrain_config_dict(arm, 0, True), 5, True)
+    job = ablation.PretrainJob(arm, 1e12, 0, 2e-3, config, tmp_path, "seed0")
+    assert hooks.yardsticks(job) == expected
 
 
 def test_a_run_stopped_before_its_last_step_stops_the_ablation(tmp_path, monkeypatch):
@@ -253,34 +494,38 @@ def test_a_run_stopped_before_its_last_step_stops_the_ablation(tmp_path, monkeyp
   assert ablation.latest_checkpoint(tmp_path / "none") is None
 
 
-def test_workers_report_stages_and_failures(tmp_path, monkeypatch):
-  # run_in_workers with a stand-in for the worker command: arm "ok" writes its two stage
-  # records, arm "bad" fails with a message; both run at once.
-  fake = tmp_path / "fake_python"
-  fake.write_text(textwrap.dedent("""\
-      #!/bin/sh
-      for a in "$@"; do case $a in --out=*) out=${a#--out=};; --arms=*) arm=${a#--arms=};; esac; done
-      if [ "$arm" = bad ]; then echo "error: bad seed 0: loss is nan"; exit 2; fi
-      mkdir -p "$out/ok/seed0"
-      for stage in pretrain sst2; do echo '{"wall_s": 1.0}' > "$out/ok/seed0/$stage.json"; done
-      """))
-  fake.chmod(0o755)
-  monkeypatch.setattr(sys, "executable", str(fake))
+def test_the_learning_rate_scales_the_whole_schedule():
+  config = ablation.pretrain_config_dict("decoder_lm", 0, False, learning_rate=4e-3)
+  base = ablation.pretrain_config_dict("decoder_lm", 0, False)
+  assert config.optimizer.learning_rate == 4e-3
+  assert config.optimizer.end_learning_rate == pytest.approx(
+      base.optimizer.end_learning_rate * 4e-3 / base.optimizer.learning_rate)
+
+
+def test_workers_report_stages_and_failures(tmp_path):
+  # run_in_workers with stand-in worker commands: arm "ok" writes its two stage records, arm
+  # "bad" fails with a message; both run at once.
   out = tmp_path / "out"
+  ok = textwrap.dedent(f"""\
+      mkdir -p {out}/ok/s0
+      for stage in pretrain sst2; do echo '{{"wall_s": 1.0}}' > {out}/ok/s0/$stage.json; done
+      """)
+  bad = "echo 'error: bad seed 0: loss is nan'; exit 2"
   for arm in ("ok", "bad"):
     (out / arm).mkdir(parents=True)
-  plans = {arm: fake_plan(arm, "encoder", "masked_lm") for arm in ("ok", "bad")}
   # An earlier run finished bad's pretraining: not reported again, not in the count.
-  ablation.write_json(out / "bad" / "seed0" / "pretrain.json", {"wall_s": 5.0})
-  todo = [("ok", 0, "pretrain"), ("ok", 0, "sst2"), ("bad", 0, "sst2")]
-  progress = ablation.Progress(todo, {}, workers=2)
+  jobs = [ablation_pool.WorkerJob("ok", ["sh", "-c", ok], [
+              ("s0", "pretrain", out / "ok" / "s0" / "pretrain.json"),
+              ("s0", "sst2", out / "ok" / "s0" / "sst2.json")]),
+          ablation_pool.WorkerJob("bad", ["sh", "-c", bad], [
+              ("s0", "sst2", out / "bad" / "s0" / "sst2.json")])]
+  todo = [("ok", "s0", "pretrain"), ("ok", "s0", "sst2"), ("bad", "s0", "sst2")]
+  progress = ablation_pool.Progress(todo, {}, workers=2)
   lines = []
-  failed, interrupted = ablation.run_in_workers(
-      out, [("ok", 0), ("bad", 0)], plans, {"budget_flops": 1e9, "tiny": True}, 2, progress,
-      lines.append)
+  failed, interrupted = ablation_pool.run_in_workers(out, jobs, 2, progress, lines.append)
   assert not interrupted
   assert len(failed) == 1 and failed[0].startswith("bad: error: bad seed 0: loss is nan")
   assert "exit status 2" in failed[0]
   done = [line for line in lines if " done in " in line]
-  assert len(done) == 2 and done[-1].startswith("[ablation 2/3] ok seed 0: sst2 done in 1s")
+  assert len(done) == 2 and done[-1].startswith("[ablation 2/3] ok s0: sst2 done in 1s")
   assert progress.done == 3  # the failed arm's last stage counted as skipped

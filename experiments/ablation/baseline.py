@@ -1,5 +1,13 @@
 """Baseline of the architecture ablation (experiments/architecture_ablation.py): a T5-style
-encoder-decoder pretrained with span corruption on character-level Tiny Shakespeare.
+encoder-decoder pretrained with span corruption.
+
+What it pretrains on: in the runner, the ablation corpus with its shared 4096-piece SentencePiece
+vocabulary (experiments/ablation_corpus.py, built once in OUT/corpus): the runner replaces this
+file's data settings with `ablation_corpus.pretrain_overrides(OUT/corpus)` and copies the shared
+vocabulary into every pretraining workdir before it is used, so that every arm reads the same
+text as the same pieces. Those overrides are the source of truth; the data settings below
+(character-level Tiny Shakespeare) are what a plain research.train run of this file uses, and
+what the runner's --tiny keeps.
 
 Every arm is this file plus the few lines its own file changes (`python -m research.config_diff
 experiments/ablation/baseline.py experiments/ablation/<arm>.py` prints them). The blocks are the
@@ -13,11 +21,12 @@ Sizes are matched in parameters, as T5's "P" arms are (Raffel et al. 2020, Table
 layer of an encoder-decoder also holds cross-attention (4 E^2 weights), so this baseline's MLP
 is 384 wide instead of 512: 2 (4E^2 + 2E*384) + 2 (8E^2 + 2E*384) = 4 (4E^2 + 2E*512) = 786,432
 weights in the blocks' matrices of every arm at E = 128. Beyond those: the token embeddings
-(span corruption adds 100 sentinel tokens to the 68 of the character vocabulary), the norms,
-and the encoder-only arm's MLM head (E x E); 0.80-0.81M parameters in all.
+(4096 x E = 0.52M, tied, in the shared vocabulary, which holds every arm's special tokens; 68
+characters + 100 sentinels alone), the norms, and the encoder-only arm's MLM head (E x E).
 
 The runner sets train.steps from the FLOP budget (steps = budget / training FLOPs per step),
-the seed, and how often to evaluate and checkpoint. Alone it trains like any config:
+the seed, and how often to evaluate and checkpoint. Alone it trains like any config (on
+characters, as said above):
   python -m research.train --config=experiments/ablation/baseline.py --workdir=runs/ablation_base
 Results: OUT/report.md of `python -m experiments.architecture_ablation --out=OUT`.
 """
