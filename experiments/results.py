@@ -45,8 +45,11 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 # pylint: disable=wrong-import-position
 import numpy as np
 from absl import app, flags
+from etils import epath
 
+from experiments.ablation_pool import format_seconds
 from research import machine as machine_lib
+from research import paths
 from research.config import UserError
 from research.paths import REPO_ROOT
 # pylint: enable=wrong-import-position
@@ -146,15 +149,7 @@ def read_json(path: pathlib.Path) -> Any:
 
 
 def write_json(path: pathlib.Path, value: Any) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
-  tmp.replace(path)
-
-
-def format_seconds(seconds: float) -> str:
-  minutes, secs = divmod(int(round(seconds)), 60)
-  hours, minutes = divmod(minutes, 60)
-  return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+  paths.write_atomic(epath.Path(path), json.dumps(value, indent=1, sort_keys=True) + "\n")
 
 
 class Progress:
