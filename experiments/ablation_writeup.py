@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 import pathlib
 
 import numpy as np
@@ -17,6 +16,7 @@ from experiments import ablation_stats as stats_lib
 from experiments.ablation_spec import (FINETUNES, T5_NAMES, T5_ORDER, TASKS, Metric, Results,
                                        budget_tag, format_flops, metrics_of,
                                        stages_of)
+from research import machine as machine_lib
 from research import paths
 from research.paths import REPO_ROOT
 
@@ -42,10 +42,9 @@ def stat(results: Results, metric: Metric, arm: str, budget: float) -> stats_lib
 
 
 def machine() -> str:
-  import jax  # pylint: disable=import-outside-toplevel
-  kinds = sorted({d.device_kind for d in jax.devices()})
-  return (f"{os.cpu_count()} CPU cores, JAX {jax.__version__} on {len(jax.devices())} x "
-          f"{', '.join(kinds)}")
+  """The CPU model and kind (AMX / AVX-512 / AVX2) or the accelerator, and JAX's version."""
+  described = machine_lib.describe()
+  return f"{machine_lib.summary(described)}, JAX {described['jax']}"
 
 
 def shared_machine_note(results: Results) -> str:
