@@ -76,12 +76,19 @@ def command_lines(out: epath.Path, results: Results) -> list[str]:
       "# Architecture ablation: compute-matched pretraining, then fine-tuning",
       "",
       "T5 (Raffel et al. 2020), Section 3.2 and Table 2, in miniature: each arm is pretrained "
-      "on character-level Tiny Shakespeare for the same training FLOPs, at several budgets, "
-      "with a learning rate tuned for it, then fine-tuned with the same steps and batch on "
-      "SST-2 and on Spanish->English translation.",
+      f"on {corpus_phrase(results)} for the same training FLOPs, at several budgets, with a "
+      "learning rate tuned for it, then, at the largest budget, fine-tuned with the same steps "
+      "and batch on SST-2 and on Spanish->English translation.",
       "",
       f"    python -m experiments.architecture_ablation {flags}",
       ""]
+
+
+def corpus_phrase(results: Results) -> str:
+  if results.settings["tiny"]:
+    return "character-level Tiny Shakespeare"
+  return ("one corpus of the bundled corpora's training splits with one shared SentencePiece "
+          "vocabulary (experiments/ablation_corpus.py)")
 
 
 def setup_lines(results: Results) -> list[str]:
@@ -113,8 +120,10 @@ def setup_lines(results: Results) -> list[str]:
       f"percentile bootstrap interval over seeds ({stats_lib.RESAMPLES:,} resamples, fixed "
       "rng); with few seeds the interval is narrow and excludes zero only when (nearly) every "
       "seed agrees. The conclusions state only differences whose interval excludes zero.",
-      *(["- --tiny fine-tunes at its largest budget only, so its downstream scores have no "
-         "trend."] if results.settings["tiny"] else []),
+      "- Fine-tuning runs at the largest budget only (at every budget it would triple the "
+      "run), so the fine-tuned scores have no trend against FLOPs; the SST-2 linear probe of "
+      "the frozen features, measured at every budget (when the yardsticks ran), is the "
+      "downstream measure that has one.",
       "- MFU: mean of train/mfu over the pretraining log (the first window, which holds "
       "compilation, left out), against the peak research/flops.py uses (on CPUs a matmul "
       "measured at start-up).",
@@ -347,8 +356,8 @@ def arm_lines(results: Results) -> list[str]:
 
 def finetune_lines(results: Results) -> list[str]:
   lines = ["## Fine-tuning", "",
-           "Every arm: init_from its pretraining workdir (architecture and character "
-           "vocabulary), a new optimizer, the settings below over configs/sst2_{bert,gpt,t5}.py "
+           "Every arm: init_from its pretraining workdir (architecture and vocabulary), a "
+           "new optimizer, the settings below over configs/sst2_{bert,gpt,t5}.py "
            "and configs/spa_eng_{gpt,t5}.py (by family: encoder = classifier on the first "
            "token, decoder = classifier on the EOS / prompt and continuation, encoder-decoder "
            "= text to text: it writes the label word, and any other text counts as wrong, as in "

@@ -1,6 +1,6 @@
 """Compute-matched architecture ablation: T5's Table 2 (Raffel et al. 2020, Sec. 3.2) in miniature.
 
-  python -m experiments.architecture_ablation --out=runs/ablation [--budgets=1e12,3e12,1e13] \
+  python -m experiments.architecture_ablation --out=runs/ablation [--budgets=3e11,1e12,3e12] \
       [--seeds=0,1,2] [--lr_sweep=0.5,1,2] [--seeds_per_program=1] [--workers=1] \
       [--arms=encdec_span,encdec_lm,decoder_prefix_lm,decoder_lm,encoder_mlm]
   python -m experiments.architecture_ablation --out=/tmp/ablation_tiny --tiny
@@ -26,11 +26,13 @@ Shakespeare: the vocabulary alone would take most of its time). For every arm:
      the SST-2 linear-probe accuracy of its frozen features, and bits per character of the
      corpus's validation text for the arms that predict left to right
      (experiments/ablation_yardsticks.py);
-  3. fine-tuning from that workdir (config.init_from: its architecture and the shared
-     vocabulary) on SST-2 (dev accuracy) and on Spanish -> English (sacrebleu BLEU of greedy
-     decoding on the test split), with the same steps, batch, lengths and learning rate for
-     every arm; an encoder-only model cannot generate, so it has no translation score (n/a,
-     as T5 leaves cells empty).
+  3. at the largest budget, fine-tuning from that workdir (config.init_from: its architecture
+     and the shared vocabulary) on SST-2 (dev accuracy, 300 steps) and on Spanish -> English
+     (sacrebleu BLEU of greedy decoding on the test split, 600 steps), with the same steps,
+     batch, lengths and learning rate for every arm (ablation_spec.FINETUNE_STEPS: what it
+     took to leave chance); an encoder-only model cannot generate, so it has no translation
+     score (n/a, as T5 leaves cells empty). The smaller budgets are not fine-tuned (it would
+     triple the run); their downstream measure is the linear probe of step 2.
 Then OUT/report.md (sweep, results per budget, trends against FLOPs, paired differences with
 bootstrap intervals, T5's orderings point by point: experiments/ablation_writeup.py), its plots
 (experiments/ablation_plots.py) and OUT/results.json.
@@ -78,12 +80,9 @@ finished pretraining workdir (`measure_yardsticks`: linear probe, bits per chara
 kept in the pretraining record under "yardsticks" and the report tabulates and compares them
 when present.
 
-Runtimes. The single-budget predecessor (5 arms x 2 seeds at 1e13 FLOPs) took 31m42s on 2 idle
-CPU cores (experiments/ablation_report/). The default here (3 budgets x 3 seeds, 3 rates: 136
-stages, on the corpus with the shared vocabulary, with yardsticks) has not been run yet; from
-that run's stage times (pretraining ~2.2 min per 1e13 FLOPs: 44e12 an arm, ~50 min in all; ~1 min
-for an arm-seed's fine-tunings: 45 of them) and ~1.5 min of yardsticks on each of the 55
-pretrained workdirs, it needs about 3 h on one worker (an estimate). --tiny (2 budgets x 2
+Runtimes. The default (5 arms, 3 budgets x 3 seeds, 3 rates, yardsticks, fine-tuning at the
+largest budget: 82 stages) took 1h25m on the 2 idle cores of an Intel Xeon (AVX-512, no AMX),
+2026-12-02 (experiments/ablation_report/). --tiny (2 budgets x 2
 seeds, one rate, fine-tuning at the larger budget only, characters, no yardsticks: 38
 stages): 2m46s with its three workers on the 2 cores of an Intel Xeon (AVX-512 with bf16, no
 AMX flags exposed) shared with other work (load average 2.5-4.7 during the run; 3m33s at load
@@ -129,8 +128,10 @@ ARM_DIR = pathlib.Path(__file__).resolve().with_name("ablation")
 BASELINE = "baseline"
 DEFAULT_ARMS = ("encdec_span", "encdec_lm", "decoder_prefix_lm", "decoder_lm", "encoder_mlm")
 # Training FLOPs per pretraining run: 10x from the smallest to the largest (the largest is
-# ~880 steps of the decoder-only arms).
-DEFAULT_BUDGETS = (1e12, 3e12, 1e13)
+# ~170 steps of the decoder-only arms, ~370 of the encoder-decoder ones). Sized to the
+# 90-minute goal from measured stages (Intel Xeon, AVX-512, 2 idle cores): 1e13 FLOPs of
+# pretraining take 157-173 s, so 1e12/3e12/1e13 alone would have taken ~70 min of the 90.
+DEFAULT_BUDGETS = (3e11, 1e12, 3e12)
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_LR_SWEEP = (0.5, 1.0, 2.0)  # multipliers of each arm's optimizer.learning_rate
 TINY_BUDGETS = (2.5e8, 5e8)  # a handful of steps of the tiny models
@@ -598,10 +599,12 @@ class Ablation:
     return jobs
 
   def tasks_at(self, arm: str, budget: float) -> list[str]:
-    """The fine-tunings of the arm at `budget`: every task of its family, at every budget but
-    with --tiny, which fine-tunes at its largest budget only (a stage costs seconds of tracing
-    whatever its size: fine-tuning at both budgets took --tiny past its two minutes)."""
-    if self.tiny and budget != self.budgets[-1]:
+    """The fine-tunings of the arm at `budget`: every task of its family, at the largest budget
+    only. Fine-tunings long enough to leave chance (FINETUNE_STEPS) cost ~2.5 min an arm-seed,
+    as much as all its pretraining; at every budget they would take the default past its 90
+    minutes. At the smaller budgets the SST-2 linear probe of the frozen features (a
+    yardstick) is the downstream measure against FLOPs."""
+    if budget != self.budgets[-1]:
       return []
     return stages_of(self.plans[arm].family)[1:]
 

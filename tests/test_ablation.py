@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import ablation_pool, ablation_writeup
+from experiments import ablation_pool, ablation_spec, ablation_writeup
 from experiments import architecture_ablation as ablation
 from experiments.ablation_spec import Plan, Results, budget_tag, seed_dir
 from research import models, objectives, train
@@ -229,7 +229,7 @@ def test_finetune_configs_fit_every_family(tmp_path):
         config = ablation.finetune_config(task, family, tmp_path / "pre", 3, tiny)
         assert config.model.family == family and config.task.name == task
         assert config.train.seed == 3 and config.init_from == str(tmp_path / "pre")
-        assert config.train.steps == (2 if tiny else 100)
+        assert config.train.steps == (2 if tiny else ablation_spec.FINETUNE_STEPS[task])
   assert ablation.stages_of("encoder") == ["pretrain", "sst2"]
   with pytest.raises(UserError, match="no arm 'baseline'"):
     ablation.arm_path("baseline")
