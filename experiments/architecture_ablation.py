@@ -140,7 +140,7 @@ TINY_SEEDS = (0, 1)
 # program), and with two --tiny took 1.7x the CPU time of its single-budget predecessor, past
 # its two minutes. The choice among rates is tested without training (tests/test_ablation.py).
 TINY_LR_SWEEP = (2.0,)
-# (and --tiny fine-tunes at its largest budget only: Ablation.tasks_at)
+# (every run, --tiny too, fine-tunes at its largest budget only: Ablation.tasks_at)
 EVAL_POINTS = 5  # validation-loss measurements along each pretraining run
 CORPUS_DIR = "corpus"  # OUT/corpus: experiments/ablation_corpus.py's corpus and vocabulary
 # What the arms pretrain on (ablation.json: an OUT of the other is refused).
