@@ -31,7 +31,8 @@ def _figure(path: epath.Path, *args, **kwargs):
 
 
 def plot_losses(path: epath.Path, results: Results) -> None:
-  """Validation loss along every pretraining run (one line per budget and seed)."""
+  """Training loss along every pretraining run (one line per budget and seed), and its final
+  validation loss (a dot)."""
   with _figure(path, figsize=(7.5, 4.5)) as (_, ax, colors):
     for i, arm in enumerate(results.arms):
       flops_per_step = results.plans[arm].flops_per_step
@@ -39,18 +40,23 @@ def plot_losses(path: epath.Path, results: Results) -> None:
       for budget in results.budgets:
         for j, (seed, record) in enumerate(sorted(results.records(arm, budget).items())):
           del seed
-          if not record["pretrain"].get("curve"):
+          pretrain = record["pretrain"]
+          if not pretrain.get("curve"):
             continue
-          steps, losses = zip(*record["pretrain"]["curve"])
+          steps, losses = zip(*pretrain["curve"])
           ax.plot(np.asarray(steps) * flops_per_step, losses, _STYLES[j % len(_STYLES)],
-                  marker="o", markersize=2, linewidth=1, color=colors(i % 10),
+                  linewidth=1, color=colors(i % 10),
                   label=f"{arm} ({results.plans[arm].objective})" if first else None)
+          if pretrain.get("eval_loss") is not None:
+            ax.plot(steps[-1] * flops_per_step, pretrain["eval_loss"], "o",  # the last step
+                    markersize=3, color=colors(i % 10))
           first = False
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs")
-    ax.set_ylabel("validation loss per target token")
-    ax.set_title("Pretraining at every budget: each arm's own objective (losses of different\n"
-                 "objectives are not comparable); line style: seed", fontsize=10)
+    ax.set_ylabel("loss per target token")
+    ax.set_title("Pretraining at every budget: training loss, dot: final validation loss;\n"
+                 "each arm's own objective (not comparable across objectives); style: seed",
+                 fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=8)

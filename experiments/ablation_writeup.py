@@ -21,7 +21,7 @@ from research import paths
 from research.paths import REPO_ROOT
 
 PLOTS = {"trends.png": "every metric against pretraining FLOPs, with each arm's trend",
-         "loss_vs_flops.png": "validation loss along pretraining",
+         "loss_vs_flops.png": "training loss along pretraining, final validation loss",
          "downstream.png": "downstream at the largest budget"}
 
 
@@ -110,7 +110,8 @@ def setup_lines(results: Results) -> list[str]:
       "\"M/2\").",
       "- Learning rate: each arm's own, chosen by the sweep below at "
       f"{format_flops(results.budgets[0])} FLOPs (lowest final validation loss of its own "
-      "objective, one seed) and used at every budget. Fine-tuning uses one rate for every arm.",
+      "objective, one seed) and used at every budget. Fine-tuning uses one rate per task, the "
+      "same for every arm (experiments/ablation_spec.py FINETUNES).",
       f"- Seeds: {', '.join(map(str, results.seeds))}. Seed k sets initialisation, objective "
       f"noise and data order; the pretraining data order was {same_data}, and seed k's "
       "fine-tuning uses seed k in every arm. Tables give mean ± sample standard "

@@ -21,8 +21,8 @@ Shakespeare: the vocabulary alone would take most of its time). For every arm:
      favours that one run's pretraining loss a little; downstream scores are not selected on;
   2. at every budget and seed: pretraining on that corpus for that many training FLOPs:
      train.steps = round(budget / research.flops.training_flops_per_step(arm)),
-     so an arm whose step is cheaper takes more steps; the validation loss is measured
-     EVAL_POINTS times along the way; then its yardsticks (Hooks.yardsticks; not with --tiny):
+     so an arm whose step is cheaper takes more steps; the training loss is logged along the
+     way and the validation loss measured at the end (with_steps); then its yardsticks (Hooks.yardsticks; not with --tiny):
      the SST-2 linear-probe accuracy of its frozen features, and bits per character of the
      corpus's validation text for the arms that predict left to right
      (experiments/ablation_yardsticks.py);
@@ -141,7 +141,6 @@ TINY_SEEDS = (0, 1)
 # its two minutes. The choice among rates is tested without training (tests/test_ablation.py).
 TINY_LR_SWEEP = (2.0,)
 # (every run, --tiny too, fine-tunes at its largest budget only: Ablation.tasks_at)
-EVAL_POINTS = 5  # validation-loss measurements along each pretraining run
 CORPUS_DIR = "corpus"  # OUT/corpus: experiments/ablation_corpus.py's corpus and vocabulary
 # What the arms pretrain on (ablation.json: an OUT of the other is refused).
 CORPUS_DATA = (f"ablation corpus (experiments/ablation_corpus.py), shared "
@@ -213,17 +212,19 @@ def pretrain_config_dict(arm: str, seed: int, tiny: bool, learning_rate: float |
 
 
 def with_steps(config: ml_collections.ConfigDict, steps: int, tiny: bool) -> ExperimentConfig:
-  points = 2 if tiny else EVAL_POINTS
-  every = max(1, steps // points)
-  # Warm-up at most a tenth of the run: at the smallest budget an arm takes ~55 steps, and the
+  del tiny  # (the same for --tiny)
+  # Warm-up at most a tenth of the run: at the smallest budget an arm takes ~17 steps, and the
   # baseline's 100 warm-up steps would keep it from ever reaching its peak learning rate (the
   # rate the sweep is choosing).
   warmup = min(config.optimizer.warmup_steps, max(1, steps // 10))
-  # --tiny checkpoints only the last step: its runs take seconds, a save a good part of them.
-  _set(config, {"train.steps": steps, "train.eval_every": every,
-                "optimizer.warmup_steps": warmup,
-                "train.checkpoint_every": steps if tiny else every,
-                "train.keep_checkpoints": 2, "optimizer.decay_steps": 0})
+  # One validation measurement and one checkpoint, at the last step (research.train always
+  # makes both there): five of each along the way took 30 of the 45 s of a 17-step run at the
+  # smallest budget (a pass over the validation text costs ~16 training steps). The curve in
+  # the report is the training loss, logged every train.log_every steps for free. A stopped
+  # run restarts its stage (at most ~1 min of the default's).
+  _set(config, {"train.steps": steps, "train.eval_every": 0, "optimizer.warmup_steps": warmup,
+                "train.checkpoint_every": steps, "train.keep_checkpoints": 1,
+                "optimizer.decay_steps": 0})
   return ExperimentConfig.from_config_dict(config)
 
 
@@ -341,10 +342,10 @@ def metrics_records(workdir: epath.Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def loss_curve(records: list[dict]) -> list[tuple[int, float]]:
-  """(step, eval/loss) of a run, the last measurement of a step kept (a resumed run repeats
-  the steps after its last checkpoint)."""
-  curve = {r["step"]: r["eval/loss"] for r in records if "eval/loss" in r}
+def loss_curve(records: list[dict], key: str = "train/loss") -> list[tuple[int, float]]:
+  """(step, `key`) of a run, the last measurement of a step kept (a resumed run repeats the
+  steps after its last checkpoint)."""
+  curve = {r["step"]: r[key] for r in records if key in r}
   return sorted(curve.items())
 
 
@@ -633,10 +634,11 @@ class Ablation:
   # -- running -----------------------------------------------------------------------------
 
   def pretrain(self, jobs: list[tuple[PretrainJob, epath.Path]], progress: Progress, log,
-               keep_diverged: bool = False) -> dict[PretrainJob, dict]:
+               keep_diverged: bool = False, yardsticks: bool = True) -> dict[PretrainJob, dict]:
     """Runs the jobs without a record through hooks.pretrain; returns every job's record. A
     diverged run's record is written only with keep_diverged (a sweep's rate that diverged is
-    a result; a seed's run is retried by the next rerun)."""
+    a result; a seed's run is retried by the next rerun). Without `yardsticks` the records
+    have none yet (the sweep measures them on its chosen run only)."""
     records = {job: read_json(path) for job, path in jobs}
     paths_of = dict(jobs)
 
@@ -652,7 +654,7 @@ class Ablation:
         log(f"[ablation] {job.arm} {job.where}: diverged: {run}")
       else:
         record = pretrain_record(self.out, self.plans[job.arm], job, run,
-                                 self.hooks.yardsticks(job))
+                                 self.hooks.yardsticks(job) if yardsticks else {})
       record["concurrent"] = self.concurrent
       if keep_diverged or not record.get("diverged"):
         write_json(paths_of[job], record)
@@ -672,11 +674,18 @@ class Ablation:
     rate = self.chosen_rate(arm)
     if rate is not None:
       return rate
-    records = self.pretrain(self.sweep_jobs(arm), progress, log, keep_diverged=True)
+    jobs = self.sweep_jobs(arm)
+    records = self.pretrain(jobs, progress, log, keep_diverged=True, yardsticks=False)
     rate = choose_rate({job.learning_rate: record for job, record in records.items()})
     if rate is None:
       tried = ", ".join(f"{r:.3g}" for r in sweep_rates(self.plans[arm], self.lr_sweep))
       raise FloatingPointError(f"every rate of the sweep diverged ({tried})")
+    # The yardsticks of the chosen run only: it is also the first seed's run at this budget
+    # (copy_sweep_run), and the other rates' would cost ~20 s each for numbers nobody reads.
+    # lr.json comes after, so that a rerun stopped in between measures them again.
+    (job, path), = [(job, path) for job, path in jobs if job.learning_rate == rate]
+    if not records[job].get("yardsticks"):
+      write_json(path, {**records[job], "yardsticks": self.hooks.yardsticks(job)})
     write_json(self.out / arm / "lr.json", {"learning_rate": rate, "seed": self.sweep_seed,
                                             "budget": self.sweep_budget})
     log(f"[ablation] {arm}: learning rate {rate:.3g} chosen by the sweep")

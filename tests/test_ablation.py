@@ -236,10 +236,12 @@ def test_finetune_configs_fit_every_family(tmp_path):
 
 
 def test_records_and_progress():
-  records = [{"step": 1, "train/mfu": 0.01}, {"step": 2, "train/mfu": 0.3, "eval/loss": 3.0},
-             {"step": 4, "train/mfu": 0.5, "eval/loss": 2.5},
-             {"step": 4, "eval/loss": 2.4}]  # a resumed run measured step 4 again
-  assert ablation.loss_curve(records) == [(2, 3.0), (4, 2.4)]
+  records = [{"step": 1, "train/mfu": 0.01, "train/loss": 5.0},
+             {"step": 2, "train/mfu": 0.3, "train/loss": 4.0, "eval/loss": 3.0},
+             {"step": 4, "train/mfu": 0.5, "train/loss": 3.5, "eval/loss": 2.5},
+             {"step": 4, "train/loss": 3.4, "eval/loss": 2.4}]  # a resumed run did step 4 again
+  assert ablation.loss_curve(records) == [(1, 5.0), (2, 4.0), (4, 3.4)]
+  assert ablation.loss_curve(records, "eval/loss") == [(2, 3.0), (4, 2.4)]
   assert ablation.mean_mfu(records) == pytest.approx(0.4)  # the compiling window left out
   progress = ablation_pool.Progress([("a", "flops1e12 seed0", "pretrain@flops1e12"),
                                      ("a", "flops1e12 seed0", "sst2")], {})
