@@ -20,9 +20,11 @@ input for an encoder-decoder LM, so the three score the same tokens from the sam
   y.bits_per_char("runs/ablation/decoder_lm/seed0/pretrain")  # {"bits_per_char": ..., ...}
 
 The decoder_lm arm after 200 steps on experiments/ablation_corpus.py's corpus (2026-12-02, 2
-heavily shared cores): 2.706 bits per character of its 285k-character validation file (43 s;
-the trainer's own eval loss, windows without overlap, gives 2.713) and a probe accuracy of
-58.7% (87 s; always "positive" scores 50.9%).
+heavily shared cores): 2.706 bits per character of its 285k-character validation file (the
+trainer's own eval loss, windows without overlap, gives 2.713) and a probe accuracy of 58.7%
+(always "positive" scores 50.9%). On 2 idle cores (Intel Xeon, AVX-512, no AMX) each takes
+~9-10 s for that arm at 3e12-1e13 FLOPs, compiled programs cached; the probe took ~18 s when
+every batch was padded to the longest sentence.
 """
 
 from __future__ import annotations
@@ -104,7 +106,8 @@ def sentence_features(model: nn.Module, params, tokenizer, texts: Sequence[str],
     chunk = order[start:start + batch_size]
     longest = max(1, max(len(ids[i]) for i in chunk))
     width = min(max_len, -(-longest // bucket) * bucket)
-    tokens = np.full((batch_size, width), tokenizer.pad_id, np.int32)  # full batches: one shape a width
+    # Every batch of full size: one compiled shape per width.
+    tokens = np.full((batch_size, width), tokenizer.pad_id, np.int32)
     lengths = np.zeros(batch_size, np.int32)
     for r, i in enumerate(chunk):
       tokens[r, :len(ids[i])], lengths[r] = ids[i], len(ids[i])

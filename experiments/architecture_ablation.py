@@ -22,8 +22,9 @@ Shakespeare: the vocabulary alone would take most of its time). For every arm:
   2. at every budget and seed: pretraining on that corpus for that many training FLOPs:
      train.steps = round(budget / research.flops.training_flops_per_step(arm)),
      so an arm whose step is cheaper takes more steps; the training loss is logged along the
-     way and the validation loss measured at the end (with_steps); then its yardsticks (Hooks.yardsticks; not with --tiny):
-     the SST-2 linear-probe accuracy of its frozen features, and bits per character of the
+     way and the validation loss measured at the end (with_steps); then its yardsticks
+     (Hooks.yardsticks; not with --tiny; of the sweep's runs, only the chosen one's): the
+     SST-2 linear-probe accuracy of its frozen features, and bits per character of the
      corpus's validation text for the arms that predict left to right
      (experiments/ablation_yardsticks.py);
   3. at the largest budget, fine-tuning from that workdir (config.init_from: its architecture
@@ -81,16 +82,13 @@ kept in the pretraining record under "yardsticks" and the report tabulates and c
 when present.
 
 Runtimes. The default (5 arms, 3 budgets x 3 seeds, 3 rates, yardsticks, fine-tuning at the
-largest budget: 82 stages) took 1h25m on the 2 idle cores of an Intel Xeon (AVX-512, no AMX),
-2026-12-02 (experiments/ablation_report/). --tiny (2 budgets x 2
-seeds, one rate, fine-tuning at the larger budget only, characters, no yardsticks: 38
-stages): 2m46s with its three workers on the 2 cores of an Intel Xeon (AVX-512 with bf16, no
-AMX flags exposed) shared with other work (load average 2.5-4.7 during the run; 3m33s at load
-average 6-8), 169 s of CPU time;
-the single-budget tiny run (28 stages) used 162 s of CPU on the same machine and took 1m39s on
-2 idle cores, so this one should take about as long there. Its first version, fine-tuning at
-both budgets and sweeping two rates (61 stages), used 280 s: a tiny stage costs seconds of
-tracing whatever its size, so --tiny's time follows its number of stages.
+largest budget: 82 stages) took 1h13m on the 2 idle cores of an Intel Xeon (family 6 model 207,
+AVX-512, no AMX), 2026-12-02 (experiments/ablation_report/): pretraining ~17 s, ~26 s and ~57 s
+a run at 3e11, 1e12 and 3e12 FLOPs (about 10 s of start-up plus ~15 s per 1e12 FLOPs), SST-2
+fine-tuning ~50 s, translation ~2 min (decoder) or ~70 s (encoder-decoder), yardsticks ~10 s.
+--tiny (2 budgets x 2 seeds, one rate, fine-tuning at the larger budget only, characters, no
+yardsticks: 38 stages, TINY_WORKERS workers): 1m40s on the same 2 idle cores; a tiny stage
+costs seconds of tracing whatever its size, so --tiny's time follows its number of stages.
 """
 
 from __future__ import annotations
@@ -211,8 +209,7 @@ def pretrain_config_dict(arm: str, seed: int, tiny: bool, learning_rate: float |
   return config
 
 
-def with_steps(config: ml_collections.ConfigDict, steps: int, tiny: bool) -> ExperimentConfig:
-  del tiny  # (the same for --tiny)
+def with_steps(config: ml_collections.ConfigDict, steps: int) -> ExperimentConfig:
   # Warm-up at most a tenth of the run: at the smallest budget an arm takes ~17 steps, and the
   # baseline's 100 warm-up steps would keep it from ever reaching its peak learning rate (the
   # rate the sweep is choosing).
@@ -488,7 +485,7 @@ PROBE_EXAMPLES = 8192
 def measure_yardsticks(job: PretrainJob) -> dict[str, Any]:
   """The Hooks.yardsticks of the default runs (experiments/ablation_yardsticks.py): the frozen
   features' SST-2 linear-probe accuracy for every arm, and bits per character of the corpus's
-  validation text for the arms that predict text left to right (~1 min each on 2 CPU cores)."""
+  validation text for the arms that predict text left to right (~10 s each on 2 idle CPU cores)."""
   from experiments import ablation_yardsticks  # pylint: disable=import-outside-toplevel
   probe = ablation_yardsticks.linear_probe(str(job.workdir), train_examples=PROBE_EXAMPLES)
   values: dict[str, Any] = {"linear probe accuracy (%)": 100.0 * probe["accuracy"]}
@@ -586,7 +583,7 @@ class Ablation:
   def job(self, arm: str, budget: float, seed: int, rate: float, workdir: epath.Path,
           where: str) -> PretrainJob:
     config = with_steps(pretrain_config_dict(arm, seed, self.tiny, rate, self.corpus),
-                        self.plans[arm].steps(budget), self.tiny)
+                        self.plans[arm].steps(budget))
     return PretrainJob(arm, budget, seed, rate, config, workdir, where)
 
   def sweep_jobs(self, arm: str) -> list[tuple[PretrainJob, epath.Path]]:

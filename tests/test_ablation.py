@@ -395,10 +395,17 @@ def test_the_pretrain_and_yardstick_hooks(tmp_path):
       done(job, FloatingPointError("loss is nan") if job.learning_rate > 3e-3 else
            ablation.StageRun({"eval/loss": 2.0}, 1.0, False))
 
-  run.hooks = ablation.Hooks(pretrain=diverge_at_high_rates)
+  measured = []
+  run.hooks = ablation.Hooks(pretrain=diverge_at_high_rates,
+                             yardsticks=lambda job: measured.append(job.learning_rate) or {
+                                 "probe": 0.75})
   assert run.sweep("decoder_lm", ablation_pool.Progress([], {}), lines.append) == 2e-3
-  assert json.loads((tmp_path / "decoder_lm" / "flops1e11" / "lr0.004" / "pretrain.json")
-                    .read_text())["diverged"] == "loss is nan"
+  sweep_record = lambda rate: json.loads(
+      (tmp_path / "decoder_lm" / "flops1e11" / f"lr{rate}" / "pretrain.json").read_text())
+  assert sweep_record("0.004")["diverged"] == "loss is nan"
+  # The yardsticks of the chosen rate's run only (it is also seed 0's run at this budget).
+  assert measured == [2e-3] and sweep_record("0.002")["yardsticks"] == {"probe": 0.75}
+  assert sweep_record("0.004")["yardsticks"] == {}
   failed = run.run_budget("decoder_lm", 1e13, 4e-3, ablation_pool.Progress([], {}),
                           lines.append)
   assert failed == [f"decoder_lm flops1e13 seed{seed}: loss is nan" for seed in (0, 1, 2)]
@@ -476,7 +483,7 @@ def test_the_yardsticks_of_the_default_runs(tmp_path, monkeypatch):
   for arm, expected in [("decoder_lm", {"linear probe accuracy (%)": 62.5, "bits per character":
                                         {"value": 2.5, "higher_is_better": False}}),
                         ("encoder_mlm", {"linear probe accuracy (%)": 62.5})]:
-    config = ablation.with_steps(ablation.pretrain_config_dict(arm, 0, True), 5, True)
+    config = ablation.with_steps(ablation.pretrain_config_dict(arm, 0, True), 5)
     job = ablation.PretrainJob(arm, 1e12, 0, 2e-3, config, tmp_path, "seed0")
     assert hooks.yardsticks(job) == expected
 
@@ -489,7 +496,7 @@ def test_a_run_stopped_before_its_last_step_stops_the_ablation(tmp_path, monkeyp
     return {"eval/loss": 1.0}
 
   monkeypatch.setattr(train, "train_and_evaluate", stopped_at_step_3)
-  config = ablation.with_steps(ablation.pretrain_config_dict("decoder_lm", 0, True), 5, True)
+  config = ablation.with_steps(ablation.pretrain_config_dict("decoder_lm", 0, True), 5)
   with pytest.raises(ablation.Interrupted, match="stopped at step 3 of 5"):
     ablation.run_stage(config, tmp_path / "run")
   assert ablation.latest_checkpoint(tmp_path / "run") == 3
