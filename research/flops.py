@@ -140,13 +140,19 @@ def sequence_lengths(config: ExperimentConfig) -> tuple[int, int]:
   Decoder-only and encoder: (seq_len, 0). Encoder-decoder: span corruption targets hold the
   sentinels, the noise and EOS (objectives.span_corruption_target_length); prefix LM and UL2
   pad both sides to seq_len; a fine-tuning task reads task.max_input_len (0: seq_len) and
-  writes task.max_target_len.
+  writes task.max_target_len; packed (task.packing), its rows hold max(seq_len,
+  max_input_len) inputs and at most that many targets in the max lengths' proportion (a run
+  sizes them from its data: tasks.TaskData.row_lengths).
   """
   seq_len = config.data.seq_len
   if config.model.family != "encoder_decoder":
     return seq_len, 0
   if config.task.name:
-    return config.task.max_input_len or seq_len, config.task.max_target_len
+    input_len, target_len = config.task.max_input_len or seq_len, config.task.max_target_len
+    if config.task.packing:
+      rows = max(seq_len, input_len)
+      return rows, -(-target_len * rows // input_len)
+    return input_len, target_len
   if config.objective.name == "span_corruption":
     return seq_len, objectives.span_corruption_target_length(seq_len, config.objective)
   return seq_len, seq_len
@@ -161,16 +167,20 @@ def training_head(config: ExperimentConfig) -> str:
   return PRETRAINING_HEAD[family]
 
 
-def training_flops_per_example(config: ExperimentConfig) -> int:
-  """Forward + backward matmul FLOPs of one training example (3x the forward)."""
-  input_len, target_len = sequence_lengths(config)
+def training_flops_per_example(config: ExperimentConfig,
+                               row_lengths: tuple[int, int] | None = None) -> int:
+  """Forward + backward matmul FLOPs of one training example, or packed row (3x the forward);
+  row_lengths: the (input, target) lengths of the rows, where the data sets them
+  (tasks.TaskData.row_lengths; default: sequence_lengths)."""
+  input_len, target_len = row_lengths or sequence_lengths(config)
   return 3 * forward_flops(config.model, input_len, target_len,
                            head=training_head(config))["total"]
 
 
-def training_flops_per_step(config: ExperimentConfig) -> int:
+def training_flops_per_step(config: ExperimentConfig,
+                            row_lengths: tuple[int, int] | None = None) -> int:
   """Model FLOPs of one optimizer step on the global batch (gradient accumulation included)."""
-  return config.data.batch_size * training_flops_per_example(config)
+  return config.data.batch_size * training_flops_per_example(config, row_lengths)
 
 
 def training_flops_per_token(config: ExperimentConfig) -> float:

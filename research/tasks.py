@@ -126,6 +126,10 @@ class TaskData:
   data_dir: str
   process_index: int = 0
   process_count: int = 1
+  # (input, target) lengths of a training row where they differ from what the config alone says
+  # (research.flops.sequence_lengths): a packed encoder-decoder's, whose target rows follow the
+  # data (Kind.pack_lengths). None: the config's.
+  row_lengths: tuple[int, int] | None = None
   _records: dict = dataclasses.field(default_factory=dict)
   _features: dict = dataclasses.field(default_factory=dict)
 
@@ -183,8 +187,11 @@ def build_task_data(config: ExperimentConfig, workdir: str | os.PathLike, *,
   ds = grain.MapDataset.range(len(features)).shuffle(seed=seed)
   ds = ds[process_index::process_count].repeat()
   read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+  row_lengths = None
   if config.task.packing:  # examples first-fit packed into rows, then batched
-    lengths = kind.pack_lengths()
+    lengths = kind.pack_lengths(features)
+    if kind.format == "seq2seq":
+      row_lengths = (lengths["source"], lengths["target"])
     rows = packing.first_fit(
         ds.map(_PackExample(kind, features)).to_iter_dataset(read), lengths, seed=seed,
         padding={k: tokenizer.pad_id for k in lengths if k != "loss_mask"})
@@ -192,7 +199,7 @@ def build_task_data(config: ExperimentConfig, workdir: str | os.PathLike, *,
   else:
     ds = ds.batch(local, drop_remainder=True).map(_Collate(kind, features))
     train = ds.to_iter_dataset(read)
-  return TaskData(tokenizer, kind, train, data_dir, process_index, process_count)
+  return TaskData(tokenizer, kind, train, data_dir, process_index, process_count, row_lengths)
 
 
 # ---------------------------------------------------------------------------------------------

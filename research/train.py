@@ -576,7 +576,7 @@ def _train_loop(exp: Experiment, state: TrainState, train_iter: Iterator, step_f
   writer = metrics_lib.MetricWriter(workdir, start_step=start)  # drops records after `start`
   tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
   # Model FLOPs utilisation: analytic FLOPs of a step over the peak (measured once on CPUs).
-  flops_per_step = flops_lib.training_flops_per_step(cfg)
+  flops_per_step = flops_lib.training_flops_per_step(cfg, getattr(exp.data, "row_lengths", None))
   peak_flops, _ = flops_lib.peak_flops(cfg)
   schedule = learning_rate_schedule(cfg)
   stop_on_nonfinite = cfg.train.nonfinite == "stop"

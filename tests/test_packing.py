@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from research import models, objectives, paths, tasks
+from research import flops, models, objectives, paths, tasks
 from research.config import (ConfigError, DataConfig, ExperimentConfig, ModelConfig,
                              ObjectiveConfig, load_config_file)
 from research.data import packing, pipeline, tokenizers
@@ -309,3 +309,27 @@ def test_task_packing_keeps_each_example_loss(tmp_path, name, seq_len, task):
   assert all(f is not None for f in found)
   unpacked = token_losses(family, model, params, kind.collate(found)).sum(axis=1)
   assert_same_losses(packed, unpacked, len(keys), len(segment_ids))
+
+
+def test_packed_translation_rows_are_full_on_both_sides(tmp_path):
+  # Target rows sized by the data's target/input ratio, not by the max lengths: Spanish inputs
+  # (with their task prefix) run longer than the English targets, so rows as long as the inputs
+  # left the decoder half empty.
+  config = load_config_file(str(paths.REPO_ROOT / "configs" / "spa_eng_t5.py"))
+  config.data.update(tokenizer="char", seq_len=192, batch_size=8, train_split="train[:2000]")
+  config.task.update(packing=True, max_input_len=48, max_target_len=48)
+  config = ExperimentConfig.from_config_dict(config)
+  data = tasks.build_task_data(config, tmp_path)
+  batches = list(itertools.islice(iter(data.train), 20))
+  encoder = np.mean([b["encoder_mask"].mean() for b in batches])
+  decoder = np.mean([b["weights"].mean() for b in batches])
+  assert encoder > 0.85 and decoder > 0.85, (encoder, decoder)
+  # The FLOPs (and MFU) of the run count the rows it trains on: 192 inputs, fewer targets;
+  # the config alone bounds the targets by the max lengths' proportion.
+  rows = (batches[0]["encoder_inputs"].shape[1], batches[0]["targets"].shape[1])
+  assert data.row_lengths == rows and rows[1] < 192
+  assert flops.sequence_lengths(config) == (192, 192)
+  resolved = dataclasses.replace(config, model=dataclasses.replace(
+      config.model, vocab_size=data.tokenizer.vocab_size))
+  assert (flops.training_flops_per_step(resolved, data.row_lengths)
+          < flops.training_flops_per_step(resolved))
