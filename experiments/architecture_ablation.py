@@ -290,7 +290,10 @@ def load_or_make_plan(out: epath.Path, arm: str, tiny: bool, workdir: epath.Path
     plan = make_plan(arm, config, workdir)
     write_json(path, {**dataclasses.asdict(plan), "config": config.to_dict()})
     return plan
-  before = ExperimentConfig.from_config_dict(saved.pop("config"))
+  recorded = saved.pop("config")
+  if corpus is not None and epath.Path(recorded["data"]["files"]).name == corpus.name:
+    recorded["data"]["files"] = config.data.files  # OUT was moved, its corpus with it
+  before = ExperimentConfig.from_config_dict(recorded)
   changes = config_diff.format_diff(config_diff.diff(before, config))
   if changes:
     raise UserError(f"the config of arm {arm} changed since {out} ran it "

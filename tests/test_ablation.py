@@ -6,6 +6,7 @@ pool (experiments/ablation_pool.py)."""
 import dataclasses
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -423,6 +424,25 @@ def fake_corpus(directory: pathlib.Path) -> pathlib.Path:
   (directory / "stats.json").write_text(json.dumps({"train": {"documents": 90},
                                                     "validation": {"documents": 10}}))
   return directory
+
+
+def test_a_moved_out_keeps_its_plans(tmp_path):
+  # OUT/<arm>/plan.json records the arm's config, corpus path included; a copy of OUT elsewhere
+  # (to add seeds on another disk) is the same run, while a changed arm config is still refused.
+  old, new = tmp_path / "old", tmp_path / "new"
+  fake_corpus(old / "corpus")
+  config = ablation.pretrain_config_dict("decoder_lm", 0, False, corpus=old / "corpus")
+  plan = fake_plan("decoder_lm", "decoder", "causal_lm")
+  ablation.write_json(old / "decoder_lm" / "plan.json", {**dataclasses.asdict(plan),
+                                                         "config": config.to_dict()})
+  shutil.copytree(old, new)
+  assert ablation.load_or_make_plan(new, "decoder_lm", False, tmp_path / "w",
+                                    corpus=new / "corpus") == plan
+  config.model.num_layers += 1
+  ablation.write_json(new / "decoder_lm" / "plan.json", {**dataclasses.asdict(plan),
+                                                         "config": config.to_dict()})
+  with pytest.raises(UserError, match="the config of arm decoder_lm changed.*num_layers"):
+    ablation.load_or_make_plan(new, "decoder_lm", False, tmp_path / "w", corpus=new / "corpus")
 
 
 def test_seeds_per_program_groups_the_seeds_of_an_arm_and_budget(tmp_path, monkeypatch):
