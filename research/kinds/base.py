@@ -317,7 +317,8 @@ class Kind:
     """Target tokens per packed row: `inputs` times the features' ratio of target to input
     tokens, at least max_target_len (one example always fits) and at most the proportion of
     the max lengths (what it was without features)."""
-    by_max_lengths = -(-self.target_len * inputs // self.input_len)
+    from research import flops  # pylint: disable=import-outside-toplevel
+    _, by_max_lengths = flops.sequence_lengths(self.config)  # the config-only bound
     source = sum(min(len(f["source"]), self.input_len) for f in features if f is not None)
     target = sum(min(len(f["target"]), self.target_len) for f in features if f is not None)
     if not source:
