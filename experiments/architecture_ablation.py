@@ -28,8 +28,8 @@ Shakespeare: the vocabulary alone would take most of its time). For every arm:
      corpus's validation text for the arms that predict left to right
      (experiments/ablation_yardsticks.py);
   3. at the largest budget, fine-tuning from that workdir (config.init_from: its architecture
-     and the shared vocabulary) on SST-2 (dev accuracy, 300 steps) and on Spanish -> English
-     (sacrebleu BLEU of greedy decoding on the test split, 600 steps), with the same steps,
+     and the shared vocabulary) on SST-2 (dev accuracy, 600 steps) and on Spanish -> English
+     (sacrebleu BLEU of greedy decoding on the test split, 800 steps), with the same steps,
      batch, lengths and learning rate for every arm (ablation_spec.FINETUNE_STEPS: what it
      took to leave chance); an encoder-only model cannot generate, so it has no translation
      score (n/a, as T5 leaves cells empty). The smaller budgets are not fine-tuned (it would
@@ -126,9 +126,10 @@ ARM_DIR = pathlib.Path(__file__).resolve().with_name("ablation")
 BASELINE = "baseline"
 DEFAULT_ARMS = ("encdec_span", "encdec_lm", "decoder_prefix_lm", "decoder_lm", "encoder_mlm")
 # Training FLOPs per pretraining run: 10x from the smallest to the largest (the largest is
-# ~170 steps of the decoder-only arms, ~370 of the encoder-decoder ones). Sized to the
-# 90-minute goal from measured stages (Intel Xeon, AVX-512, 2 idle cores): 1e13 FLOPs of
-# pretraining take 157-173 s, so 1e12/3e12/1e13 alone would have taken ~70 min of the 90.
+# ~680 steps of 4 sequences in the decoder-only arms, ~1,480 in the encoder-decoder ones).
+# Sized to the 90-minute goal from measured stages (Intel Xeon, AVX-512, 2 idle cores): 3e12
+# FLOPs of pretraining take ~70 s (decoder) to ~90 s (encoder-decoder) at batch 4, and 1e13
+# ~3.5x that, so 1e12/3e12/1e13 alone would take ~80 min of the 90.
 DEFAULT_BUDGETS = (3e11, 1e12, 3e12)
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_LR_SWEEP = (0.5, 1.0, 2.0)  # multipliers of each arm's optimizer.learning_rate
@@ -601,8 +602,8 @@ class Ablation:
 
   def tasks_at(self, arm: str, budget: float) -> list[str]:
     """The fine-tunings of the arm at `budget`: every task of its family, at the largest budget
-    only. Fine-tunings long enough to leave chance (FINETUNE_STEPS) cost ~2.5 min an arm-seed,
-    as much as all its pretraining; at every budget they would take the default past its 90
+    only. Fine-tunings long enough to leave chance (FINETUNE_STEPS) cost ~2.5-3.5 min an
+    arm-seed, more than all its pretraining; at every budget they would take the default past its 90
     minutes. At the smaller budgets the SST-2 linear probe of the frozen features (a
     yardstick) is the downstream measure against FLOPs."""
     if budget != self.budgets[-1]:
