@@ -65,6 +65,9 @@ def plot_losses(path: epath.Path, results: Results) -> None:
 def plot_trends(path: epath.Path, results: Results, metrics: list[Metric]) -> None:
   """One panel per metric: every seed's value at every budget against training FLOPs (log),
   and each arm's least-squares line in log FLOPs."""
+  # Every panel spans every budget: a metric measured at one budget only (fine-tuning) would
+  # otherwise get an axis as wide as its seeds' FLOPs differ (parts per thousand), all offsets.
+  every = [results.plans[arm].training_flops(b) for arm in results.arms for b in results.budgets]
   with _figure(path, 1, len(metrics), figsize=(4.2 * len(metrics) + 1, 4.2)) as (
       fig, axes, colors):
     for ax, metric in zip(np.atleast_1d(axes), metrics):
@@ -87,6 +90,9 @@ def plot_trends(path: epath.Path, results: Results, metrics: list[Metric]) -> No
           grid = np.geomspace(min(xs), max(xs), 20)
           ax.plot(grid, trend.at(grid), "-", color=colors(i % 10), linewidth=1)
       ax.set_xscale("log")
+      ax.set_xlim(min(every) / 1.4, max(every) * 1.4)
+      ax.set_xticks(results.budgets, [f"{b:.3g}" for b in results.budgets], minor=False)
+      ax.set_xticks([], minor=True)
       ax.set_xlabel("pretraining FLOPs")
       ax.set_title(metric.label, fontsize=9)
       ax.grid(alpha=0.3)

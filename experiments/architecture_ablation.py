@@ -82,10 +82,10 @@ kept in the pretraining record under "yardsticks" and the report tabulates and c
 when present.
 
 Runtimes. The default (5 arms, 3 budgets x 3 seeds, 3 rates, yardsticks, fine-tuning at the
-largest budget: 82 stages) took 1h13m on the 2 idle cores of an Intel Xeon (family 6 model 207,
-AVX-512, no AMX), 2026-12-02 (experiments/ablation_report/): pretraining ~17 s, ~26 s and ~57 s
-a run at 3e11, 1e12 and 3e12 FLOPs (about 10 s of start-up plus ~15 s per 1e12 FLOPs), SST-2
-fine-tuning ~50 s, translation ~2 min (decoder) or ~70 s (encoder-decoder), yardsticks ~10 s.
+largest budget: 82 stages) took 1h20m on the 2 idle cores of an Intel Xeon (family 6 model 207,
+AVX-512, no AMX), 2026-12-03 (experiments/ablation_report/): pretraining ~17 s, ~29 s and ~61 s
+a run at 3e11, 1e12 and 3e12 FLOPs, SST-2 fine-tuning ~45-60 s, translation ~164 s (decoder) or
+~90 s (encoder-decoder), yardsticks ~10 s after each pretraining.
 --tiny (2 budgets x 2 seeds, one rate, fine-tuning at the larger budget only, characters, no
 yardsticks: 38 stages, TINY_WORKERS workers): 1m40s on the same 2 idle cores; a tiny stage
 costs seconds of tracing whatever its size, so --tiny's time follows its number of stages.
