@@ -305,9 +305,10 @@ class Kind:
     tokens for the decoder; for the encoder-decoder, data.seq_len input tokens (at least
     max_input_len), so that a data.seq_len longer than max_input_len makes rows that hold
     several examples each, and targets in the proportion of the training `features` (cut as
-    pack_example cuts them), rounded up to a multiple of 8: rows sized by max lengths instead
-    left a translation's target rows 57% full while its input rows were 96% full (Spanish runs
-    longer than English, and the input holds a task prefix)."""
+    pack_example cuts them), rounded to the nearest multiple of 8: rows sized by max lengths
+    instead left a translation's target rows 57% full while its input rows were 96% full
+    (Spanish runs longer than English, and the input holds a task prefix). Rounding up instead
+    (spa_eng_t5, 96 inputs: 57.3 -> 64 targets, not 56) left the rows 91.2% full, not 93.3%."""
     if self.format == "seq2seq":
       inputs = max(self.seq_len, self.input_len)
       return {"source": inputs, "target": self._packed_target_len(inputs, features)}
@@ -323,7 +324,7 @@ class Kind:
     target = sum(min(len(f["target"]), self.target_len) for f in features if f is not None)
     if not source:
       return by_max_lengths
-    by_data = -(-inputs * target // (8 * source)) * 8
+    by_data = 8 * max(1, round(inputs * target / (8 * source)))
     return min(by_max_lengths, max(self.target_len, by_data))
 
   def pack_example(self, feature: Feature) -> dict[str, np.ndarray]:
