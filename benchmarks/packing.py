@@ -139,15 +139,22 @@ def compare(runs: dict[str, tuple[str, dict, pathlib.Path]], args) -> dict:
   return results
 
 
+def finetune_sections(name: str, mode: str, args) -> dict[str, dict]:
+  """What the `mode` ("padded" or "packed") fine-tuning of FINETUNE[name] changes in its
+  config: task.packing, and for the packed run what FINETUNE says besides."""
+  sections = {"task": {"packing": mode == "packed"}, "data": {}}
+  for section, values in (FINETUNE[name][1](args) if mode == "packed" else {}).items():
+    sections.setdefault(section, {}).update(values)
+  return sections
+
+
 def finetune(name: str, args, out: pathlib.Path) -> dict:
-  path, packed_changes = FINETUNE[name]
+  path, _ = FINETUNE[name]
   runs = {}
   for mode in ("padded", "packed"):
-    sections = {"task": {"packing": mode == "packed"}, "train": dict(args.train), "data": {}}
+    sections = {**finetune_sections(name, mode, args), "train": dict(args.train)}
     if args.eval_examples:
       sections["task"]["eval_examples"] = args.eval_examples
-    for section, values in (packed_changes(args) if mode == "packed" else {}).items():
-      sections[section].update(values)
     runs[mode] = (path, sections, fresh(out / f"{name}_{mode}"))
   # The same tokenizer for both: the padded run's, built here first.
   train.build_experiment(make_config(path, runs["padded"][1]), runs["padded"][2])

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 # pylint: disable=wrong-import-position
 import flax.linen as nn
 import jax
-from benchmarks.packing import FINETUNE, fresh, make_config, real_tokens
+from benchmarks.packing import FINETUNE, finetune_sections, fresh, make_config, real_tokens
 from research import flops, tasks, train
 # pylint: enable=wrong-import-position
 
@@ -81,14 +81,12 @@ class TimedRun:
 
 
 def compare(name: str, args, out: pathlib.Path) -> dict[str, dict[str, float]]:
-  path, packed_changes = FINETUNE[name]
+  path, _ = FINETUNE[name]
   runs = {}
   for mode in ("padded", "packed"):
-    sections = {"task": {"packing": mode == "packed"}, "data": {}, "model": {}}
+    sections = finetune_sections(name, mode, args)
     if args.dropout_rate is not None:
-      sections["model"]["dropout_rate"] = args.dropout_rate
-    for section, values in (packed_changes(args) if mode == "packed" else {}).items():
-      sections[section].update(values)
+      sections["model"] = {"dropout_rate": args.dropout_rate}
     workdir = fresh(out / f"{name}_{mode}")
     if mode == "packed":  # the padded run's tokenizer, for the same tokens
       tasks.copy_tokenizer(out / f"{name}_padded", workdir)

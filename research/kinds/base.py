@@ -324,7 +324,7 @@ class Kind:
     target = sum(min(len(f["target"]), self.target_len) for f in features if f is not None)
     if not source:
       return by_max_lengths
-    by_data = 8 * max(1, round(inputs * target / (8 * source)))
+    by_data = 8 * round(inputs * target / (8 * source))
     return min(by_max_lengths, max(self.target_len, by_data))
 
   def pack_example(self, feature: Feature) -> dict[str, np.ndarray]:
