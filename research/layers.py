@@ -24,12 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import attention
+from research import attention, threefry
 from research.attention import MaskSpec
 from research.config import ModelConfig
 from research.sharding import fit_spec
 
 Array = jax.Array
+
+threefry.register_cpu_lowering()  # dropout's random bits in one fused pass on CPU (threefry.py)
 
 # Logical names of activations (mapped to mesh axes by the rules table).
 BATCH, LENGTH, EMBED = "activation_batch", "activation_length", "activation_embed"
