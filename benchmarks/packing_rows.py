@@ -71,11 +71,10 @@ def main() -> None:
   for input_len in map(int, args.inputs.split(",")):
     for target_len in range(8 * round(0.5 * input_len / 8), int(0.68 * input_len) + 1, 4):
       rows, real = fill(examples, input_len, target_len, exp.data.tokenizer.pad_id)
-      rate = real / (rows * flops.training_flops_per_example(
-          exp.config, (input_len, target_len)) / 1e9)
-      results.append((rate / padded_rate, input_len, target_len, real / (rows * (input_len +
-                                                                                  target_len))))
-      print(f"| {input_len} + {target_len} | {results[-1][3]:.1%} | {rate:.1f} | "
+      row_gflop = flops.training_flops_per_example(exp.config, (input_len, target_len)) / 1e9
+      rate, share = real / (rows * row_gflop), real / (rows * (input_len + target_len))
+      results.append((rate / padded_rate, input_len, target_len, share))
+      print(f"| {input_len} + {target_len} | {share:.1%} | {rate:.1f} | "
             f"{rate / padded_rate:.3f}x |", flush=True)
   best = max(results)
   print(f"\nbest: {best[1]} + {best[2]}, {best[3]:.1%} full, {best[0]:.3f}x")
