@@ -4,8 +4,10 @@ pairs, and the packed/padded throughput ratio that fill allows if a FLOP costs t
 
   .venv/bin/python benchmarks/packing_rows.py
 
-The packer is training's own (research.data.packing.first_fit, grain's first-fit over 64 open
-rows), fed the first --pairs training pairs in a seeded order, cut as training cuts them. The
+The packer is training's own (research.data.packing.pack_windows: 1,024 pairs at a time, rows
+filled with both sides kept even), fed the first --pairs training pairs in a seeded order, cut
+as training cuts them; --packer=first_fit packs with grain's first-fit over 64 open rows instead
+(what fine-tuning used before). The
 bound of a shape is its real tokens per analytic training GFLOP (research.flops) over those of
 the padded rows (one pair per row of max_input_len + max_target_len). Longer rows fill better but
 pay more attention per token; target slots cost about twice input slots (the output layer).
@@ -31,12 +33,13 @@ from research.data import packing
 CONFIG = "configs/spa_eng_t5.py"
 
 
-def fill(examples: list[dict[str, np.ndarray]], input_len: int, target_len: int,
-         pad_id: int) -> tuple[int, int]:
-  """(rows, real tokens) of the examples first-fit packed into rows of these lengths."""
+def fill(examples: list[dict[str, np.ndarray]], input_len: int, target_len: int, pad_id: int,
+         packer: str) -> tuple[int, int]:
+  """(rows, real tokens) of the examples packed into rows of these lengths."""
   lengths = {"source": input_len, "target": target_len}
-  rows = packing.first_fit(grain.MapDataset.source(examples).to_iter_dataset(), lengths, seed=0,
-                           padding={k: pad_id for k in lengths})
+  read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+  rows = getattr(packing, packer)(grain.MapDataset.source(examples).to_iter_dataset(read),
+                                  lengths, seed=0, padding={k: pad_id for k in lengths})
   count = real = 0
   for row in rows:
     count += 1
@@ -49,6 +52,7 @@ def main() -> None:
   parser.add_argument("--out", default="runs/packing_rows", help="workdir of the tokenizer")
   parser.add_argument("--pairs", type=int, default=20000)
   parser.add_argument("--inputs", default="72,96,120,144,192", help="input row lengths")
+  parser.add_argument("--packer", default="pack_windows", choices=("pack_windows", "first_fit"))
   parser.add_argument("--t5_row_factor", type=int, default=4)  # finetune_sections reads it
   args = parser.parse_args()
   exp = train.build_experiment(make_config(CONFIG, finetune_sections("spa_eng_t5", "packed", args)),
@@ -70,7 +74,8 @@ def main() -> None:
   results = []
   for input_len in map(int, args.inputs.split(",")):
     for target_len in range(8 * round(0.5 * input_len / 8), int(0.68 * input_len) + 1, 4):
-      rows, real = fill(examples, input_len, target_len, exp.data.tokenizer.pad_id)
+      rows, real = fill(examples, input_len, target_len, exp.data.tokenizer.pad_id,
+                        args.packer)
       row_gflop = flops.training_flops_per_example(exp.config, (input_len, target_len)) / 1e9
       rate, share = real / (rows * row_gflop), real / (rows * (input_len + target_len))
       results.append((rate / padded_rate, input_len, target_len, share))

@@ -17,8 +17,8 @@ in the format that kind gives the model's family:
 
 Generation formats are scored by decoding the evaluation split (greedy or beam search,
 task.decoding) and computing the task's metric on the text. With task.packing, their training
-examples are first-fit packed several to a row, kept apart by segment ids
-(research/data/packing.py); evaluation and generation stay one example per row.
+examples are packed several to a row, 1,024 at a time, kept apart by segment ids
+(research/data/packing.py, pack_windows); evaluation and generation stay one example per row.
 """
 
 from __future__ import annotations
@@ -188,11 +188,11 @@ def build_task_data(config: ExperimentConfig, workdir: str | os.PathLike, *,
   ds = ds[process_index::process_count].repeat()
   read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
   row_lengths = None
-  if config.task.packing:  # examples first-fit packed into rows, then batched
+  if config.task.packing:  # examples packed into rows, a window at a time, then batched
     lengths = kind.pack_lengths(features)
     if kind.format == "seq2seq":
       row_lengths = (lengths["source"], lengths["target"])
-    rows = packing.first_fit(
+    rows = packing.pack_windows(
         ds.map(_PackExample(kind, features)).to_iter_dataset(read), lengths, seed=seed,
         padding={k: tokenizer.pad_id for k in lengths if k != "loss_mask"})
     train = rows.batch(local, drop_remainder=True).map(_CollatePacked(kind))

@@ -301,7 +301,7 @@ class Kind:
   # -- packed batches (task.packing) -----------------------------------------------------------
 
   def pack_lengths(self, features: Sequence[Feature | None] = ()) -> dict[str, int]:
-    """The row length of each packed array (research.data.packing.first_fit): data.seq_len + 1
+    """The row length of each packed array (research.data.packing.pack_windows): data.seq_len + 1
     tokens for the decoder; for the encoder-decoder, data.seq_len input tokens (at least
     max_input_len), so that a data.seq_len longer than max_input_len makes rows that hold
     several examples each, and targets in the proportion of the training `features` (cut as
@@ -328,7 +328,7 @@ class Kind:
     return min(by_max_lengths, max(self.target_len, by_data))
 
   def pack_example(self, feature: Feature) -> dict[str, np.ndarray]:
-    """A feature as the arrays first_fit packs: what collate would put in its row."""
+    """A feature as the arrays pack_windows packs: what collate would put in its row."""
     if self.format == "seq2seq":
       return {"source": feature["source"][:self.input_len],
               "target": feature["target"][:self.target_len]}
