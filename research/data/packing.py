@@ -180,9 +180,8 @@ class _WindowPackIterator(grain.DatasetIterator):
 
   def _pack_window(self) -> None:
     examples = list(itertools.islice(self._parent, self._window))
-    sizes = np.array([[len(e[k]) for k in self._lengths] for e in examples], np.int64)
-    rows = balanced_rows(sizes.reshape(len(examples), len(self._lengths)),
-                         list(self._lengths.values()))
+    sizes = [[len(e[k]) for k in self._lengths] for e in examples]
+    rows = balanced_rows(np.array(sizes, np.int64), list(self._lengths.values()))
     order = np.random.default_rng([self._seed, self._index]).permutation(len(rows))
     self._rows = [pack_row([examples[i] for i in rows[r]], self._lengths, self._padding)
                   for r in order]
