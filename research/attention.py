@@ -128,10 +128,10 @@ def resolve_implementation(choice: str, platform: str) -> str:
 
 def attend(q: Array, k: Array, v: Array, spec: MaskSpec, *, choice: str, platform: str,
            scale: float | None, operand_dtype, bias: Array | None = None, dropout=None,
-           decode: bool = False) -> Array:
-  """softmax(scale q k^T + bias, where the spec allows) v for q (B, T, N, H), k and v
-  (B, S, K, H) -> (B, T, N, H) float32, by the implementation model.attention names.
-  scale None: 1/sqrt(H)."""
+           decode: bool = False, softcap: float = 0.0) -> Array:
+  """softmax(softcap(scale q k^T) + bias, where the spec allows) v for q (B, T, N, H), k and
+  v (B, S, K, H) -> (B, T, N, H) float32, by the implementation model.attention names.
+  scale None: 1/sqrt(H). softcap: cap * tanh(logits / cap) (Gemma 2); 0: none."""
   impl = resolve_implementation(choice, platform)
   if impl == "splash":
     from research import splash  # Pallas TPU: imported only where it is used
@@ -148,12 +148,14 @@ def attend(q: Array, k: Array, v: Array, spec: MaskSpec, *, choice: str, platfor
       out = splash.splash_attention(
           q.astype(operand_dtype), k.astype(operand_dtype), v.astype(operand_dtype),
           causal=spec.causal, q_segment_ids=q_segments, kv_segment_ids=k_segments,
-          window=spec.window,
+          window=spec.window, softcap=softcap,
           scale=1.0 / np.sqrt(q.shape[-1]) if scale is None else scale)
       return out.astype(jnp.float32)
     _say_once(f"splash attention cannot run this attention ({reason}); using the XLA path")
   elif impl == "cudnn":
     reason = _cudnn_unsupported(q, spec, dropout, decode)
+    if reason is None and softcap:
+      reason = "logit soft-capping"
     if reason is None and choice == "auto" and jnp.dtype(operand_dtype) == jnp.float32:
       reason = "float32 operands (cuDNN fuses 16-bit ones; model.attention=cudnn casts to bf16)"
     if reason is None:
@@ -161,7 +163,7 @@ def attend(q: Array, k: Array, v: Array, spec: MaskSpec, *, choice: str, platfor
                               operand_dtype=operand_dtype).astype(jnp.float32)
     _say_once(f"cuDNN attention cannot run this attention ({reason}); using the XLA path")
   return reference_attention(q, k, v, spec.dense(), scale=scale, bias=bias,
-                             operand_dtype=operand_dtype, dropout=dropout)
+                             operand_dtype=operand_dtype, dropout=dropout, softcap=softcap)
 
 
 def _cudnn_unsupported(q: Array, spec: MaskSpec, dropout, decode: bool) -> str | None:
@@ -197,7 +199,7 @@ def _cudnn_attention(q, k, v, spec: MaskSpec, *, scale, bias, operand_dtype) -> 
 
 def reference_attention(q: Array, k: Array, v: Array, mask: Array | None, *, scale: float | None,
                         bias: Array | None = None, operand_dtype=jnp.float32,
-                        dropout=None) -> Array:
+                        dropout=None, softcap: float = 0.0) -> Array:
   """The XLA path, written out: every query's logits over all S keys, masked, softmaxed.
 
   Written out rather than jax.nn.dot_product_attention: dropout on the attention weights needs
@@ -219,6 +221,8 @@ def reference_attention(q: Array, k: Array, v: Array, mask: Array | None, *, sca
     logits = logits / np.sqrt(h)
   elif scale != 1.0:
     logits = logits * np.float32(scale)
+  if softcap:
+    logits = softcap * jnp.tanh(logits / softcap)
   if bias is not None:
     logits = logits + bias
   if mask is not None:

@@ -81,6 +81,30 @@ class ModelConfig:
   # Sliding-window attention: each query sees the attention_window most recent positions
   # (itself included), in training and in cached decoding (a cache of that many slots); 0: all.
   attention_window: int = 0
+  # Modern decoder choices (Gemma 2/3, Llama 3, Qwen 2.5/3); the defaults keep GPT-2's block.
+  qk_norm: bool = False  # RMS-norm of each query and key head before RoPE (Qwen3, Gemma 3)
+  post_norms: bool = False  # x + norm(f(norm(x))): a norm after each sub-layer too (Gemma 2/3)
+  scale_embeddings: bool = False  # token embeddings * sqrt(embed_dim) (Gemma)
+  norm_scale_plus_one: bool = False  # RMSNorm scales by (1 + w), w born 0 (Gemma's checkpoints)
+  qkv_bias: bool = False  # biases on the query/key/value projections only (Qwen 2.5)
+  # 0: 1/sqrt(head_dim); else logits scale by query_pre_attn_scalar**-0.5 (Gemma 2/3)
+  query_pre_attn_scalar: float = 0.0
+  attn_logit_softcap: float = 0.0  # cap * tanh(logits / cap) on attention logits; 0: off
+  final_logit_softcap: float = 0.0  # the same on the output logits (Gemma 2); 0: off
+  # Local and global layers: layer_pattern repeats over the layers, "L" a local layer (sliding
+  # window local_window, RoPE base local_rope_base, no RoPE scaling), "G" a global one
+  # (attention_window, rope_base, rope_scaling). Gemma 3: "LLLLLG", 512 or 1024, 1e4 and 1e6.
+  # "": every layer global. With scan_layers, the scan runs over whole repeats of the pattern.
+  layer_pattern: str = ""
+  local_window: int = 0
+  local_rope_base: float = 10000.0
+  # RoPE frequency scaling of the global layers: none | linear (frequencies / factor) | llama3
+  # (Llama 3.1: long wavelengths / factor, short ones kept, a smooth ramp between).
+  rope_scaling: str = "none"
+  rope_scaling_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_len: int = 8192
 
   @property
   def resolved_head_dim(self) -> int:
@@ -89,6 +113,10 @@ class ModelConfig:
   @property
   def resolved_kv_heads(self) -> int:
     return self.num_kv_heads or self.num_heads
+
+  def layer_kind(self, index: int) -> str:
+    """"L" (local) or "G" (global) for layer `index` of a stack (layer_pattern repeats)."""
+    return self.layer_pattern[index % len(self.layer_pattern)] if self.layer_pattern else "G"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,6 +359,7 @@ _CHOICES = {
     ("model", "param_dtype"): ("float32", "bfloat16"),
     ("model", "activation_dtype"): ("float32", "bfloat16"),
     ("model", "matmul_dtype"): ("float32", "bfloat16", "auto"),
+    ("model", "rope_scaling"): ("none", "linear", "llama3"),
     ("optimizer", "schedule"): ("cosine", "linear", "constant"),
     ("optimizer", "decay_rule"): ("matrices", "matrices_no_embed"),
     ("data", "tokenizer"): ("char", "sentencepiece", "hf"),
@@ -364,6 +393,22 @@ def validate(config: ExperimentConfig) -> None:
   if m.num_heads % m.resolved_kv_heads:
     raise ConfigError(f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads="
                       f"{m.num_kv_heads}; grouped-query attention needs whole groups")
+  if set(m.layer_pattern) - {"L", "G"}:
+    raise ConfigError(f"model.layer_pattern={m.layer_pattern!r} may hold only 'L' (local) and "
+                      "'G' (global) layers, e.g. 'LLLLLG'")
+  if "L" in m.layer_pattern and m.local_window <= 0:
+    raise ConfigError(f"model.layer_pattern={m.layer_pattern!r} has local layers but "
+                      "model.local_window=0; set the local layers' window, e.g. 512")
+  for key in ("query_pre_attn_scalar", "attn_logit_softcap", "final_logit_softcap",
+              "local_window"):
+    if getattr(m, key) < 0:
+      raise ConfigError(f"config model.{key}={getattr(m, key)} must be >= 0 (0: off)")
+  if m.rope_scaling != "none" and not m.rope_scaling_factor >= 1.0:
+    raise ConfigError(f"model.rope_scaling_factor={m.rope_scaling_factor} must be >= 1 with "
+                      f"model.rope_scaling={m.rope_scaling!r}")
+  if m.rope_scaling == "llama3" and not m.rope_high_freq_factor > m.rope_low_freq_factor > 0:
+    raise ConfigError("model.rope_scaling='llama3' needs rope_high_freq_factor > "
+                      "rope_low_freq_factor > 0")
   if m.position == "rope" and m.resolved_head_dim % 2:
     raise ConfigError(f"rotary positions need an even head dimension, got {m.resolved_head_dim}")
   if d.seq_len <= 0 or d.batch_size <= 0:

@@ -1,7 +1,9 @@
-"""Hugging Face checkpoints (BERT, GPT-2, T5) in and out of training workdirs.
+"""Hugging Face checkpoints (BERT, GPT-2, T5, Llama 3, Qwen 2.5 / 3, Gemma 3 text) in and out of
+training workdirs.
 
   python -m research.convert --from_hf=DIR --workdir=OUT   # HF model directory -> workdir
   python -m research.convert --to_hf=OUT --workdir=DIR     # workdir -> HF model directory
+      [--weights_dtype=bfloat16] [--max_shard_mb=2048]     # bf16 weights, sharded files
 
 DIR holds config.json, model.safetensors and, when it has one, tokenizer.json (no PyTorch needed).
 An imported workdir is what research.train writes, so research.generate, research.evaluate and
@@ -181,16 +183,18 @@ def _check_export_target(out: epath.Path, overwrite: bool) -> None:
       out / IMPORT_DIR).exists():
     raise hf.ConvertError(f"--to_hf={out} is a training workdir (it holds checkpoints); "
                           "exporting there would replace its config.json: pass a new directory")
-  existing = [name for name in (hf.CONFIG_FILE, hf.WEIGHTS_FILE, hf.TOKENIZER_FILE)
-              if (out / name).exists()]
+  existing = [name for name in (hf.CONFIG_FILE, hf.WEIGHTS_FILE, hf.WEIGHTS_INDEX_FILE,
+                                 hf.TOKENIZER_FILE) if (out / name).exists()]
   if existing and not overwrite:
     raise hf.ConvertError(f"--to_hf={out} already holds {', '.join(existing)}; pass "
                           "--overwrite to replace them, or a new directory")
 
 
-def export_hf(workdir: str | os.PathLike, out: str | os.PathLike,
-              overwrite: bool = False) -> list[str]:
-  """Writes the latest checkpoint of a workdir as a Hugging Face directory; returns notes."""
+def export_hf(workdir: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
+              dtype: str = "float32", max_shard_mb: int = 0) -> list[str]:
+  """Writes the latest checkpoint of a workdir as a Hugging Face directory; returns notes.
+  dtype: of the written weights (float32 | bfloat16); max_shard_mb > 0: shards of at most
+  that many MiB (model-0000k-of-0000n.safetensors + model.safetensors.index.json)."""
   from research import train  # pylint: disable=import-outside-toplevel
   from research.data import tokenizers  # pylint: disable=import-outside-toplevel
   workdir, out = paths.workdir_path(workdir), paths.workdir_path(out)
@@ -212,7 +216,11 @@ def export_hf(workdir: str | os.PathLike, out: str | os.PathLike,
   hf_config, tensors, notes = hf.export_params(config.model, params, special_ids)
   hf_config = {**{k: v for k, v in base.items() if k not in _DERIVED_KEYS}, **hf_config}
   out.mkdir(parents=True, exist_ok=True)
-  hf.write_tensors(out / hf.WEIGHTS_FILE, tensors)
+  earlier = [hf.WEIGHTS_FILE, hf.WEIGHTS_INDEX_FILE, *(p.name for p in out.glob("model-*-of-*"))]
+  for name in earlier:  # --overwrite: no shard of an earlier export stays beside the new files
+    if (out / name).exists():
+      (out / name).unlink()
+  hf.write_checkpoint(out, tensors, dtype=dtype, max_shard_bytes=max_shard_mb * 2**20)
   paths.write_atomic(out / hf.CONFIG_FILE, json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
   if tokenizer is not None and tokenizer.kind == "hf":
     manifest = json.loads((workdir / "tokenizer" / tokenizers.MANIFEST).read_text())
@@ -252,7 +260,8 @@ def main(argv) -> None:
       print(f"imported {from_hf}: family {m.family}, {m.num_layers} layers, width "
             f"{m.embed_dim}, vocabulary {m.vocab_size}; workdir {paths.workdir_path(workdir)}")
     else:
-      notes = export_hf(workdir, to_hf, flags_.overwrite)
+      notes = export_hf(workdir, to_hf, flags_.overwrite, flags_.weights_dtype,
+                        flags_.max_shard_mb)
       print(f"exported {workdir} to {paths.workdir_path(to_hf)}")
     _print_notes(notes)
 
@@ -266,6 +275,11 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", "", "The workdir written (import) or read (export).")
   flags.DEFINE_bool("overwrite", False, "Export over an existing config.json/model.safetensors "
                     "in --to_hf (never over a training workdir).")
+  flags.DEFINE_enum("weights_dtype", "float32", list(hf.WEIGHT_DTYPES),
+                    "--to_hf: the dtype of the written weights.")
+  flags.DEFINE_integer("max_shard_mb", 0, "--to_hf: split the weights into safetensors shards "
+                       "of at most this many MiB, with model.safetensors.index.json (0: one "
+                       "file).", lower_bound=0)
 
 
 if __name__ == "__main__":

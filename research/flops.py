@@ -38,7 +38,7 @@ import numpy as np
 
 from research import objectives
 from research.config import ConfigError, ExperimentConfig, ModelConfig
-from research.layers import resolve_matmul_dtype
+from research.layers import cache_size, layer_window, resolve_matmul_dtype
 
 HEADS = ("lm", "mlm", "classifier", "last_token_classifier", "span", "none")
 # The pretraining head each family's model (models.build_model) carries.
@@ -72,16 +72,22 @@ def mlp_flops(model: ModelConfig, length: int) -> int:
 def stack_flops(model: ModelConfig, num_layers: int, length: int, *,
                 cross_length: int = 0) -> dict[str, int]:
   """num_layers Blocks on `length` positions; cross_length > 0 adds cross-attention to that
-  many encoder positions."""
+  many encoder positions. A layer with a sliding window (model.attention_window, or a local
+  layer of model.layer_pattern) scores each query against at most its window of keys."""
   self_attention = attention_flops(model, length, length)
   out = {"attention_projections": self_attention["projections"],
-         "attention_scores": self_attention["scores"],
+         "attention_scores": 0,
          "mlp": mlp_flops(model, length)}
   if cross_length:
     cross = attention_flops(model, length, cross_length)
     out["cross_attention_projections"] = cross["projections"]
     out["cross_attention_scores"] = cross["scores"]
-  return {name: num_layers * value for name, value in out.items()}
+  out = {name: num_layers * value for name, value in out.items()}
+  for i in range(num_layers):
+    window = layer_window(model, model.layer_kind(i) == "L")
+    keys = min(window, length) if window else length
+    out["attention_scores"] += attention_flops(model, length, keys)["scores"]
+  return out
 
 
 def head_flops(model: ModelConfig, head: str, length: int, num_classes: int = 2) -> int:
@@ -190,20 +196,22 @@ def training_flops_per_token(config: ExperimentConfig) -> float:
 
 def decode_step_flops(config: ExperimentConfig, batch_size: int) -> int:
   """Forward matmul FLOPs of one KV-cache decoding step (one new token per row): projections
-  of the new token, its scores against all model.max_len cache slots (the cache is attended
-  in full, masked), the MLP and the LM head. The encoder-decoder's cross-attention projects the
+  of the new token, its scores against all the cache slots of each layer (max_len, or a local
+  layer's window; the cache is attended in full, masked), the MLP and the LM head. The encoder-decoder's cross-attention projects the
   keys and values of all encoder positions at every step (decode.py does not cache them)."""
   m = config.model
   e, n, k, h = m.embed_dim, m.num_heads, m.resolved_kv_heads, m.resolved_head_dim
   projections = 2 * e * n * h + 2 * 2 * e * k * h + 2 * n * h * e
-  per_layer = projections + 2 * 2 * m.max_len * n * h + mlp_flops(m, 1)
+  per_layer = projections + mlp_flops(m, 1)
   layers = m.num_layers
   if m.family == "encoder_decoder":
     layers = m.num_decoder_layers or m.num_layers
     input_len, _ = sequence_lengths(config)
     cross = attention_flops(m, 1, input_len)
     per_layer += cross["projections"] + cross["scores"]
-  return batch_size * (layers * per_layer + head_flops(m, "lm", 1))
+  # Each layer scores the new token against its cache's slots (a local layer: its window).
+  scores = sum(2 * 2 * cache_size(m, m.layer_kind(i) == "L") * n * h for i in range(layers))
+  return batch_size * (layers * per_layer + scores + head_flops(m, "lm", 1))
 
 
 # ---------------------------------------------------------------------------------------------

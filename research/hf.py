@@ -1,4 +1,5 @@
-"""Hugging Face checkpoints <-> this project's parameters: BERT, GPT-2, T5 v1.0 and v1.1.
+"""Hugging Face checkpoints <-> this project's parameters: BERT, GPT-2, T5 v1.0 and v1.1, and
+the modern decoders Llama 3.x, Qwen 2.5, Qwen 3 and Gemma 3 (text).
 
 A Hugging Face model directory holds config.json, model.safetensors (or the shards listed in
 model.safetensors.index.json) and, when it has one, tokenizer.json. Tensors are read through
@@ -20,6 +21,15 @@ How each architecture meets our layers (models.py, layers.py):
          lives in block 0 and is shared), attention without 1/sqrt(d) (scale_attention=False).
          v1.0: ReLU, tied embeddings, decoder output * d_model**-0.5 (scale_tied_logits);
          v1.1: gated-gelu with tanh gelu (geglu), untied lm_head.
+  Llama  family 'decoder' (and Qwen, Gemma 3): pre-norm RMSNorm, RoPE in the "half" layout
+         (llama3 frequency scaling), SwiGLU (gate_proj = wi, up_proj = wi_gate), GQA, no biases,
+         tied or untied output. Qwen 2.5 adds q/k/v biases (qkv_bias); Qwen 3 RMS-norms each
+         query and key head (qk_norm). Gemma 3: qk_norm, norms after each sub-layer too
+         (post_norms), RMSNorm weights w applied as 1 + w (norm_scale_plus_one), embeddings
+         * sqrt(d), GeGLU, query_pre_attn_scalar, and layer_types as a repeating local/global
+         layer_pattern (sliding window and RoPE base per kind).
+  The family and every block choice come from config.json; an export writes the first
+  architecture of the family that expresses every choice of the model (GPT-2 before Llama).
 """
 
 from __future__ import annotations
@@ -140,6 +150,41 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, np.ndarray]) -> No
     os.chmod(local, 0o666 & ~umask)  # safetensors creates the file private (0600)
 
 
+WEIGHT_DTYPES = ("float32", "bfloat16")
+
+
+def write_checkpoint(directory: str | os.PathLike, tensors: dict[str, np.ndarray], *,
+                     dtype: str = "float32", max_shard_bytes: int = 0) -> list[str]:
+  """Writes `tensors` into `directory` as transformers saves them: model.safetensors, or,
+  when they exceed max_shard_bytes (> 0), model-0000k-of-0000n.safetensors shards and
+  model.safetensors.index.json. dtype "bfloat16" rounds each float32 value to the nearest
+  bfloat16 (exact for weights that came from a bf16 checkpoint). Returns the files written."""
+  import ml_dtypes  # pylint: disable=import-outside-toplevel  (numpy's bfloat16, from jax)
+  if dtype not in WEIGHT_DTYPES:
+    raise ConvertError(f"weight dtype {dtype!r} is not one of {list(WEIGHT_DTYPES)}")
+  target = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32
+  arrays = {k: np.asarray(v, np.float32).astype(target) for k, v in tensors.items()}
+  shards: list[dict[str, np.ndarray]] = [{}]
+  size = 0
+  for name, array in arrays.items():  # in rule order: a layer's tensors stay together
+    if max_shard_bytes and shards[-1] and size + array.nbytes > max_shard_bytes:
+      shards.append({})
+      size = 0
+    shards[-1][name] = array
+    size += array.nbytes
+  directory = epath.Path(directory)
+  if len(shards) == 1:
+    write_tensors(directory / WEIGHTS_FILE, shards[0])
+    return [WEIGHTS_FILE]
+  names = [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
+  for name, shard in zip(names, shards):
+    write_tensors(directory / name, shard)
+  index = {"metadata": {"total_size": int(sum(a.nbytes for a in arrays.values()))},
+           "weight_map": {t: name for name, shard in zip(names, shards) for t in shard}}
+  paths.write_atomic(directory / WEIGHTS_INDEX_FILE, json.dumps(index, indent=2) + "\n")
+  return [*names, WEIGHTS_INDEX_FILE]
+
+
 def read_tokenizer_json(directory: str | os.PathLike) -> str | None:
   path = epath.Path(directory) / TOKENIZER_FILE
   return path.read_text(encoding="utf-8") if path.is_file() else None
@@ -253,10 +298,19 @@ def _activation(name: Any, where: str, allowed=tuple(_ACTIVATIONS)) -> str:
   return _ACTIVATIONS[name]
 
 
+# The block choices of the three classic architectures; a model that makes another choice
+# cannot be written as one of them (the modern decoders below say which they take).
+_CLASSIC_BLOCK = dict(qk_norm=False, post_norms=False, scale_embeddings=False,
+                      norm_scale_plus_one=False, qkv_bias=False, query_pre_attn_scalar=0.0,
+                      attn_logit_softcap=0.0, final_logit_softcap=0.0, layer_pattern="",
+                      rope_scaling="none")
+
+
 class _Architecture:
   """What one Hugging Face architecture needs: its config mapping, rules and export checks."""
 
   model_types: tuple[str, ...] = ()
+  family = ""  # the ModelConfig family it maps onto
   body_prefix = ""
   # Tensors a checkpoint may hold that the model does not use (buffers, other heads).
   ignored: tuple[str, ...] = ()
@@ -273,6 +327,17 @@ class _Architecture:
   def export_requirements(self, cfg: ModelConfig) -> dict[str, tuple[Any, ...]]:
     """ModelConfig field -> the values this HF architecture can express."""
     raise NotImplementedError
+
+  def unmet(self, cfg: ModelConfig) -> list[str]:
+    """What of `cfg` this architecture cannot express, one phrase each ([] if it can)."""
+    requirements = {k: (v,) for k, v in _CLASSIC_BLOCK.items()}
+    requirements.update(self.export_requirements(cfg))
+    return [f"model.{key}={getattr(cfg, key)!r} (it needs {' or '.join(map(repr, allowed))})"
+            for key, allowed in requirements.items() if getattr(cfg, key) not in allowed]
+
+  @property
+  def name(self) -> str:
+    return type(self).__name__.strip("_")
 
   def prefix_in(self, tensors: dict) -> str:
     """The body prefix the checkpoint uses ('' for a bare BertModel / GPT2Model)."""
@@ -292,6 +357,7 @@ def _need(hf: dict, key: str, source: str) -> Any:
 
 class _Bert(_Architecture):
   model_types = ("bert",)
+  family = "encoder"
   body_prefix = "bert."
   ignored = ("embeddings.position_ids", "cls.seq_relationship.", "cls.predictions.decoder.")
 
@@ -372,6 +438,7 @@ class _Bert(_Architecture):
 
 class _GPT2(_Architecture):
   model_types = ("gpt2",)
+  family = "decoder"
   body_prefix = "transformer."
   ignored = (".attn.bias", ".attn.masked_bias", "lm_head.weight")
 
@@ -440,6 +507,7 @@ class _GPT2(_Architecture):
 
 class _T5(_Architecture):
   model_types = ("t5", "mt5")
+  family = "encoder_decoder"
   ignored = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight",
              "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight")
   _GATED = {"gelu": "geglu", "gelu_new": "geglu", "silu": "swiglu"}
@@ -530,8 +598,270 @@ class _T5(_Architecture):
             "scale_tied_logits": (cfg.tie_embeddings,), "resolved_kv_heads": (cfg.num_heads,)}
 
 
-ARCHITECTURES: dict[str, _Architecture] = {"bert": _Bert(), "gpt2": _GPT2(), "t5": _T5()}
-FAMILY_ARCHITECTURE = {"encoder": "bert", "decoder": "gpt2", "encoder_decoder": "t5"}
+# ---------------------------------------------------------------------------------------------
+# Modern decoders: Llama 3, Qwen 2.5, Qwen 3, Gemma 3 (text). One block with choices (layers.py);
+# each architecture is the choices its config.json implies and the names of its tensors.
+# ---------------------------------------------------------------------------------------------
+
+
+def _rope_settings(rope: dict | None, theta: Any, src: str) -> dict[str, Any]:
+  """ModelConfig RoPE fields of one layer kind from HF's rope parameters: transformers 5's
+  `rope_parameters` ({"rope_type", "rope_theta", "factor", ...}) or 4's `rope_scaling` (with
+  `rope_theta` beside it)."""
+  rope = dict(rope or {})
+  theta = rope.get("rope_theta", theta)
+  kind = rope.get("rope_type", rope.get("type", "default"))
+  settings: dict[str, Any] = {"rope_base": float(10000.0 if theta is None else theta)}
+  if kind == "default":
+    return settings
+  if kind == "linear":
+    return {**settings, "rope_scaling": "linear",
+            "rope_scaling_factor": float(_need(rope, "factor", f"{src} rope scaling"))}
+  if kind == "llama3":
+    return {**settings, "rope_scaling": "llama3",
+            "rope_scaling_factor": float(_need(rope, "factor", f"{src} rope scaling")),
+            "rope_low_freq_factor": float(rope.get("low_freq_factor", 1.0)),
+            "rope_high_freq_factor": float(rope.get("high_freq_factor", 4.0)),
+            "rope_original_max_len": int(rope.get("original_max_position_embeddings", 8192))}
+  raise ConvertError(f"{src}: rope_type={kind!r} is not supported; research.convert handles "
+                     "'default', 'linear' and 'llama3'")
+
+
+def _hf_rope(cfg: ModelConfig, local: bool = False) -> dict[str, Any]:
+  """transformers 5's rope parameters of one layer kind (the inverse of _rope_settings)."""
+  if local:
+    return {"rope_type": "default", "rope_theta": cfg.local_rope_base}
+  rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_base}
+  if cfg.rope_scaling == "linear":
+    rope.update(rope_type="linear", factor=cfg.rope_scaling_factor)
+  elif cfg.rope_scaling == "llama3":
+    rope.update(rope_type="llama3", factor=cfg.rope_scaling_factor,
+                low_freq_factor=cfg.rope_low_freq_factor,
+                high_freq_factor=cfg.rope_high_freq_factor,
+                original_max_position_embeddings=cfg.rope_original_max_len)
+  return rope
+
+
+def _shortest_period(kinds: list[str]) -> str:
+  """The shortest pattern whose repeats give `kinds` ('LLLLLG' for Gemma 3's 18 layers)."""
+  for period in range(1, len(kinds) + 1):
+    if all(kinds[i] == kinds[i % period] for i in range(len(kinds))):
+      return "".join(kinds[:period])
+  return "".join(kinds)
+
+
+class _Llama(_Architecture):
+  """LlamaForCausalLM (Llama 2, 3.x): pre-norm RMSNorm, RoPE (llama3 scaling), SwiGLU, GQA."""
+
+  model_types = ("llama",)
+  family = "decoder"
+  body_prefix = "model."
+  ignored = ("rotary_emb.inv_freq",)
+  hf_class = "LlamaForCausalLM"
+  activation_key = "hidden_act"
+  _GATED = {"silu": "swiglu", "gelu_pytorch_tanh": "geglu", "gelu_new": "geglu"}
+
+  def block_choices(self, hf: dict, src: str) -> dict[str, Any]:
+    """The architecture's own ModelConfig choices beyond Llama's."""
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+      raise ConvertError(f"{src}: attention_bias / mlp_bias = true is not supported; "
+                         "research.convert reads Llama without biases")
+    return {}
+
+  def rope_choices(self, hf: dict, src: str) -> dict[str, Any]:
+    return _rope_settings(hf.get("rope_parameters") or hf.get("rope_scaling"),
+                          hf.get("rope_theta"), src)
+
+  def model_config(self, hf: dict, tensors: dict) -> ModelConfig:
+    src = CONFIG_FILE
+    if hf.get("use_sliding_window"):
+      raise ConvertError(f"{src}: use_sliding_window=true is not supported; research.convert "
+                         "reads every layer as full attention")
+    embed, heads = int(_need(hf, "hidden_size", src)), int(_need(hf, "num_attention_heads", src))
+    act = hf.get(self.activation_key, "silu")
+    if act not in self._GATED:
+      raise ConvertError(f"{src}: {self.activation_key}={act!r} is not supported; "
+                         f"research.convert handles {list(self._GATED)}")
+    prefix = self.prefix_in(tensors)
+    return ModelConfig(
+        family="decoder", vocab_size=int(_need(hf, "vocab_size", src)),
+        num_layers=int(_need(hf, "num_hidden_layers", src)), num_heads=heads,
+        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+        head_dim=int(hf.get("head_dim") or embed // heads), embed_dim=embed,
+        mlp_dim=int(_need(hf, "intermediate_size", src)),
+        max_len=int(_need(hf, "max_position_embeddings", src)), position="rope",
+        norm="rmsnorm", norm_position="pre", norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        mlp_activation=self._GATED[act], use_bias=False,
+        tie_embeddings=_tied(hf, tensors, "lm_head.weight", f"{prefix}embed_tokens.weight"),
+        dropout_rate=float(hf.get("attention_dropout", 0.0)),
+        init_std=float(hf.get("initializer_range", 0.02)),
+        **self.rope_choices(hf, src), **self.block_choices(hf, src))
+
+  def rules(self, cfg: ModelConfig) -> list[Rule]:
+    rules = [Rule("embed_tokens.weight", ("token_embed/embedding",))]
+    for i in range(cfg.num_layers):
+      hf, ours = f"layers.{i}", f"decoder/block_{i}"
+      for h, o in (("q", "query"), ("k", "key"), ("v", "value")):
+        rules += _linear(f"{hf}.self_attn.{h}_proj", f"{ours}/self_attention/{o}",
+                         bias=cfg.qkv_bias)
+      rules += _linear(f"{hf}.self_attn.o_proj", f"{ours}/self_attention/out", in_dims=2,
+                       bias=False)
+      if cfg.qk_norm:
+        rules += _norm(f"{hf}.self_attn.q_norm", f"{ours}/self_attention/query_norm", bias=False)
+        rules += _norm(f"{hf}.self_attn.k_norm", f"{ours}/self_attention/key_norm", bias=False)
+      rules += self.norm_rules(hf, ours)
+      for h, o in (("gate", "wi"), ("up", "wi_gate"), ("down", "wo")):
+        rules += _linear(f"{hf}.mlp.{h}_proj", f"{ours}/mlp/{o}", bias=False)
+    rules += _norm("norm", "decoder/final_norm", bias=False)
+    if not cfg.tie_embeddings:
+      rules += _linear("lm_head", "lm_head", bias=False, body=False)
+    return rules
+
+  def norm_rules(self, hf: str, ours: str) -> list[Rule]:
+    return (_norm(f"{hf}.input_layernorm", f"{ours}/self_attention_norm", bias=False)
+            + _norm(f"{hf}.post_attention_layernorm", f"{ours}/mlp_norm", bias=False))
+
+  def hf_config(self, cfg: ModelConfig, special_ids: dict[str, int]) -> dict[str, Any]:
+    activation = {"swiglu": "silu", "geglu": "gelu_pytorch_tanh"}[cfg.mlp_activation]
+    config = {
+        "architectures": [self.hf_class], "model_type": self.model_types[0],
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.embed_dim,
+        "intermediate_size": cfg.mlp_dim, "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.resolved_kv_heads,
+        "head_dim": cfg.resolved_head_dim, self.activation_key: activation,
+        "max_position_embeddings": cfg.max_len, "rms_norm_eps": cfg.norm_eps,
+        "initializer_range": cfg.init_std, "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_dropout": cfg.dropout_rate, "rope_parameters": _hf_rope(cfg),
+        "attention_bias": False}
+    if "eos" in special_ids:
+      config["eos_token_id"] = special_ids["eos"]
+    for name in ("bos", "pad"):
+      if name in special_ids:
+        config[f"{name}_token_id"] = special_ids[name]
+    return config
+
+  def export_requirements(self, cfg: ModelConfig) -> dict[str, tuple[Any, ...]]:
+    return {"position": ("rope",), "norm": ("rmsnorm",), "norm_position": ("pre",),
+            "mlp_activation": ("swiglu",), "use_bias": (False,), "scale_attention": (True,),
+            "scale_tied_logits": (False,), "rope_scaling": ("none", "linear", "llama3"),
+            "query_pre_attn_scalar": (0.0, float(cfg.resolved_head_dim))}
+
+
+class _Qwen2(_Llama):
+  """Qwen2ForCausalLM (Qwen 2 and 2.5): Llama with biases on the q/k/v projections."""
+
+  model_types = ("qwen2",)
+  hf_class = "Qwen2ForCausalLM"
+
+  def block_choices(self, hf: dict, src: str) -> dict[str, Any]:
+    return {"qkv_bias": True}
+
+  def hf_config(self, cfg: ModelConfig, special_ids: dict[str, int]) -> dict[str, Any]:
+    config = super().hf_config(cfg, special_ids)
+    config.pop("attention_bias")  # Qwen2's q/k/v always have biases, its output never
+    config["use_sliding_window"] = False
+    return config
+
+  def export_requirements(self, cfg: ModelConfig) -> dict[str, tuple[Any, ...]]:
+    return {**super().export_requirements(cfg), "qkv_bias": (True,)}
+
+
+class _Qwen3(_Llama):
+  """Qwen3ForCausalLM: Llama with RMS-norm of each query and key head (q_norm, k_norm)."""
+
+  model_types = ("qwen3",)
+  hf_class = "Qwen3ForCausalLM"
+
+  def block_choices(self, hf: dict, src: str) -> dict[str, Any]:
+    super().block_choices(hf, src)
+    return {"qk_norm": True}
+
+  def hf_config(self, cfg: ModelConfig, special_ids: dict[str, int]) -> dict[str, Any]:
+    return {**super().hf_config(cfg, special_ids), "use_sliding_window": False}
+
+  def export_requirements(self, cfg: ModelConfig) -> dict[str, tuple[Any, ...]]:
+    return {**super().export_requirements(cfg), "qk_norm": (True,)}
+
+
+class _Gemma3(_Llama):
+  """Gemma3ForCausalLM (Gemma 3 text; the 270M and 1B models): QK-norm, norms before and after
+  each sub-layer, RMSNorm scales stored as w in x * (1 + w), embeddings * sqrt(d), GeGLU, local
+  sliding-window layers (their own RoPE base) between global ones, query_pre_attn_scalar."""
+
+  model_types = ("gemma3_text",)
+  hf_class = "Gemma3ForCausalLM"
+  activation_key = "hidden_activation"
+  _GATED = {"gelu_pytorch_tanh": "geglu"}
+
+  def block_choices(self, hf: dict, src: str) -> dict[str, Any]:
+    super().block_choices(hf, src)
+    layers = int(_need(hf, "num_hidden_layers", src))
+    kinds = hf.get("layer_types")
+    if kinds is None:  # transformers 4: every sliding_window_pattern-th layer is global
+      period = int(hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6)
+      kinds = ["full_attention" if (i + 1) % period == 0 else "sliding_attention"
+               for i in range(layers)]
+    table = {"sliding_attention": "L", "full_attention": "G"}
+    if len(kinds) != layers or set(kinds) - set(table):
+      raise ConvertError(f"{src}: layer_types must list {layers} of {list(table)}")
+    pattern = _shortest_period([table[k] for k in kinds])
+    local = {}
+    if "L" in pattern:
+      local = {"local_window": int(_need(hf, "sliding_window", src))}
+    if hf.get("use_bidirectional_attention"):
+      raise ConvertError(f"{src}: use_bidirectional_attention=true (EmbeddingGemma) is not "
+                         "supported; research.convert reads causal Gemma 3")
+    return dict(qk_norm=True, post_norms=True, scale_embeddings=True, norm_scale_plus_one=True,
+                query_pre_attn_scalar=float(_need(hf, "query_pre_attn_scalar", src)),
+                # attn_logit_softcapping stays 0: Gemma 3 has none, and transformers' Gemma 3
+                # ignores the entry (Gemma 2's), so a file that sets it computes without it.
+                final_logit_softcap=float(hf.get("final_logit_softcapping") or 0.0),
+                layer_pattern="" if pattern == "G" else pattern, **local)
+
+  def rope_choices(self, hf: dict, src: str) -> dict[str, Any]:
+    rope = hf.get("rope_parameters")
+    if rope and "full_attention" in rope:  # transformers 5: one entry per layer kind
+      local = _rope_settings(rope.get("sliding_attention"), 10000.0, src)
+      if set(local) != {"rope_base"}:
+        raise ConvertError(f"{src}: scaled RoPE on the sliding-window layers is not supported")
+      return {**_rope_settings(rope["full_attention"], 1e6, src),
+              "local_rope_base": local["rope_base"]}
+    return {**_rope_settings(hf.get("rope_scaling"), hf.get("rope_theta", 1e6), src),
+            "local_rope_base": float(hf.get("rope_local_base_freq", 10000.0))}
+
+  def norm_rules(self, hf: str, ours: str) -> list[Rule]:
+    pairs = (("input_layernorm", "self_attention_norm"),
+             ("post_attention_layernorm", "self_attention_post_norm"),
+             ("pre_feedforward_layernorm", "mlp_norm"),
+             ("post_feedforward_layernorm", "mlp_post_norm"))
+    return [r for h, o in pairs for r in _norm(f"{hf}.{h}", f"{ours}/{o}", bias=False)]
+
+  def hf_config(self, cfg: ModelConfig, special_ids: dict[str, int]) -> dict[str, Any]:
+    config = super().hf_config(cfg, special_ids)
+    kinds = {"L": "sliding_attention", "G": "full_attention"}
+    config.update(
+        query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.resolved_head_dim,
+        attn_logit_softcapping=None,
+        final_logit_softcapping=cfg.final_logit_softcap or None,
+        layer_types=[kinds[cfg.layer_kind(i)] for i in range(cfg.num_layers)],
+        sliding_window=cfg.local_window or cfg.max_len,
+        rope_parameters={"full_attention": _hf_rope(cfg),
+                         "sliding_attention": _hf_rope(cfg, local=True)},
+        use_bidirectional_attention=False)
+    return config
+
+  def export_requirements(self, cfg: ModelConfig) -> dict[str, tuple[Any, ...]]:
+    return {**super().export_requirements(cfg), "mlp_activation": ("geglu",),
+            "qk_norm": (True,), "post_norms": (True,), "scale_embeddings": (True,),
+            "norm_scale_plus_one": (True,), "rope_scaling": ("none", "linear"),
+            "query_pre_attn_scalar": (cfg.query_pre_attn_scalar,),
+            "final_logit_softcap": (cfg.final_logit_softcap,),
+            "layer_pattern": (cfg.layer_pattern,)}
+
+
+ARCHITECTURES: dict[str, _Architecture] = {
+    "bert": _Bert(), "gpt2": _GPT2(), "t5": _T5(), "llama": _Llama(), "qwen2": _Qwen2(),
+    "qwen3": _Qwen3(), "gemma3": _Gemma3()}
 
 
 def architecture_of(hf_config: dict, source: str) -> _Architecture:
@@ -592,7 +922,7 @@ def import_params(directory: str | os.PathLike, seed: int = 0) -> Imported:
     if tuple(tensor.shape) != want:
       raise ConvertError(f"{weights_name}: tensor {name} has shape {tuple(tensor.shape)}, but "
                          f"{CONFIG_FILE} implies {want} (in {directory})")
-    if not np.issubdtype(tensor.dtype, np.floating):
+    if not jax.numpy.issubdtype(tensor.dtype, jax.numpy.floating):  # bfloat16 too (ml_dtypes)
       raise ConvertError(f"{weights_name}: tensor {name} has dtype {tensor.dtype}; expected "
                          "floating point")
     for path, array in zip(rule.ours, rule.to_ours(tensor.astype(np.float32), ours_shapes)):
@@ -622,17 +952,22 @@ def import_params(directory: str | os.PathLike, seed: int = 0) -> Imported:
 # ---------------------------------------------------------------------------------------------
 
 
-def _unscan(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Parameters of scanned blocks (model.scan_layers: '<stack>/layers/...', a leading layer
-  axis) as the per-block parameters of an unscanned Stack ('<stack>/block_i/...')."""
-  scanned = getattr(models, "SCANNED_LAYERS", "layers")
+def _unscan(flat: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
+  """Parameters of scanned blocks (model.scan_layers: '<stack>/layers/...', a leading axis of
+  repeats) as the per-block parameters of an unscanned Stack ('<stack>/block_i/...'). With a
+  layer_pattern of P layers, '<stack>/layers/block_j/...' of repeat g is block g*P + j."""
+  scanned = models.SCANNED_LAYERS
+  period = len(cfg.layer_pattern) if len(set(cfg.layer_pattern)) > 1 else 1
   out = {}
   for path, value in flat.items():
     parts = path.split("/")
     if scanned in parts[:-1]:
       k = parts.index(scanned)
-      for i in range(value.shape[0]):
-        out["/".join(parts[:k] + [f"block_{i}"] + parts[k + 1:])] = value[i]
+      offset, rest = 0, parts[k + 1:]
+      if period > 1:  # rest starts with the group's block_j
+        offset, rest = int(rest[0].removeprefix("block_")), rest[1:]
+      for g in range(value.shape[0]):
+        out["/".join(parts[:k] + [f"block_{g * period + offset}"] + rest)] = value[g]
     else:
       out[path] = value
   return out
@@ -641,16 +976,17 @@ def _unscan(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def export_params(cfg: ModelConfig, params: Any,
                   special_ids: dict[str, int] | None = None) -> tuple[dict, dict, list[str]]:
   """(HF config, HF tensors, notes) of our parameters; ConvertError names what HF cannot hold."""
-  arch = ARCHITECTURES[FAMILY_ARCHITECTURE[cfg.family]]
+  candidates = [a for a in ARCHITECTURES.values() if a.family == cfg.family]
   if cfg.attention_window:
-    raise ConvertError(f"model.attention_window={cfg.attention_window}: the Hugging Face "
-                       f"{FAMILY_ARCHITECTURE[cfg.family]} architecture has no sliding-window "
-                       "attention, so the export would compute something else; export a model "
-                       "trained with attention_window=0")
+    raise ConvertError(f"model.attention_window={cfg.attention_window}: no Hugging Face "
+                       f"{cfg.family} architecture research.convert writes has a sliding window "
+                       "on every layer, so the export would compute something else; export a "
+                       "model trained with attention_window=0 (Gemma 3's local layers are "
+                       "model.layer_pattern)")
   flat = {k: np.asarray(v, np.float32)
           for k, v in traverse_util.flatten_dict(jax.device_get(nn.unbox(params)), sep="/").items()}
   if cfg.scan_layers:
-    flat = _unscan(flat)
+    flat = _unscan(flat, cfg)
     cfg = dataclasses.replace(cfg, scan_layers=False)
   expected = set(abstract_params(cfg))
   if set(flat) != expected:  # e.g. a model fine-tuned with a task head
@@ -660,14 +996,13 @@ def export_params(cfg: ModelConfig, params: Any,
                        f"{', '.join(odd[:4])}{' ...' if len(odd) > 4 else ''} differ")
   if not cfg.tie_embeddings:  # the option acts on a tied output layer only
     cfg = dataclasses.replace(cfg, scale_tied_logits=False)
-  cfg, flat, notes = _fold_conventions(arch, cfg, flat)
-  wrong = [f"model.{key}={getattr(cfg, key)!r} (it needs {' or '.join(map(repr, allowed))})"
-           for key, allowed in arch.export_requirements(cfg).items()
-           if getattr(cfg, key) not in allowed]
-  if wrong:
-    name = type(arch).__name__.strip("_")
-    raise ConvertError(f"the {cfg.family} model cannot be written as Hugging Face {name}: "
-                       + "; ".join(wrong))
+  cfg, flat, notes = _fold_conventions(candidates[0], cfg, flat)
+  # The first architecture of the family that expresses every choice of the config.
+  arch = next((a for a in candidates if not a.unmet(cfg)), None)
+  if arch is None:
+    raise ConvertError(f"the {cfg.family} model cannot be written as Hugging Face "
+                       + "; nor as ".join(f"{a.name}: " + "; ".join(a.unmet(cfg))
+                                          for a in candidates))
   if cfg.family == "encoder" and not cfg.num_token_types:
     # BERT always adds a token-type embedding; one zero row adds nothing.
     flat["encoder/type_embed/embedding"] = np.zeros((1, cfg.embed_dim), np.float32)

@@ -236,7 +236,11 @@ class Embed(nn.Module):
         (self.num_embeddings, cfg.embed_dim), dtype(cfg.param_dtype))
 
   def __call__(self, ids: Array) -> Array:  # (B, T) -> (B, T, E)
-    return jnp.take(self.embedding, ids, axis=0).astype(dtype(self.config.activation_dtype))
+    cfg = self.config
+    x = jnp.take(self.embedding, ids, axis=0).astype(dtype(cfg.activation_dtype))
+    if cfg.scale_embeddings and self.axes[0] == "vocab":  # Gemma: tokens only, not types
+      x = x * jnp.asarray(np.sqrt(cfg.embed_dim), x.dtype)
+    return x
 
   def attend(self, x: Array) -> Array:  # (B, T, E) -> (B, T, V) float32
     if self.config.scale_tied_logits:  # T5 v1.0: keeps logits O(1) with its N(0, 1) embeddings
@@ -258,14 +262,34 @@ class LearnedPositions(nn.Module):
     return jnp.take(table, positions, axis=0).astype(dtype(cfg.activation_dtype))
 
 
-def apply_rope(x: Array, positions: Array, base: float) -> Array:
+def rope_frequencies(config: ModelConfig, local: bool = False) -> Array:
+  """The rotation frequencies (H/2,) of a layer: base^(-2i/H) with the local or global base;
+  a global layer's frequencies scaled as config.rope_scaling says."""
+  half = config.resolved_head_dim // 2
+  base = config.local_rope_base if local else config.rope_base
+  freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if local or config.rope_scaling == "none":
+    return freqs
+  factor = config.rope_scaling_factor
+  if config.rope_scaling == "linear":  # positions / factor
+    return freqs / factor
+  # llama3: wavelengths longer than the original context / low_freq_factor are stretched by
+  # the factor, those shorter than it / high_freq_factor kept, and a smooth ramp between.
+  original = config.rope_original_max_len
+  low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+  wavelength = 2 * np.pi / freqs
+  stretched = jnp.where(wavelength > original / low, freqs / factor, freqs)
+  ramp = (original / wavelength - low) / (high - low)
+  medium = (wavelength >= original / high) & (wavelength <= original / low)
+  return jnp.where(medium, (1 - ramp) * freqs / factor + ramp * freqs, stretched)
+
+
+def apply_rope(x: Array, positions: Array, freqs: Array) -> Array:
   """Rotary position embedding on the last axis of x (B, T, N, H) at positions (B, T).
 
-  Rotates pairs (x[i], x[i + H/2]) by angle position * base^(-2i/H) (the "half" layout used by
-  GPT-NeoX and Llama).
+  Rotates pairs (x[i], x[i + H/2]) by angle position * freqs[i] (the "half" layout used by
+  GPT-NeoX and Llama; freqs from rope_frequencies).
   """
-  half = x.shape[-1] // 2
-  freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)  # (H/2,)
   angles = positions[..., None].astype(jnp.float32) * freqs  # (B, T, H/2)
   sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]  # (B, T, 1, H/2)
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -317,10 +341,29 @@ class RelativePositionBias(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+class RMSNormPlusOne(nn.Module):
+  """RMS norm over the last axis scaled by (1 + w), w born 0: Gemma's form, whose checkpoints
+  store w. Computed in float32, as Gemma computes it."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.config
+    w = self.param("scale", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+                   (x.shape[-1],), dtype(cfg.param_dtype))
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.norm_eps)
+    return (y * (1.0 + w.astype(jnp.float32))).astype(dtype(cfg.activation_dtype))
+
+
 def make_norm(config: ModelConfig, name: str) -> nn.Module:
+  """The config's norm over the last axis (the residual stream's, or a head's for QK-norm)."""
   scale_init = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
   common = dict(epsilon=config.norm_eps, dtype=dtype(config.activation_dtype),
                 param_dtype=dtype(config.param_dtype), scale_init=scale_init, name=name)
+  if config.norm == "rmsnorm" and config.norm_scale_plus_one:
+    return RMSNormPlusOne(config, name=name)
   if config.norm == "rmsnorm":
     return nn.RMSNorm(**common)
   return nn.LayerNorm(use_bias=config.use_bias,
@@ -372,6 +415,7 @@ class Attention(nn.Module):
 
   config: ModelConfig
   use_rope: bool = False
+  local: bool = False  # a local layer (model.layer_pattern "L"): its own RoPE base, no scaling
 
   @nn.compact
   def __call__(self, x: Array, kv: Array | None = None, *, spec: MaskSpec,
@@ -379,39 +423,52 @@ class Attention(nn.Module):
                is_cross: bool = False, decode: bool = False,
                deterministic: bool = True) -> Array:
     cfg = self.config
-    n, k, h = cfg.num_heads, cfg.resolved_kv_heads, cfg.resolved_head_dim
-    proj = functools.partial(Linear, config=cfg, use_bias=cfg.use_bias)
-    q = proj((n, h), ("embed", "heads", "head_dim"), name="query")(x)  # (B, T, N, H)
+    n, h = cfg.num_heads, cfg.resolved_head_dim
+    qkv_proj = functools.partial(Linear, config=cfg, use_bias=cfg.use_bias or cfg.qkv_bias)
+    q = qkv_proj((n, h), ("embed", "heads", "head_dim"), name="query")(x)  # (B, T, N, H)
+    if cfg.qk_norm:
+      q = make_norm(cfg, "query_norm")(q)
     if is_cross and decode:
-      key, value = self._cross_keys_values(kv, proj)
+      key, value = self._cross_keys_values(kv, qkv_proj)
     else:
-      kv = x if kv is None else kv
-      key = proj((k, h), ("embed", "kv_heads", "head_dim"), name="key")(kv)  # (B, S, K, H)
-      value = proj((k, h), ("embed", "kv_heads", "head_dim"), name="value")(kv)  # (B, S, K, H)
+      key, value = self._keys_values(x if kv is None else kv, qkv_proj)  # (B, S, K, H) each
     if self.use_rope:
-      q = apply_rope(q, spec.q_positions, cfg.rope_base)
-      key = apply_rope(key, spec.q_positions, cfg.rope_base)  # the chunk's own positions
+      freqs = rope_frequencies(cfg, self.local)
+      q = apply_rope(q, spec.q_positions, freqs)
+      key = apply_rope(key, spec.q_positions, freqs)  # the chunk's own positions
     if decode and not is_cross:
       key, value = self._cached_and_new(key, value, cache_slots)
     dropout = None
     if not deterministic and cfg.dropout_rate > 0.0:
       dropout = nn.Dropout(cfg.dropout_rate, deterministic=False)
+    scale = None  # 1/sqrt(H)
+    if not cfg.scale_attention:
+      scale = 1.0
+    elif cfg.query_pre_attn_scalar:
+      scale = float(cfg.query_pre_attn_scalar) ** -0.5
     out = attention.attend(
         q, key, value, spec, choice=cfg.attention, platform=target_platform(),
-        scale=None if cfg.scale_attention else 1.0, operand_dtype=dtype(cfg.matmul_dtype),
-        bias=bias, dropout=dropout, decode=decode)  # (B, T, N, H) float32
+        scale=scale, operand_dtype=dtype(cfg.matmul_dtype), bias=bias, dropout=dropout,
+        decode=decode, softcap=cfg.attn_logit_softcap)  # (B, T, N, H) float32
     out = constrain(out.astype(dtype(cfg.activation_dtype)), BATCH, LENGTH, HEADS, None)
-    return proj((cfg.embed_dim,), ("heads", "head_dim", "embed"), in_dims=2,
-                init_std=cfg.init_std / np.sqrt(2 * cfg.num_layers), name="out")(out)
+    return Linear((cfg.embed_dim,), ("heads", "head_dim", "embed"), cfg, in_dims=2,
+                  use_bias=cfg.use_bias, init_std=cfg.init_std / np.sqrt(2 * cfg.num_layers),
+                  name="out")(out)
+
+  def _keys_values(self, kv: Array, proj) -> tuple[Array, Array]:
+    """Keys (QK-normed when the config says) and values of kv (B, S, E): (B, S, K, H) each."""
+    cfg = self.config
+    k, h = cfg.resolved_kv_heads, cfg.resolved_head_dim
+    key = proj((k, h), ("embed", "kv_heads", "head_dim"), name="key")(kv)
+    value = proj((k, h), ("embed", "kv_heads", "head_dim"), name="value")(kv)
+    if cfg.qk_norm:
+      key = make_norm(cfg, "key_norm")(key)
+    return key, value
 
   def _cross_keys_values(self, encoded: Array | None, proj):
     """Cross-attention while decoding: the encoder's keys/values, projected once per input."""
-    cfg = self.config
-    k, h = cfg.resolved_kv_heads, cfg.resolved_head_dim
-    key_proj = proj((k, h), ("embed", "kv_heads", "head_dim"), name="key")
-    value_proj = proj((k, h), ("embed", "kv_heads", "head_dim"), name="value")
     if encoded is not None:  # the prefill (and init): project and keep
-      key, value = key_proj(encoded), value_proj(encoded)
+      key, value = self._keys_values(encoded, proj)
       cached_key = self.variable("cache", "cross_key", lambda: key)
       cached_value = self.variable("cache", "cross_value", lambda: value)
       cached_key.value, cached_value.value = key, value
@@ -421,7 +478,7 @@ class Attention(nn.Module):
   def _cached_and_new(self, key: Array, value: Array, slots: Array):
     """(cache slots + chunk) keys and values for the chunk's queries; writes the chunk."""
     b, t, k, h = key.shape
-    size = cache_size(self.config)
+    size = cache_size(self.config, self.local)
     cached_key = self.variable("cache", "cached_key", jnp.zeros, (b, size, k, h), key.dtype)
     cached_value = self.variable("cache", "cached_value", jnp.zeros, (b, size, k, h),
                                  value.dtype)
@@ -433,11 +490,21 @@ class Attention(nn.Module):
     return all_key, all_value
 
 
-def cache_size(config: ModelConfig) -> int:
-  """Slots of a self-attention KV cache: the window, or the whole context."""
-  if config.attention_window:
-    return min(config.attention_window, config.max_len)
-  return config.max_len
+def layer_window(config: ModelConfig, local: bool) -> int:
+  """What a layer's queries see: a local layer its local_window, a global one attention_window
+  (0: every earlier position)."""
+  return config.local_window if local else config.attention_window
+
+
+def cache_size(config: ModelConfig, local: bool = False) -> int:
+  """Slots of a self-attention KV cache: the layer's window, or the whole context."""
+  window = layer_window(config, local)
+  return min(window, config.max_len) if window else config.max_len
+
+
+def softcap(x: Array, cap: float) -> Array:
+  """cap * tanh(x / cap): logits kept within (-cap, cap) (Gemma 2); cap 0 leaves x as it is."""
+  return x if not cap else cap * jnp.tanh(x / cap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,11 +515,14 @@ def cache_size(config: ModelConfig) -> int:
 class Block(nn.Module):
   """Self-attention (+ cross-attention when given `encoded`) + MLP, each a residual branch.
 
-  Pre-norm (GPT-2, T5): x + f(norm(x)). Post-norm (BERT, the original Transformer): norm(x + f(x)).
+  Pre-norm (GPT-2, T5, Llama): x + f(norm(x)). Post-norm (BERT, the original Transformer):
+  norm(x + f(x)). Pre-norm with post_norms (Gemma 2/3): x + norm(f(norm(x))).
+  local: a local layer of model.layer_pattern (its window comes with `spec`).
   """
 
   config: ModelConfig
   has_cross_attention: bool = False
+  local: bool = False
 
   @nn.compact
   def __call__(self, x: Array, *, spec: MaskSpec, bias: Array | None = None,
@@ -463,11 +533,15 @@ class Block(nn.Module):
 
     def residual(x, branch, name):
       drop = nn.Dropout(cfg.dropout_rate)
-      if cfg.norm_position == "pre":
-        return x + drop(branch(make_norm(cfg, f"{name}_norm")(x)), deterministic=deterministic)
-      return make_norm(cfg, f"{name}_norm")(x + drop(branch(x), deterministic=deterministic))
+      if cfg.norm_position == "post":
+        return make_norm(cfg, f"{name}_norm")(x + drop(branch(x), deterministic=deterministic))
+      y = branch(make_norm(cfg, f"{name}_norm")(x))
+      if cfg.post_norms:
+        y = make_norm(cfg, f"{name}_post_norm")(y)
+      return x + drop(y, deterministic=deterministic)
 
-    self_attention = Attention(cfg, use_rope=cfg.position == "rope", name="self_attention")
+    self_attention = Attention(cfg, use_rope=cfg.position == "rope", local=self.local,
+                               name="self_attention")
     x = residual(x, lambda y: self_attention(
         y, spec=spec, bias=bias, cache_slots=cache_slots, decode=decode,
         deterministic=deterministic), "self_attention")

@@ -41,17 +41,48 @@ REMAT_POLICIES = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_sa
 class _LiftedBlock(layers.Block):
   """A Block with its array inputs positional and its modes as attributes: the form nn.remat
   (which traces every call argument) and nn.scan (carry + broadcast inputs) can lift. Its
-  parameters are a Block's, so an unscanned Stack keeps the same parameter paths."""
+  parameters are a Block's, so an unscanned Stack keeps the same parameter paths.
+
+  views: (global, local) pairs of (MaskSpec, cache slots); the block takes its own kind's."""
 
   decode: bool = False
   deterministic: bool = True
   scanned: bool = False  # return (carry, None), as nn.scan expects
 
-  def __call__(self, x, spec, bias, cache_slots, encoded, cross_spec):
+  def __call__(self, x, views, bias, encoded, cross_spec):
+    spec, cache_slots = views[int(self.local)]
     x = super().__call__(x, spec=spec, bias=bias, cache_slots=cache_slots, encoded=encoded,
                          cross_spec=cross_spec, decode=self.decode,
                          deterministic=self.deterministic)
     return (x, None) if self.scanned else x
+
+
+def _block_class(cfg: ModelConfig, decode: bool):
+  """_LiftedBlock, rematerialised in the backward pass as model.remat says."""
+  if cfg.remat == "none" or decode:  # decoding has no backward pass to save memory for
+    return _LiftedBlock
+  # Inside a scan, CSE cannot undo the recomputation, so the barrier is not needed there.
+  return nn.remat(_LiftedBlock, policy=REMAT_POLICIES[cfg.remat],
+                  prevent_cse=not cfg.scan_layers)
+
+
+class _PatternGroup(nn.Module):
+  """One repeat of model.layer_pattern (e.g. five local layers and a global one), the body
+  that a scanned Stack repeats: its blocks are block_0 ... block_{P-1}."""
+
+  config: ModelConfig
+  has_cross_attention: bool = False
+  decode: bool = False
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, *args):
+    cfg = self.config
+    block = _block_class(cfg, self.decode)
+    for j, kind in enumerate(cfg.layer_pattern):
+      x = block(cfg, self.has_cross_attention, local=kind == "L", decode=self.decode,
+                deterministic=self.deterministic, name=f"block_{j}")(x, *args)
+    return x, None
 
 
 class Stack(nn.Module):
@@ -64,15 +95,21 @@ class Stack(nn.Module):
   attention; a T5 relative bias is computed once and shared by all layers. Post-norm models
   (BERT) normalise the embeddings; pre-norm models (GPT, T5) normalise the output.
 
+  model.layer_pattern gives layers of two kinds: local ("L", sliding window local_window) and
+  global ("G", attention_window); each kind gets its own MaskSpec (and its own cache size).
+
   decode=True (causal stacks): the tokens continue each row's cache. The Stack keeps the one
   position counter (next_position (B,)) and, for every cache slot, the position and segment of
   the token in it; the chunk's real tokens (segment > 0) take the next positions and the slots
-  position % cache size, so a windowed cache holds the last `attention_window` positions.
+  position % cache size, so a windowed cache holds the last `window` positions. Local layers'
+  caches have their own (smaller) slots, bookkept under the "local_" names.
 
   model.scan_layers runs the blocks as one nn.scan (parameters under SCANNED_LAYERS, stacked on
-  a leading layer axis): one block is compiled instead of num_layers. model.remat recomputes
-  each block's activations in the backward pass ("full") or all but its matmul outputs
-  ("dots_saveable"), trading compute for activation memory.
+  a leading layer axis): one block is compiled instead of num_layers. With a layer_pattern of
+  P layers the scan runs over whole repeats (SCANNED_LAYERS/block_j is layer g*P + j of repeat
+  g), and the num_layers % P layers after the last repeat stay unscanned (block_i, i their
+  index). model.remat recomputes each block's activations in the backward pass ("full") or all
+  but its matmul outputs ("dots_saveable"), trading compute for activation memory.
   """
 
   config: ModelConfig
@@ -87,14 +124,25 @@ class Stack(nn.Module):
                encoder_segment_ids: Array | None = None, decode: bool = False,
                deterministic: bool = True) -> Array:
     cfg = self.config
-    cache_slots = None
+    kinds = {cfg.layer_kind(i) for i in range(self.num_layers)}
+    views = [(None, None), (None, None)]  # (MaskSpec, cache slots) of global and local layers
     if decode:
-      spec, cache_slots = self._decoding_spec(x, segment_ids, prefix_lengths)
-    else:
-      positions = default_positions(x[..., 0]) if positions is None else positions
-      spec = MaskSpec.self_attention(positions, segment_ids, causal=self.causal,
-                                     window=cfg.attention_window, prefix_lengths=prefix_lengths,
-                                     packed=packed)
+      next_position = self.variable("cache", "next_position", jnp.zeros, x.shape[:1], jnp.int32)
+      start = next_position.value
+    for local in (False, True):
+      if ("L" if local else "G") not in kinds:
+        continue
+      window = layers.layer_window(cfg, local)
+      if decode:
+        spec, slots, end = self._decoding_spec(x, start, segment_ids, prefix_lengths, local)
+        views[local] = (spec, slots)
+        next_position.value = end  # the same for both kinds
+      else:
+        positions = default_positions(x[..., 0]) if positions is None else positions
+        views[local] = (MaskSpec.self_attention(
+            positions, segment_ids, causal=self.causal, window=window,
+            prefix_lengths=prefix_lengths, packed=packed), None)
+    spec = views[0][0] if views[0][0] is not None else views[1][0]  # the same positions
     if cfg.position == "learned":
       x = x + layers.LearnedPositions(cfg, name="position_embed")(spec.q_positions)
     if cfg.norm_position == "post":
@@ -114,52 +162,59 @@ class Stack(nn.Module):
         encoder_segment_ids = kept.value
       cross_spec = MaskSpec.cross_attention(None if decode else segment_ids,
                                             encoder_segment_ids, packed=packed)
-    block = _LiftedBlock
-    if cfg.remat != "none" and not decode:  # decoding has no backward pass to save memory for
-      # Inside a scan, CSE cannot undo the recomputation, so the barrier is not needed there.
-      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-    args = (spec, bias, cache_slots, encoded, cross_spec)  # the same for every layer
+    block = _block_class(cfg, decode)
+    args = (tuple(views), bias, encoded, cross_spec)  # the same for every layer
     modes = dict(decode=decode, deterministic=deterministic)
-    if cfg.scan_layers:
-      scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+    period = len(cfg.layer_pattern) if len(set(cfg.layer_pattern)) > 1 else 1
+    repeats = self.num_layers // period if cfg.scan_layers else 0
+    unscanned = range(repeats * period, self.num_layers)
+    if repeats:
+      body, extra = (block, dict(scanned=True, local=cfg.layer_kind(0) == "L"))
+      if period > 1:
+        body, extra = _PatternGroup, {}
+      scanned = nn.scan(body, variable_axes={"params": 0, "cache": 0},
                         split_rngs={"params": True, "dropout": True},
-                        in_axes=(nn.broadcast,) * len(args), length=self.num_layers,
+                        in_axes=(nn.broadcast,) * len(args), length=repeats,
                         metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = scanned(cfg, self.has_cross_attention, scanned=True, name=SCANNED_LAYERS,
+      x, _ = scanned(cfg, self.has_cross_attention, name=SCANNED_LAYERS, **extra,
                      **modes)(x, *args)
-    else:
-      for i in range(self.num_layers):
-        x = block(cfg, self.has_cross_attention, name=f"block_{i}", **modes)(x, *args)
+    for i in unscanned:
+      x = block(cfg, self.has_cross_attention, local=cfg.layer_kind(i) == "L",
+                name=f"block_{i}", **modes)(x, *args)
     if cfg.norm_position == "pre":
       x = layers.make_norm(cfg, "final_norm")(x)
     return x
 
-  def _decoding_spec(self, x: Array, segment_ids: Array | None,
-                     prefix_lengths: Array | None) -> tuple[MaskSpec, Array]:
-    """The chunk's queries against the cache slots + the chunk, and the slots it is written to."""
+  def _decoding_spec(self, x: Array, start: Array, segment_ids: Array | None,
+                     prefix_lengths: Array | None,
+                     local: bool) -> tuple[MaskSpec, Array, Array]:
+    """The chunk's queries against the cache slots + the chunk, the slots it is written to, and
+    the next chunk's first position (B,), for the global or the local layers: each kind has its
+    own cache size and slots; the chunk starts at `start` (B,) for both."""
     cfg = self.config
     b, t = x.shape[:2]
-    size = layers.cache_size(cfg)
-    next_position = self.variable("cache", "next_position", jnp.zeros, (b,), jnp.int32)
-    slot_positions = self.variable("cache", "slot_positions", jnp.zeros, (b, size), jnp.int32)
-    slot_segments = self.variable("cache", "slot_segments", jnp.zeros, (b, size), jnp.int32)
+    size = layers.cache_size(cfg, local)
+    prefix = "local_" if local else ""
+    slot_positions = self.variable("cache", f"{prefix}slot_positions", jnp.zeros, (b, size),
+                                   jnp.int32)
+    slot_segments = self.variable("cache", f"{prefix}slot_segments", jnp.zeros, (b, size),
+                                  jnp.int32)
     if segment_ids is None:
       segment_ids = jnp.ones((b, t), jnp.int32)
-    positions = next_position.value[:, None] + jnp.arange(t, dtype=jnp.int32)  # (B, T)
+    positions = start[:, None] + jnp.arange(t, dtype=jnp.int32)  # (B, T)
     real = segment_ids > 0  # a right-padded prompt's padding is neither seen nor kept
-    end = next_position.value + jnp.sum(real, axis=1, dtype=jnp.int32)  # (B,)
+    end = start + jnp.sum(real, axis=1, dtype=jnp.int32)  # (B,)
     kept = real & (positions >= end[:, None] - size)  # a chunk longer than the cache: its tail
     slots = jnp.where(kept, positions % size, size)  # (B, T); `size` is dropped when written
     spec = MaskSpec.self_attention(
-        positions, segment_ids, causal=self.causal, window=cfg.attention_window,
+        positions, segment_ids, causal=self.causal, window=layers.layer_window(cfg, local),
         prefix_lengths=prefix_lengths).with_keys(
             jnp.concatenate([slot_positions.value, positions], axis=1),
             jnp.concatenate([slot_segments.value, segment_ids], axis=1))
     rows = jnp.arange(b)[:, None]
     slot_positions.value = slot_positions.value.at[rows, slots].set(positions, mode="drop")
     slot_segments.value = slot_segments.value.at[rows, slots].set(segment_ids, mode="drop")
-    next_position.value = end
-    return spec, slots
+    return spec, slots, end
 
 
 def lm_head(config: ModelConfig, embed: layers.Embed, x: Array) -> Array:
@@ -168,7 +223,8 @@ def lm_head(config: ModelConfig, embed: layers.Embed, x: Array) -> Array:
     logits = embed.attend(x)
   else:
     logits = layers.Linear((config.vocab_size,), ("embed", "vocab"), config, name="lm_head")(x)
-  return layers.constrain(logits.astype(jnp.float32), layers.BATCH, layers.LENGTH, layers.VOCAB)
+  logits = layers.softcap(logits.astype(jnp.float32), config.final_logit_softcap)
+  return layers.constrain(logits, layers.BATCH, layers.LENGTH, layers.VOCAB)
 
 
 def decoder_hidden(module: nn.Module, tokens: Array, *, positions: Array | None = None,
@@ -399,8 +455,8 @@ class EncoderDecoder(nn.Module):
       logits = self.token_embed.attend(x)
     else:
       logits = self.lm_head(x)
-    return layers.constrain(logits.astype(jnp.float32), layers.BATCH, layers.LENGTH,
-                            layers.VOCAB)
+    logits = layers.softcap(logits.astype(jnp.float32), cfg.final_logit_softcap)
+    return layers.constrain(logits, layers.BATCH, layers.LENGTH, layers.VOCAB)
 
   def __call__(self, encoder_tokens: Array, decoder_tokens: Array, *,
                encoder_mask: Array | None = None, encoder_segment_ids: Array | None = None,

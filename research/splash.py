@@ -72,7 +72,8 @@ def unsupported_reason(*, q_len: int, kv_len: int, num_heads: int, num_kv_heads:
 
 def splash_attention(q: Array, k: Array, v: Array, *, causal: bool,
                      q_segment_ids: Array | None = None, kv_segment_ids: Array | None = None,
-                     window: int = 0, scale: float = 1.0, interpret: bool = False) -> Array:
+                     window: int = 0, scale: float = 1.0, softcap: float = 0.0,
+                     interpret: bool = False) -> Array:
   """Attention of q (B, T, N, H) over k, v (B, S, K, H); returns (B, T, N, H) in q's dtype.
 
   Args:
@@ -81,6 +82,7 @@ def splash_attention(q: Array, k: Array, v: Array, *, causal: bool,
       keys of its own id (padding is id 0 and sees only padding).
     window: if > 0 (with causal), query i sees keys j with i - window < j <= i.
     scale: multiplies q.k (1/sqrt(H) for GPT and BERT, 1.0 for T5).
+    softcap: if > 0, logits become softcap * tanh(logits / softcap) (Gemma 2).
     interpret: run the kernel in Pallas interpret mode (any backend; for tests on a CPU).
   """
   b, t, n, h = q.shape
@@ -98,7 +100,8 @@ def splash_attention(q: Array, k: Array, v: Array, *, causal: bool,
   args = [head_major(q), head_major(k), head_major(v)]
   if q_segment_ids is not None:
     args += [q_segment_ids.astype(jnp.int32), kv_segment_ids.astype(jnp.int32)]
-  attend = functools.partial(_attend, causal=causal, window=window, interpret=interpret)
+  attend = functools.partial(_attend, causal=causal, window=window, softcap=softcap,
+                             interpret=interpret)
   mesh = jax.sharding.get_abstract_mesh()
   out = attend(*args) if mesh.empty else _sharded(attend, mesh, *args)
   return head_major(out).astype(q.dtype)  # (B, T, N, H)
@@ -109,7 +112,7 @@ def _block(length: int) -> int:
 
 
 def _kernel(num_heads: int, q_len: int, kv_len: int, *, causal: bool, window: int,
-            interpret: bool):
+            softcap: float, interpret: bool):
   """The splash kernel for one example's (num_heads, q_len, H) queries; static shapes only."""
   shape = (q_len, kv_len)
   if window:  # keys i - window < j <= i
@@ -125,15 +128,16 @@ def _kernel(num_heads: int, q_len: int, kv_len: int, *, causal: bool, window: in
   # head_shards = q_seq_shards = 1: under a mesh each shard builds its own kernel for its
   # local heads (see _sharded), so the mask never needs splitting.
   return sa.make_splash_mha(sa.MultiHeadMask([mask] * num_heads), block_sizes=sizes,
-                            head_shards=1, q_seq_shards=1, interpret=interpret)
+                            head_shards=1, q_seq_shards=1, interpret=interpret,
+                            attn_logits_soft_cap=softcap or None)
 
 
 def _attend(q: Array, k: Array, v: Array, q_segment_ids: Array | None = None,
             kv_segment_ids: Array | None = None, *, causal: bool, window: int,
-            interpret: bool) -> Array:
+            softcap: float = 0.0, interpret: bool) -> Array:
   """q (B, N, T, H), k and v (B, K, S, H) -> (B, N, T, H): the kernel vmapped over batch."""
   kernel = _kernel(q.shape[1], q.shape[2], k.shape[2], causal=causal, window=window,
-                   interpret=interpret)
+                   softcap=softcap, interpret=interpret)
   if q_segment_ids is None:
     return jax.vmap(kernel)(q, k, v)
   one = lambda q, k, v, qs, ks: kernel(q, k, v, segment_ids=sa.SegmentIds(q=qs, kv=ks))

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import flax.linen as nn
 import jax
@@ -306,25 +306,54 @@ def check_resumable(workdir: epath.Path, config: ExperimentConfig,
                       "use a new --workdir, or the config it was trained with")
 
 
-def inherit_pretrained(config: ExperimentConfig) -> ExperimentConfig:
-  """With init_from: the pretrained workdir's architecture and tokenizer replace the config's
-  (dropout, the matmul/activation precision and the scale options stay the config's); a
-  different family is an error."""
+# With init_from a run starts from the pretrained workdir's parameters, so every ModelConfig
+# field that decides what they are (their shapes, their paths, the tree's layout) or what their
+# trained values mean (norms, positions, scales, activations, the layer pattern) is that
+# workdir's. These fields only say how this run computes, so they stay this config's (its file or
+# its flags). Listed this way round so that a field added to ModelConfig later is inherited
+# until said otherwise, the safe side. scan_layers is not among them: it stacks the blocks'
+# parameters on a layer axis, and merge_pretrained matches parameters by path.
+RUN_FIELDS = frozenset({"dropout_rate", "init_std", "param_dtype", "activation_dtype",
+                        "matmul_dtype", "remat", "attention", "attention_window"})
+# DataConfig fields that come from the pretrained workdir with its tokenizer.
+TOKENIZER_FIELDS = ("tokenizer", "tokenizer_path", "vocab_size")
+
+
+def inherit_pretrained(config: ExperimentConfig,
+                       overrides: Iterable[str] = ()) -> ExperimentConfig:
+  """With init_from: the pretrained workdir's architecture (every model field but RUN_FIELDS)
+  and tokenizer replace the config's; RUN_FIELDS stay the config's. `overrides` are the keys
+  given as --config.KEY flags ("model.num_layers"): one that asks the architecture for another
+  value is a one-line ConfigError naming it, never dropped silently; only model.max_len of
+  positions that are not learned (no parameter's shape) may differ. A different family is an
+  error too."""
   if not config.init_from:
     return config
+  overrides = set(overrides)
   from research.config import validate  # pylint: disable=import-outside-toplevel
   pretrained = load_experiment_config(config.init_from)
   if pretrained.model.family != config.model.family:
     raise ConfigError(f"init_from={config.init_from} holds a {pretrained.model.family} model but "
                       f"this config is model.family={config.model.family}; fine-tune it with a "
                       f"{pretrained.model.family} config, or start from another workdir")
-  model = dataclasses.replace(pretrained.model, dropout_rate=config.model.dropout_rate,
-                              scan_layers=config.model.scan_layers, remat=config.model.remat,
-                              matmul_dtype=config.model.matmul_dtype,
-                              activation_dtype=config.model.activation_dtype)
-  data = dataclasses.replace(config.data, tokenizer=pretrained.data.tokenizer,
-                             tokenizer_path=pretrained.data.tokenizer_path,
-                             vocab_size=pretrained.data.vocab_size)
+  # max_len sizes the learned position table only; with other positions it bounds the context,
+  # which a fine-tuning run may change.
+  free = RUN_FIELDS | ({"max_len"} if pretrained.model.position != "learned" else set())
+  for key in ([f"model.{f.name}" for f in dataclasses.fields(pretrained.model)
+               if f.name not in free] + [f"data.{k}" for k in TOKENIZER_FIELDS]):
+    section, name = key.split(".")
+    ours = getattr(getattr(config, section), name)
+    theirs = getattr(getattr(pretrained, section), name)
+    if key in overrides and ours != theirs:
+      raise ConfigError(
+          f"init_from={config.init_from} holds a model with {key}={theirs!r}, but "
+          f"--config.{key}={ours!r} asks for another; a run from init_from keeps the "
+          f"architecture and tokenizer its parameters were trained with: drop --config.{key}, "
+          "or train from scratch without init_from")
+  kept = {k for k in free if k in RUN_FIELDS or f"model.{k}" in overrides}
+  model = dataclasses.replace(pretrained.model, **{k: getattr(config.model, k) for k in kept})
+  data = dataclasses.replace(config.data, **{k: getattr(pretrained.data, k)
+                                             for k in TOKENIZER_FIELDS})
   config = dataclasses.replace(config, model=model, data=data)
   validate(config)
   return config
@@ -421,15 +450,17 @@ def _progress(total: int, initial: int):
               dynamic_ncols=True, mininterval=1.0)
 
 
-def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ExperimentConfig, workdir: str,
+                       overrides: Iterable[str] = ()) -> dict[str, float]:
   """Trains (or resumes) the run in `workdir`; returns the final evaluation metrics.
+  `overrides`: the keys the command line set ("model.attention"), which init_from keeps.
 
   One run per workdir (a second one stops at once, naming the holder); a start that fails
   before training begins leaves the workdir as it found it."""
   workdir = paths.workdir_path(workdir)  # a local path made absolute; gs://... as it is
   paths.check_bucket(workdir)  # a missing or refused bucket: one line, nothing written
   workdir_lib.check_writable(workdir)
-  config = inherit_pretrained(config)  # checked before anything is written
+  config = inherit_pretrained(config, overrides)  # checked before anything is written
   undo = workdir_lib.FailedStartUndo(workdir)  # notes what is there before anything is written
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.lock(workdir, "research.train"):
@@ -818,6 +849,7 @@ def initialize_distributed(coordinator_address: str, num_processes: int, process
 
 def main(argv) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   quiet_logs()
   reject_positional_args(argv)
   flags_ = flags.FLAGS
@@ -826,7 +858,8 @@ def main(argv) -> None:
     config = ExperimentConfig.from_config_dict(flags_.config)  # checked before any device work
     initialize_distributed(flags_.coordinator_address, flags_.num_processes, flags_.process_id,
                            flags_.distributed)
-    train_and_evaluate(config, flags_.workdir)
+    train_and_evaluate(config, flags_.workdir,
+                       overrides=config_flags.get_override_values(flags_["config"]))
 
   run_cli(body)
 

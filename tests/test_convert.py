@@ -23,7 +23,7 @@ from research.paths import REPO_ROOT
 from xla_flags import cli_env
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "hf"
-NAMES = ("bert", "gpt2", "t5_v1_0", "t5_v1_1")
+NAMES = ("bert", "gpt2", "t5_v1_0", "t5_v1_1", "llama3", "qwen2", "qwen3", "gemma3")
 TOLERANCE = 1e-4  # float32 max abs difference to transformers' logits
 
 
@@ -114,6 +114,108 @@ def test_model_configs_follow_each_architecture():
   assert (v10.mlp_activation, v10.tie_embeddings, v10.scale_tied_logits) == ("relu", True, True)
   assert (v11.mlp_activation, v11.tie_embeddings, v11.head_dim, v11.num_decoder_layers) == (
       "geglu", False, 16, 3)
+
+
+def test_modern_decoders_take_their_block_choices_from_config_json():
+  """The user names a directory; its config.json alone says which block choices run."""
+  llama = hf.import_params(FIXTURES / "llama3").model_config
+  assert (llama.family, llama.position, llama.norm, llama.mlp_activation, llama.use_bias,
+          llama.tie_embeddings, llama.num_kv_heads) == ("decoder", "rope", "rmsnorm", "swiglu",
+                                                        False, False, 2)
+  assert (llama.rope_scaling, llama.rope_scaling_factor, llama.rope_original_max_len) == (
+      "llama3", 8.0, 64)
+  qwen2 = hf.import_params(FIXTURES / "qwen2").model_config
+  assert (qwen2.qkv_bias, qwen2.qk_norm, qwen2.tie_embeddings, qwen2.rope_base) == (
+      True, False, True, 1e6)
+  qwen3 = hf.import_params(FIXTURES / "qwen3").model_config
+  assert (qwen3.qk_norm, qwen3.qkv_bias, qwen3.head_dim, qwen3.embed_dim) == (True, False, 16, 32)
+  gemma = hf.import_params(FIXTURES / "gemma3").model_config
+  assert (gemma.qk_norm, gemma.post_norms, gemma.scale_embeddings, gemma.norm_scale_plus_one,
+          gemma.mlp_activation) == (True, True, True, True, "geglu")
+  # layer_types L, L, G, L, L, G, L: the pattern repeats with a remainder.
+  assert (gemma.layer_pattern, gemma.local_window, gemma.local_rope_base) == ("LLG", 4, 100.0)
+  assert (gemma.rope_base, gemma.rope_scaling, gemma.rope_scaling_factor) == (1e6, "linear", 2.0)
+  assert (gemma.query_pre_attn_scalar, gemma.final_logit_softcap) == (12.0, 3.0)
+
+
+def test_transformers_4_gemma3_config_reads_the_same(tmp_path):
+  """Before transformers 5, Gemma 3 files said rope_theta / rope_local_base_freq /
+  rope_scaling and sliding_window_pattern instead of rope_parameters and layer_types."""
+  directory = tmp_path / "gemma3"
+  shutil.copytree(FIXTURES / "gemma3", directory)
+  config = json.loads((directory / "config.json").read_text())
+  rope = config.pop("rope_parameters")
+  config.pop("layer_types")
+  config.update(rope_theta=rope["full_attention"]["rope_theta"],
+                rope_local_base_freq=rope["sliding_attention"]["rope_theta"],
+                rope_scaling={"rope_type": "linear", "factor": 2.0}, sliding_window_pattern=3)
+  (directory / "config.json").write_text(json.dumps(config))
+  assert hf.import_params(directory).model_config == hf.import_params(
+      FIXTURES / "gemma3").model_config
+  assert _max_diff(directory, "gemma3") <= TOLERANCE
+
+
+def test_sharded_bfloat16_export_reads_back_bit_identically(tmp_path):
+  """Real checkpoints come sharded and in bf16: write both, read them back exactly."""
+  imported = hf.import_params(FIXTURES / "qwen2")  # a bf16 file: every weight fits bf16
+  hf_config, tensors, _ = hf.export_params(imported.model_config, imported.params)
+  written = hf.write_checkpoint(tmp_path, tensors, dtype="bfloat16", max_shard_bytes=20_000)
+  assert written[-1] == hf.WEIGHTS_INDEX_FILE and len(written) >= 4, written
+  index = json.loads((tmp_path / hf.WEIGHTS_INDEX_FILE).read_text())
+  assert set(index["weight_map"]) == set(tensors)
+  for shard in written[:-1]:
+    assert (tmp_path / shard).stat().st_size <= 20_000 + 2_000  # + its header
+    header = json.loads((tmp_path / shard).read_bytes()[8:8 + int.from_bytes(
+        (tmp_path / shard).read_bytes()[:8], "little")])
+    assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"BF16"}
+  (tmp_path / "config.json").write_text(json.dumps(hf_config))
+  again = hf.import_params(tmp_path)
+  assert again.model_config == imported.model_config
+  _assert_same_params(again.params, imported.params)
+
+
+# A decoder's choices pick the architecture an export writes: GPT-2 for the classic block, then
+# Llama, Qwen 2 (q/k/v biases), Qwen 3 (QK-norm), Gemma 3 (its norms, pattern and scales).
+MODERN = dict(position="rope", norm="rmsnorm", use_bias=False, num_kv_heads=1, head_dim=8)
+GEMMA = dict(MODERN, mlp_activation="geglu", qk_norm=True, post_norms=True,
+             scale_embeddings=True, norm_scale_plus_one=True, query_pre_attn_scalar=6.0,
+             layer_pattern="LG", local_window=3, local_rope_base=100.0, final_logit_softcap=5.0)
+
+
+@pytest.mark.parametrize("overrides, model_type", [
+    (dict(MODERN, mlp_activation="swiglu", rope_scaling="llama3", rope_scaling_factor=4.0,
+          rope_original_max_len=8, tie_embeddings=False), "llama"),
+    (dict(MODERN, mlp_activation="swiglu", qkv_bias=True), "qwen2"),
+    (dict(MODERN, mlp_activation="swiglu", qk_norm=True), "qwen3"),
+    (GEMMA, "gemma3_text"),
+    (dict(GEMMA, scan_layers=True, num_layers=5), "gemma3_text"),  # 2 scanned repeats + 1
+])
+def test_export_writes_the_architecture_that_holds_the_choices(overrides, model_type, tmp_path):
+  cfg = ModelConfig(**{**dict(family="decoder", vocab_size=50, num_layers=3, num_heads=2,
+                              embed_dim=16, mlp_dim=32, max_len=16), **overrides})
+  model, params = _random_params(cfg)
+  hf_config, tensors, _ = hf.export_params(cfg, params)
+  assert hf_config["model_type"] == model_type
+  (tmp_path / "config.json").write_text(json.dumps(hf_config))
+  hf.write_tensors(tmp_path / "model.safetensors", tensors)
+  imported = hf.import_params(tmp_path)
+  unscanned = dataclasses.replace(cfg, scan_layers=False)
+  assert imported.model_config == dataclasses.replace(unscanned, init_std=0.02)
+  tokens = np.random.default_rng(0).integers(0, 50, (2, 12))
+  ours = jax.jit(model.apply)({"params": params}, tokens)
+  theirs = jax.jit(models.build_model(imported.model_config).apply)(
+      {"params": imported.params}, tokens)
+  np.testing.assert_allclose(np.asarray(theirs), np.asarray(ours), atol=1e-5, rtol=1e-5)
+
+
+def test_export_names_what_no_architecture_of_the_family_holds():
+  cfg = ModelConfig(family="decoder", vocab_size=50, num_layers=1, num_heads=2, embed_dim=16,
+                    mlp_dim=32, max_len=16, position="rope", norm="rmsnorm", use_bias=False,
+                    mlp_activation="swiglu", qk_norm=True, qkv_bias=True)
+  _, params = _random_params(cfg)
+  with pytest.raises(hf.ConvertError, match=r"GPT2: .*nor as Llama: model.qk_norm=True .*"
+                     r"model.qkv_bias=True .*nor as Qwen3: model.qkv_bias=True"):
+    hf.export_params(cfg, params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +338,7 @@ def _copy_without(tmp_path: pathlib.Path, name: str, drop: str = "", reshape: st
     (dict(name="bert", hidden_size=48),
      "tensor bert.embeddings.word_embeddings.weight has shape (160, 32), but config.json implies "
      "(160, 48)"),
-    (dict(name="gpt2", model_type="llama"), "has model_type 'llama', which research.convert "
+    (dict(name="gpt2", model_type="mistral"), "has model_type 'mistral', which research.convert "
      "does not support"),
     (dict(name="t5_v1_0", feed_forward_proj="gated-relu"), "feed_forward_proj='gated-relu' is "
      "not supported"),

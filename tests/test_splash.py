@@ -21,13 +21,16 @@ from research.config import DEFAULT_RULES
 FORWARD_TOL, GRAD_TOL = 1e-5, 2e-5
 
 
-def reference(q, k, v, *, causal, q_segment_ids=None, kv_segment_ids=None, window=0, scale):
-  """softmax(scale * q.k over the allowed keys) v, with query head n reading key head
+def reference(q, k, v, *, causal, q_segment_ids=None, kv_segment_ids=None, window=0, scale,
+              softcap=0.0):
+  """softmax(softcap(scale * q.k) over the allowed keys) v, with query head n reading key head
   n // (N / K), written out with jnp."""
   b, t, n, h = q.shape
   s, kv_heads = k.shape[1], k.shape[2]
   k, v = jnp.repeat(k, n // kv_heads, axis=2), jnp.repeat(v, n // kv_heads, axis=2)
   logits = jnp.einsum("btnh,bsnh->bnts", q, k, precision="highest") * scale
+  if softcap:
+    logits = softcap * jnp.tanh(logits / softcap)
   i, j = np.arange(t)[:, None], np.arange(s)[None, :]
   allowed = np.ones((t, s), bool)
   if causal:
@@ -87,6 +90,9 @@ VARIANTS = {
     "mqa": dict(t=256, s=256, n=4, kv=1, h=32, causal=False, segments=[[256], [130]]),
     "window": dict(t=384, s=384, n=4, kv=2, h=32, causal=True, window=100,
                    segments=[[384], [300]]),
+    # Gemma 2's attention soft-cap on a local layer (logits to ~6 against a cap of 5).
+    "window_softcap": dict(t=256, s=256, n=4, kv=1, h=64, causal=True, window=64, softcap=5.0,
+                           scale=1.5 / 8),
     # Cross-attention: 100 real decoder queries (28 padding) over 256 encoder keys, none of
     # them padding: the padding queries see no key at all and must still be finite.
     "cross": dict(t=128, s=256, n=4, kv=2, h=32, causal=False,
@@ -106,7 +112,8 @@ def test_matches_reference_attention_in_interpret_mode(name):
                kv_segment_ids=segments(*c.get("kv_segments", c["segments"]), length=c["s"]))
     real = np.asarray(seg["q_segment_ids"]) > 0
   cotangent = cotangent * real[:, :, None, None]  # padding rows' outputs are ignored
-  masks = dict(causal=c["causal"], window=c.get("window", 0), scale=scale, **seg)
+  masks = dict(causal=c["causal"], window=c.get("window", 0), scale=scale,
+               softcap=c.get("softcap", 0.0), **seg)
   got = lambda q, k, v: splash.splash_attention(q, k, v, interpret=True, **masks)
   want = lambda q, k, v: reference(q, k, v, **masks)
 
