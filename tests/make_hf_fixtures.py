@@ -290,6 +290,11 @@ def main() -> None:
   torch.set_num_threads(1)
   if sys.argv[1:] == ["--modern"]:  # only the modern decoders (the older fixtures unchanged)
     make_modern_decoders()
+    versions = json.loads((OUT / "VERSIONS.json").read_text())
+    versions["modern decoders (llama3, qwen2, qwen3, gemma3)"] = {
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__}
+    (OUT / "VERSIONS.json").write_text(json.dumps(versions, indent=1) + "\n")
     return
   make_bert()
   make_gpt2()
