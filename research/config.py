@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from typing import Any
 
@@ -399,6 +400,10 @@ def validate(config: ExperimentConfig) -> None:
   if "L" in m.layer_pattern and m.local_window <= 0:
     raise ConfigError(f"model.layer_pattern={m.layer_pattern!r} has local layers but "
                       "model.local_window=0; set the local layers' window, e.g. 512")
+  if "L" in m.layer_pattern and m.position == "relative":
+    raise ConfigError(f"model.layer_pattern={m.layer_pattern!r} with position='relative': T5's "
+                      "relative bias is one table shared by every layer and cannot follow two "
+                      "cache sizes; use position='rope' with local layers")
   for key in ("query_pre_attn_scalar", "attn_logit_softcap", "final_logit_softcap",
               "local_window"):
     if getattr(m, key) < 0:
@@ -439,14 +444,36 @@ def validate(config: ExperimentConfig) -> None:
       ("model", "head_dim", 0), ("model", "num_decoder_layers", 0), ("model", "attention_window", 0),
       ("model", "num_token_types", 0), ("data", "vocab_size", 0), ("data", "num_workers", 0),
       ("optimizer", "warmup_steps", 0), ("optimizer", "decay_steps", 0),
-      ("objective", "num_sentinels", 0)]:
+      ("objective", "num_sentinels", 0 if config.task.name or config.objective.name not in (
+          "span_corruption", "ul2") else 1)]:
     value = getattr(getattr(config, section), key)
     if value < minimum:
       raise ConfigError(f"config {section}.{key}={value} must be >= {minimum}" +
                         (" (train.steps must be positive)" if key == "steps" else ""))
+  for section_type in _SECTION_TYPES.values():  # nan and inf pass every comparison below
+    section = next(n for n, t in _SECTION_TYPES.items() if t is section_type)
+    for f in dataclasses.fields(section_type):
+      value = getattr(getattr(config, section), f.name)
+      if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config {section}.{f.name}={value} must be a finite number")
   for key in ("learning_rate", "end_learning_rate", "weight_decay", "clip_norm", "eps"):
     if getattr(o, key) < 0:
       raise ConfigError(f"config optimizer.{key}={getattr(o, key)} must be >= 0")
+  for section, key in (("train", "seed"), ("data", "shuffle_seed")):
+    value = getattr(getattr(config, section), key)
+    if not 0 <= value < 2**31:  # seeds the PRNG keys and grain's and numpy's generators
+      raise ConfigError(f"config {section}.{key}={value} must be in [0, 2**31); pass a "
+                        "non-negative seed")
+  rope_bases = ("rope_base", "local_rope_base") if "L" in m.layer_pattern else ("rope_base",)
+  for key in rope_bases if m.position == "rope" else ():
+    if not getattr(m, key) > 1.0:
+      raise ConfigError(f"config model.{key}={getattr(m, key)} must be > 1 (the base of the "
+                        "rotary positions' wavelengths, e.g. 10000)")
+  if m.position == "relative":
+    if m.relative_buckets < 4 or m.relative_max_distance <= m.relative_buckets // 2:
+      raise ConfigError(f"model.relative_buckets={m.relative_buckets} must be >= 4 and "
+                        f"model.relative_max_distance={m.relative_max_distance} above half of "
+                        "it with model.position='relative' (T5: 32 and 128)")
   if not (0 <= o.b1 < 1 and 0 <= o.b2 < 1):
     raise ConfigError(f"optimizer betas must be in [0, 1), got b1={o.b1}, b2={o.b2}")
   if not 0.0 <= m.dropout_rate < 1.0:
@@ -457,6 +484,14 @@ def validate(config: ExperimentConfig) -> None:
     raise ConfigError("objective.name='prefix_lm' on the decoder cannot use "
                       "data.packing='documents' (one prefix per row, not per document); use "
                       "data.packing='stream' or 'windows'")
+  user_only = [f"task.{key}" for key in ("kind", "eval_files", "text_fields", "input_field",
+                                         "target_field")
+               if getattr(task, key) != getattr(TaskConfig(), key)]
+  if task.name and not task.train_files and user_only:
+    raise ConfigError(f"{', '.join(user_only)} describe(s) a task from your own files, but "
+                      f"task.train_files is empty, so the bundled task {task.name!r} would run "
+                      "with it ignored: give task.train_files (and task.eval_files) too, or drop "
+                      f"{', '.join(user_only)}")
   if task.train_files and not task.name:
     raise ConfigError("task.train_files replaces the task of a task config; start from one of "
                       "the wanted family, e.g. --config=configs/sst2_bert.py")
@@ -465,6 +500,10 @@ def validate(config: ExperimentConfig) -> None:
                        ("eval_batch_size", 1)):
     if getattr(task, key) < minimum:
       raise ConfigError(f"config task.{key}={getattr(task, key)} must be >= {minimum}")
+  if task.train_files and task.label_field in [f.strip() for f in task.text_fields.split(",")]:
+    raise ConfigError(f"task.label_field={task.label_field!r} is also among task.text_fields="
+                      f"{task.text_fields!r}: the model would read the answer it is asked for; "
+                      "list only the input fields in task.text_fields")
   if task.name:  # the task's kind checks that it fits the family (research/kinds)
     from research import kinds  # pylint: disable=import-outside-toplevel
     kinds.check(config)

@@ -251,3 +251,19 @@ def test_local_and_global_layers_run_splash_for_a_tpu_slice():
                              programs=("train",))["programs"]["train"]
   assert train["pallas_kernel_calls"] == 3 * 2
   assert train["memory"]["fits"]
+
+
+@pytest.mark.parametrize("model, message", [
+    (dict(layer_pattern="LLX"), "may hold only 'L' (local) and 'G' (global)"),
+    (dict(layer_pattern="LG"), "has local layers but model.local_window=0"),
+    (dict(layer_pattern="LG", local_window=4, position="relative"), "use position='rope'"),
+    (dict(rope_scaling="yarn"), "model.rope_scaling='yarn' is not one of"),
+    (dict(rope_scaling="llama3", rope_scaling_factor=0.5), "must be >= 1"),
+    (dict(final_logit_softcap=-1.0), "model.final_logit_softcap=-1.0 must be >= 0"),
+])
+def test_a_choice_that_cannot_run_is_one_config_error(model, message):
+  from research.config import ConfigError  # pylint: disable=import-outside-toplevel
+  raw = load_config_file(str(REPO_ROOT / "configs/gpt_shakespeare_char.py")).to_dict()
+  raw["model"].update(model)
+  with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    ExperimentConfig.from_config_dict(raw)
