@@ -936,6 +936,8 @@ def main(argv) -> None:
       os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # none may take most of its memory
     out = paths.workdir_path(f.out)
     paths.check_bucket(out)  # a missing or refused bucket: one line, before any work
+    from research import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+    workdir_lib.check_out_folder(out)  # a file or a training workdir: one line, nothing written
     enable_compilation_cache(out / "jax_cache")
     start = time.perf_counter()
     log = lambda line: print(line, file=sys.stderr, flush=True)

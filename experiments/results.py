@@ -490,6 +490,8 @@ def main(argv) -> None:
       raise UserError(f"--seeds={','.join(f.seeds)}: give integers, e.g. --seeds=0,1,2") \
           from None
     out = pathlib.Path(f.out).absolute()
+    from research import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+    workdir_lib.check_out_folder(out)  # a file or a training workdir: one line, nothing written
     if f.only or not f.publish or not (out / "results.json").exists():
       run(out, list(f.only) or list(ROWS), seeds)
     if f.publish:

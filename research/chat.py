@@ -111,9 +111,13 @@ def main(argv) -> None:
       raise UserError(f"--temperature={f.temperature} must be a number >= 0 (0: greedy)")
     if not 0 < f.top_p <= 1:
       raise UserError(f"--top_p={f.top_p} must be in (0, 1] (1: off)")
+    if f.prompt is None and (sys.stdin is None or sys.stdin.closed):
+      raise UserError("chat reads its messages from the terminal, and stdin is closed; pass "
+                      "--prompt=TEXT to ask one question")
     chat = Chat(f.workdir, f.max_new_tokens,
                 decode.SamplingConfig(temperature=f.temperature, top_p=f.top_p), f.seed)
     if f.prompt is not None:
+      train.check_utf8(f.prompt)
       if not f.prompt.strip():
         raise UserError("--prompt is empty; ask something")
       print(chat.reply(f.prompt))
@@ -122,10 +126,14 @@ def main(argv) -> None:
           file=sys.stderr)
     while True:
       try:
-        message = input("you> ").strip()
+        message = train.check_utf8(input("you> "), "the message").strip()
       except (EOFError, KeyboardInterrupt):
         print(file=sys.stderr)
         return
+      except (UnicodeDecodeError, UserError) as e:  # one bad line: say so and read the next
+        print(f"note: {e if isinstance(e, UserError) else 'the message is not UTF-8 text'}; "
+              "type it again", file=sys.stderr)
+        continue
       if message in ("/quit", "/exit"):
         return
       if message == "/reset":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -28,6 +30,7 @@ from research.config import UserError
 # The layout of what a step folder holds; bumped when it changes incompatibly. A checkpoint
 # written by a newer layout is refused instead of being misread.
 FORMAT_VERSION = 1
+CHECKSUMS_KEY = "state_sha256"  # in a step's config item: each tensor's sha256 (state_checksums)
 
 
 class CheckpointError(UserError):
@@ -80,7 +83,10 @@ class Checkpointer:
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     if config is not None:
-      items["config"] = ocp.args.JsonSave({"format_version": FORMAT_VERSION, **config})
+      record = {"format_version": FORMAT_VERSION, **config}
+      if jax.process_count() == 1:  # every shard is this process's: the digests are whole
+        record[CHECKSUMS_KEY] = state_checksums(state)
+      items["config"] = ocp.args.JsonSave(record)
     with self._disk_full_is_one_line(step):
       self._check_space(step, state)
       return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
@@ -155,8 +161,9 @@ class Checkpointer:
       raise self._no_space(int(failed.group(1)) if failed else step, _first_line(e)) from None
 
   def restore(self, step: int, abstract_state: Any, data_iterator=None) -> Any:
-    """Restores the state onto the shardings in `abstract_state` (and the iterator in place)."""
-    self.check_format(step)
+    """Restores the state onto the shardings in `abstract_state` (and the iterator in place),
+    checking its tensors against the checksums written at save."""
+    saved = self.check_format(step)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -168,7 +175,20 @@ class Checkpointer:
           f"({_first_line(e)}); it is corrupt, or was written with another model or optimizer "
           "configuration: use a new --workdir, or delete that step folder to resume from the "
           "one before") from e
+    self._verify(step, restored["state"], saved.get(CHECKSUMS_KEY))
     return restored["state"]
+
+  def _verify(self, step: int, state: Any, expected: dict | None) -> None:
+    """CheckpointError naming the first tensor whose bytes differ from those saved."""
+    if not expected or jax.process_count() != 1:
+      return  # a step saved before checksums, or by several processes
+    for name, digest in state_checksums(state).items():
+      kind = lambda d: d.rsplit(":", 1)[0]  # a tensor restored into another dtype is cast
+      if name in expected and kind(expected[name]) == kind(digest) and expected[name] != digest:
+        raise CheckpointError(
+            f"checkpoint {self.directory / str(step)} changed on disk since it was saved: tensor "
+            f"{name} no longer matches its checksum; delete that step folder to resume from "
+            "the one before, or use a new --workdir")
 
   def restore_config(self, step: int) -> dict:
     try:
@@ -184,13 +204,16 @@ class Checkpointer:
                             "or use a new --workdir") from e
     return config
 
-  def check_format(self, step: int) -> None:
-    version = self.restore_config(step).get("format_version", 1)
+  def check_format(self, step: int) -> dict:
+    """The step's config record (CheckpointError when a newer format wrote it)."""
+    saved = self.restore_config(step)
+    version = saved.get("format_version", 1)
     if version > FORMAT_VERSION:
       raise CheckpointError(
           f"checkpoint {self.directory / str(step)} was written by a newer checkpoint format "
           f"(version {version}; this code reads up to {FORMAT_VERSION}); update the code, or use "
           "a new --workdir")
+    return saved
 
   def reached_preemption(self, step: int) -> bool:
     """True at JAX's multi-host preemption sync point (always False without jax.distributed)."""
@@ -208,6 +231,19 @@ class Checkpointer:
     with self._disk_full_is_one_line(self._saving):
       self._manager.wait_until_finished()
     self._manager.close()
+
+
+def state_checksums(state: Any) -> dict[str, str]:
+  """sha256 of each tensor's bytes, by its path in the tree ("params['w']"): written with a
+  step, compared at restore, so bytes changed on disk are found even where they still decode.
+  Costs one copy of the state to the host and ~1-2 GB/s of hashing at each save and restore
+  (README, "Runs that survive")."""
+  sums = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]:
+    array = np.ascontiguousarray(leaf)
+    digest = hashlib.sha256(array.reshape(-1).view(np.uint8)).hexdigest()
+    sums[jax.tree_util.keystr(path)] = f"{array.dtype}{list(array.shape)}:{digest}"
+  return sums
 
 
 def _first_line(error: BaseException) -> str:

@@ -487,10 +487,12 @@ def validate(config: ExperimentConfig) -> None:
   user_only = [f"task.{key}" for key in ("kind", "eval_files", "text_fields", "input_field",
                                          "target_field")
                if getattr(task, key) != getattr(TaskConfig(), key)]
-  if task.name and not task.train_files and user_only:
+  if not task.train_files and user_only:
+    running = (f"the bundled task {task.name!r}" if task.name else
+               f"the pretraining objective {config.objective.name!r}")
     raise ConfigError(f"{', '.join(user_only)} describe(s) a task from your own files, but "
-                      f"task.train_files is empty, so the bundled task {task.name!r} would run "
-                      "with it ignored: give task.train_files (and task.eval_files) too, or drop "
+                      f"task.train_files is empty, so {running} would run with it ignored: "
+                      "give task.train_files (and task.eval_files) too, or drop "
                       f"{', '.join(user_only)}")
   if task.train_files and not task.name:
     raise ConfigError("task.train_files replaces the task of a task config; start from one of "

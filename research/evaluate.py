@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 
 import flax.linen as nn
@@ -75,6 +76,22 @@ def check_output(output: epath.Path, what: str = "--output folder", flag: str = 
   workdir_lib.check_writable(folder, what)
 
 
+def check_not_own(workdir: epath.Path, output: str, predictions: str) -> None:
+  """--output and --predictions name neither one of the workdir's own files (config.json,
+  metrics.jsonl, a checkpoint, ...) nor the same file: UserError, before anything is read."""
+  for flag, value in (("--output", output), ("--predictions", predictions)):
+    if value:
+      own = workdir_lib.own_file(workdir, paths.workdir_path(value))
+      if own is not None:
+        raise UserError(f"{flag}={value} would overwrite {own} of the workdir it evaluates; "
+                        f"name a new file (e.g. {workdir / 'eval.json'} or another folder)")
+  metrics = output or os.fspath(workdir / "eval.json")
+  if predictions and (workdir_lib.resolved_path(paths.workdir_path(predictions))
+                      == workdir_lib.resolved_path(paths.workdir_path(metrics))):
+    raise UserError(f"--predictions={predictions} is also where the metrics go (--output="
+                    f"{metrics}); name two different files")
+
+
 def _task_name(config) -> str:
   from research import tasks  # pylint: disable=import-outside-toplevel
   return tasks.task_name(config)
@@ -94,6 +111,7 @@ def main(argv) -> None:
                       ": not a training workdir; pass the --workdir of a run started with "
                       "research.train")
     output = epath.Path(f.output) if f.output else workdir / "eval.json"
+    check_not_own(workdir, f.output, f.predictions)  # a read never writes over what it reads
     paths.check_bucket(output)  # before the evaluation, not after it
     check_output(output, "--output folder" if f.output else "--workdir")
     if f.predictions:

@@ -25,8 +25,8 @@ from etils import epath
 
 from research import decode, models, objectives
 from research.config import UserError
-from research.train import (parse_flags, quiet_logs, reject_positional_args, restore_params,
-                            run_cli)
+from research.train import (check_utf8, parse_flags, quiet_logs, reject_positional_args,
+                            restore_params, run_cli)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
 _PROMPT = flags.DEFINE_string("prompt", "\n", "Text to continue (or with <mask> / sentinels).")
@@ -148,7 +148,7 @@ def main(argv) -> None:
   sampling = decode.SamplingConfig(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
 
   def body():
-    texts = generate_text(_WORKDIR.value, _PROMPT.value, _MAX_NEW.value, sampling,
+    texts = generate_text(_WORKDIR.value, check_utf8(_PROMPT.value), _MAX_NEW.value, sampling,
                           _NUM_SAMPLES.value, _SEED.value)
     for i, text in enumerate(texts):
       if len(texts) > 1:

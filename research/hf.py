@@ -925,7 +925,11 @@ def import_params(directory: str | os.PathLike, seed: int = 0) -> Imported:
     if not jax.numpy.issubdtype(tensor.dtype, jax.numpy.floating):  # bfloat16 too (ml_dtypes)
       raise ConvertError(f"{weights_name}: tensor {name} has dtype {tensor.dtype}; expected "
                          "floating point")
-    for path, array in zip(rule.ours, rule.to_ours(tensor.astype(np.float32), ours_shapes)):
+    tensor = tensor.astype(np.float32)
+    if not np.isfinite(tensor).all():
+      raise ConvertError(f"{weights_name}: tensor {name} holds NaN or Inf values (in "
+                         f"{directory}); the checkpoint is damaged: re-export or re-download it")
+    for path, array in zip(rule.ours, rule.to_ours(tensor, ours_shapes)):
       flat[path] = array
     used.add(name)
   if fresh:

@@ -164,6 +164,27 @@ def tokenizer_texts(kind: kinds.Kind, train_records: list[Record]) -> Iterator[s
   yield from kind.tokenizer_texts(train_records)
 
 
+def record_labels(workdir: epath.Path, labels: tuple[str, ...], task: TaskDef,
+                  write: bool) -> None:
+  """Lists a user's classification labels in the workdir (labels.json); a workdir that lists
+  others (the files now carry other label names) is refused: its trained head's outputs mean
+  those labels, in that order."""
+  path = workdir / LABELS_FILE
+  if path.exists():
+    from research import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+    saved = workdir_lib.read_json(path, "delete it to list the labels of these files again "
+                                        "(only if the labels are those the run trained on)")
+    saved = saved.get("labels") if isinstance(saved, dict) else saved
+    if saved == list(labels):
+      return
+    raise DataError(f"the task's files carry other labels ({', '.join(labels)}) than the run in "
+                    f"{workdir} was trained on ({', '.join(map(str, saved or []))}, in "
+                    f"{path}); its classifier's outputs mean those: use a new --workdir, or "
+                    f"files whose '{task.label_field}' holds the same labels")
+  if write:
+    paths.write_atomic(path, json.dumps({"labels": list(labels)}, indent=1) + "\n")
+
+
 def build_task_data(config: ExperimentConfig, workdir: str | os.PathLike, *,
                     process_index: int = 0, process_count: int = 1) -> TaskData:
   """Prepares the task's TFDS dataset, builds (or reloads) the workdir's tokenizer, and makes
@@ -175,9 +196,8 @@ def build_task_data(config: ExperimentConfig, workdir: str | os.PathLike, *,
   tokenizer = tokenizers_lib.build_tokenizer(config.data, workdir,
                                              tokenizer_texts(kind, train_records))
   kind = kinds.KINDS[task.kind](task, config, tokenizer, kind.labels)
-  if task.files and kind.labels and process_index == 0:
-    paths.write_atomic(epath.Path(workdir) / LABELS_FILE,
-                       json.dumps({"labels": list(kind.labels)}, indent=1) + "\n")
+  if task.files and kind.labels:
+    record_labels(epath.Path(workdir), kind.labels, task, process_index == 0)
   features = kind.features(train_records)
   local = pipeline.local_batch_size(config.data.batch_size, process_count)
   if len(features) < config.data.batch_size:

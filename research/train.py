@@ -247,6 +247,10 @@ def build_experiment(config: ExperimentConfig, workdir: str | os.PathLike,
   from research.data import pipeline  # pylint: disable=import-outside-toplevel
 
   mesh = sharding.make_mesh(config, devices)  # a bad mesh fails before any data work
+  data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.train.eval_batch_size % data_ways:  # said now, not at the first evaluation
+    raise ConfigError(f"train.eval_batch_size={config.train.eval_batch_size} is not divisible by "
+                      f"the data x fsdp mesh axes ({data_ways}); change it (0: data.batch_size)")
 
   def build_data():
     if config.task.name:
@@ -291,9 +295,10 @@ def check_resumable(workdir: epath.Path, config: ExperimentConfig,
   if saved is None:
     return
   want = config.to_dict()
-  # The precision policy is how a run computes, not what it trains: a run may resume with
-  # another one (matmul_dtype="auto" resolves differently on another machine).
-  precision = ("matmul_dtype", "activation_dtype")
+  # The precision policy, the attention kernel, remat and dropout are how a run computes, not
+  # what its parameters are: a run may resume with others (matmul_dtype="auto" resolves
+  # differently on another machine), and record_start says which settings changed.
+  precision = ("matmul_dtype", "activation_dtype", "attention", "remat", "dropout_rate")
   for section in sections:
     keys = (("tokenizer", "seq_len", "dataset") if section == "data" else
             [k for k in want[section] if k not in precision])
@@ -461,6 +466,7 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str,
   paths.check_bucket(workdir)  # a missing or refused bucket: one line, nothing written
   workdir_lib.check_writable(workdir)
   config = inherit_pretrained(config, overrides)  # checked before anything is written
+  check_attention_runs(config)
   undo = workdir_lib.FailedStartUndo(workdir)  # notes what is there before anything is written
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.lock(workdir, "research.train"):
@@ -469,6 +475,27 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str,
     except BaseException:
       undo.undo()
       raise
+
+
+def check_attention_runs(config: ExperimentConfig, platform: str | None = None) -> None:
+  """model.attention=splash on devices that are not TPUs, where the kernel would really be asked
+  to run (a variant it cannot express falls back to XLA with a note, and runs): ConfigError,
+  before the workdir is made, rather than a Mosaic compile error at the first step."""
+  m = config.model
+  platform = platform or jax.devices()[0].platform
+  if m.attention != "splash" or platform == "tpu":
+    return
+  from research import splash  # pylint: disable=import-outside-toplevel
+  prefix = not config.task.name and config.objective.name in ("prefix_lm", "ul2")
+  reason = splash.unsupported_reason(
+      q_len=config.data.seq_len, kv_len=config.data.seq_len, num_heads=m.num_heads,
+      num_kv_heads=m.resolved_kv_heads, head_dim=m.resolved_head_dim,
+      causal=m.family == "decoder", window=m.attention_window, has_bias=m.position == "relative",
+      has_prefix=prefix, dropout=m.dropout_rate > 0, decode=False)
+  if reason is None:
+    raise ConfigError(f"model.attention='splash' is a TPU kernel and these devices are "
+                      f"{platform.upper()}s; use --config.model.attention=auto (the devices' "
+                      "own: XLA on CPUs, cuDNN on GPUs) or xla")
 
 
 def _start_and_train(config: ExperimentConfig, workdir: epath.Path,
@@ -484,6 +511,13 @@ def _start_and_train(config: ExperimentConfig, workdir: epath.Path,
   exp = build_experiment(config, workdir)  # bad data is said here, with its own message
   cfg = exp.config
   check_resumable(workdir, cfg)
+  warmup, steps = cfg.optimizer.warmup_steps, cfg.train.steps
+  if warmup >= steps:
+    last = cfg.optimizer.learning_rate * steps / (warmup + 1)
+    print(f"note: optimizer.warmup_steps={warmup} is not shorter than the run's {steps} steps: "
+          f"the learning rate only rises, to {last:.3g} at the last step, below the peak "
+          f"optimizer.learning_rate={cfg.optimizer.learning_rate:g}; lower "
+          "optimizer.warmup_steps to reach it", file=sys.stderr)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints,
                                        async_save=cfg.train.async_checkpoints)
   train_iter = iter(exp.train_batches())
@@ -642,14 +676,14 @@ def _train_loop(exp: Experiment, state: TrainState, train_iter: Iterator, step_f
         bar.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}",
                         tok_s=f"{scalars['train/tokens_per_second']:,.0f}", refresh=False)
       bar.update(1)
+      if save:  # before the evaluation: a failing evaluation never costs the step's checkpoint
+        checkpointer.save(done, state, train_iter, cfg.to_dict(), force=True)
       if (cfg.train.eval_every and done % cfg.train.eval_every == 0) or done == total_steps:
         final = evaluate_split(exp, eval_fn, state.params, cfg.train.eval_batches)
         writer.write(done, {k: v for k, v in final.items() if isinstance(v, (int, float))})
         bar.write(f"step {done}: " + ", ".join(
             f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in final.items()))
         window.started = time.perf_counter()  # evaluation time is not training throughput
-      if save:
-        checkpointer.save(done, state, train_iter, cfg.to_dict(), force=True)
       if preempted:
         checkpointer.wait()
         bar.write(f"{'interrupted' if preemption.signal == signal.SIGINT else 'preempted'}: "
@@ -696,6 +730,7 @@ def saved_config(workdir: str | os.PathLike) -> dict | None:
     return None
   saved = checkpointer.restore_config(latest)
   saved.pop("format_version", None)
+  saved.pop(ckpt_lib.CHECKSUMS_KEY, None)
   print(f"{path} is missing; using the config saved in checkpoint step {latest}",
         file=sys.stderr)
   return saved
@@ -820,6 +855,19 @@ def _drop_reported_records(record) -> bool:
     frames = traceback.extract_tb(record.exc_info[2])
     return not any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames)
   return True
+
+
+def check_utf8(text: str, what: str = "--prompt") -> str:
+  """`text` when it is UTF-8; else UserError naming the first bad byte (a command line's
+  undecodable bytes arrive as surrogates, which no tokenizer or terminal can take)."""
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as e:
+    byte = ord(text[e.start]) - 0xDC00 if 0xDC80 <= ord(text[e.start]) <= 0xDCFF else None
+    shown = f"byte 0x{byte:02x}" if byte is not None else f"{text[e.start]!r}"
+    raise UserError(f"{what} holds {shown} at character {e.start}, which is not UTF-8 text; "
+                    "pass UTF-8 (e.g. convert with iconv -t UTF-8)") from None
+  return text
 
 
 def reject_positional_args(argv: list[str]) -> None:

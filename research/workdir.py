@@ -66,6 +66,50 @@ def check_writable(workdir: epath.Path, what: str = "--workdir") -> None:
     raise
 
 
+# What a training run writes at the top of its workdir: a command that reads the workdir
+# (research.evaluate) never writes over one of them, nor anything under its folders.
+OWN_FILES = ("config.json", HISTORY_FILE, DATA_FILE, PRECISION_FILE, "labels.json",
+             "metrics.jsonl", ".lock")
+OWN_FOLDERS = ("checkpoints", "tokenizer", "tensorboard", "data_cache")
+
+
+def resolved_path(path: str | os.PathLike) -> str:
+  text = os.fspath(path)
+  return text.rstrip("/") if paths.is_url(text) else os.path.realpath(text)
+
+
+def own_file(workdir: str | os.PathLike, path: str | os.PathLike) -> str | None:
+  """The name of the workdir's own file or folder that `path` is or lies in (config.json,
+  metrics.jsonl, checkpoints/...), or None."""
+  root, target = resolved_path(workdir), resolved_path(path)
+  if target == root:
+    return "the workdir itself"
+  if not target.startswith(root + "/"):
+    return None
+  relative = target[len(root) + 1:]
+  top = relative.split("/", 1)[0]
+  if relative in OWN_FILES or top in OWN_FOLDERS:
+    return relative
+  return None
+
+
+def is_training_workdir(path: str | os.PathLike) -> bool:
+  """True for a folder that holds a training run (its config.json or checkpoints/)."""
+  path = epath.Path(path)
+  return (path / "config.json").exists() or (path / "checkpoints").is_dir()
+
+
+def check_out_folder(path: str | os.PathLike, flag: str = "--out") -> None:
+  """An experiment runner's output folder (where it writes runs and reports): UserError (one
+  line) when it is a file or a training workdir, before anything is written."""
+  if not paths.is_url(path) and os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"{flag}={path} is a file, not a folder; pass a folder (a new one is "
+                    "created)")
+  if is_training_workdir(path):
+    raise UserError(f"{flag}={path} is a training workdir (it holds config.json or "
+                    "checkpoints/); pass a folder of its own, e.g. a new one")
+
+
 @contextlib.contextmanager
 def lock(workdir: epath.Path, command: str) -> Iterator[None]:
   """The workdir's lock for the block, taken by process 0 only (the processes of one run
@@ -124,8 +168,8 @@ class FailedStartUndo:
 
 
 def data_record(config: ExperimentConfig) -> dict[str, Any]:
-  """What the run's tokens come from: the corpus (each file with its size) and the tokenizer
-  settings. Sizes, not hashes: hashing a large corpus at every start is slow."""
+  """What the run's tokens come from: the corpus (each file with its size and the sha256 of its
+  bytes) and the tokenizer settings."""
   data = config.data
   record: dict[str, Any] = {
       "task": config.task.name, "dataset": data.dataset, "text_key": data.text_key,
@@ -134,9 +178,17 @@ def data_record(config: ExperimentConfig) -> dict[str, Any]:
   if data.dataset == "text_files" and not config.task.name:
     from research.data import corpora  # pylint: disable=import-outside-toplevel
     files = corpora.resolve_text_files(data.files)
-    record["files"] = {name: epath.Path(name).stat().length if paths.is_url(name)
-                       else os.path.getsize(name) for name in files}
+    record["files"] = {name: dict(zip(("size", "sha256"), corpora.file_fingerprint(name)))
+                       for name in files}
   return record
+
+
+def _same_file(before: Any, now: dict) -> bool:
+  """A file's record then and now; a record written before fingerprints (its size alone)
+  compares by size."""
+  if isinstance(before, int):
+    return before == now["size"]
+  return before == now
 
 
 def check_data(workdir: epath.Path, config: ExperimentConfig) -> dict[str, Any] | None:
@@ -154,19 +206,18 @@ def check_data(workdir: epath.Path, config: ExperimentConfig) -> dict[str, Any] 
       continue
     diffs.append(f"data.{key}: {saved.get(key)!r} -> {record.get(key)!r}")
   before, now = saved.get("files", {}), record.get("files", {})
-  if before != now:
-    gone = sorted(set(before) - set(now))
-    new = sorted(set(now) - set(before))
-    changed = sorted(f for f in set(before) & set(now) if before[f] != now[f])
-    for what, names in (("files no longer given", gone), ("new files", new),
-                        ("files whose size changed", changed)):
-      if names:
-        diffs.append(f"{what}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}")
+  gone = sorted(set(before) - set(now))
+  new = sorted(set(now) - set(before))
+  changed = sorted(f for f in set(before) & set(now) if not _same_file(before[f], now[f]))
+  for what, names in (("files no longer given", gone), ("new files", new),
+                      ("files whose content changed", changed)):
+    if names:
+      diffs.append(f"{what}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}")
   if diffs:
     raise UserError(f"workdir {workdir} was trained on other data ({'; '.join(diffs)}); its "
                     "tokenizer and data order belong to that data: pass the data it started "
                     f"with (see {path}), or use a new --workdir for this data")
-  return None
+  return record if before != now else None  # a record of sizes alone gains the fingerprints
 
 
 def record_config(workdir: epath.Path, config_json: str) -> list[str]:

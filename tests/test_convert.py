@@ -353,6 +353,17 @@ def test_bad_checkpoints_give_one_clear_error(case, message, tmp_path):
   assert "\n" not in str(info.value)
 
 
+def test_imported_weights_with_nan_or_inf_name_the_tensor(tmp_path):
+  directory = tmp_path / "qwen3"
+  shutil.copytree(FIXTURES / "qwen3", directory)
+  tensors, _ = hf.read_tensors(directory)
+  tensors["model.layers.1.mlp.up_proj.weight"][3, 5] = np.inf
+  hf.write_tensors(directory / "model.safetensors", tensors)
+  with pytest.raises(hf.ConvertError, match=r"tensor model.layers.1.mlp.up_proj.weight holds "
+                     "NaN or Inf values"):
+    hf.import_params(directory)
+
+
 def test_not_a_model_directory(tmp_path):
   with pytest.raises(hf.ConvertError, match="config.json not found"):
     hf.import_params(tmp_path)

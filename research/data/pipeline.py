@@ -331,5 +331,11 @@ def build_lm_data(data_cfg: DataConfig, workdir: str | os.PathLike, *, process_i
   else:
     raise DataError(f"unknown data.packing={data_cfg.packing!r}; use 'windows', 'stream' or "
                     "'documents'")
-  return LMData(tokenizer=tokenizer, train=train, eval_tokens=tokens(data_cfg.eval_split),
+  eval_tokens = tokens(data_cfg.eval_split)
+  if len(eval_tokens) < 2:  # said at the start, not at the final evaluation
+    raise DataError(f"the evaluation split '{data_cfg.eval_split}' of {data_cfg.dataset} has "
+                    f"{len(eval_tokens)} tokens; it needs at least 2: add text to the last "
+                    "documents of the corpus (they are held out), or raise "
+                    "data.validation_fraction")
+  return LMData(tokenizer=tokenizer, train=train, eval_tokens=eval_tokens,
                 data_cfg=data_cfg, **kwargs)
