@@ -5,7 +5,12 @@ training workdirs.
   python -m research.convert --to_hf=OUT --workdir=DIR     # workdir -> HF model directory
       [--weights_dtype=bfloat16] [--max_shard_mb=2048]     # bf16 weights, sharded files
 
+  python -m research.convert --from_gguf=gemma3-270m --workdir=OUT  # a GGUF file or named model
+  python -m research.convert --to_gguf=OUT.gguf --workdir=DIR [--gguf_dtype=f16]
+
 DIR holds config.json, model.safetensors and, when it has one, tokenizer.json (no PyTorch needed).
+A GGUF file (llama.cpp; research/gguf_io.py) holds the model and its vocabulary in one file; a
+named model (gguf_io.PRETRAINED) is the file an installed package ships.
 An imported workdir is what research.train writes, so research.generate, research.evaluate and
 fine-tuning with --config.init_from=OUT take it: OUT/config.json (data.tokenizer='hf', the
 family's pretraining objective, data on Tiny Shakespeare), OUT/tokenizer/, and a checkpoint of
@@ -16,6 +21,7 @@ From Python (a notebook):
 
   from research import convert
   model, params, tokenizer, config = convert.load_hf("path/to/gpt2")
+  model, params, tokenizer, config = convert.load_pretrained("gemma3-270m")  # or a path
   logits = model.apply({"params": params}, tokenizer.encode("Hello world")[None])
 
 The weight mapping itself is research/hf.py.
@@ -33,11 +39,12 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 
-from research import hf, models, paths
+from research import gguf_io, hf, models, paths
 from research import workdir as workdir_lib
 from research.config import ExperimentConfig, ModelConfig, UserError
 
 IMPORT_DIR = "hf_import"  # inside an imported workdir: the original files an export reuses
+GGUF_VOCAB_FILE = "gguf_vocab.json"  # in IMPORT_DIR: a GGUF file's tokenizer.* metadata
 # Small files of a Hugging Face directory that describe the tokenizer and generation defaults.
 _SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 # Entries of config.json that transformers derives from others on loading.
@@ -141,10 +148,53 @@ def import_hf(directory: str | os.PathLike, workdir: str | os.PathLike
       raise
 
 
+def load_gguf(source: str | os.PathLike) -> tuple[Any, Any, Any, ExperimentConfig]:
+  """(model, params, tokenizer or None, config) of a GGUF file or named model, in memory."""
+  imported = gguf_io.import_gguf(source)
+  _print_notes(_import_notes(imported, imported.tokenizer, epath.Path(str(source))))
+  config = experiment_config(imported.model_config, imported.tokenizer)
+  params = jax.tree.map(jnp.asarray, imported.params)
+  return models.build_model(config.model), params, imported.tokenizer, config
+
+
+def load_pretrained(source: str | os.PathLike) -> tuple[Any, Any, Any, ExperimentConfig]:
+  """load_hf for a Hugging Face directory, load_gguf for a GGUF file or a named model: the
+  user names a model, never its format."""
+  if epath.Path(str(source)).is_dir():
+    return load_hf(source)
+  return load_gguf(source)
+
+
+def import_gguf(source: str | os.PathLike, workdir: str | os.PathLike
+                ) -> tuple[ExperimentConfig, list[str]]:
+  """Writes the workdir of a GGUF file or named model; returns its config and notes. The file's
+  vocabulary metadata is kept (IMPORT_DIR/gguf_vocab.json) for an export."""
+  from research import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  workdir = paths.workdir_path(workdir)
+  paths.check_bucket(workdir)
+  workdir_lib.check_writable(workdir)
+  if (workdir / "config.json").exists() or ckpt_lib.checkpoint_dir(workdir).exists():
+    raise hf.ConvertError(f"{workdir} already holds a workdir; import into a new --workdir")
+  path = gguf_io.resolve(source)
+  imported = gguf_io.import_gguf(path)  # all checks pass before anything is written
+  notes = _import_notes(imported, imported.tokenizer, epath.Path(path))
+  vocab = {key: {"value": value, "type": kind, "item": item}
+           for key, (value, (kind, item)) in imported.vocab.items()}
+  undo = workdir_lib.FailedStartUndo(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lib.lock(workdir, "research.convert --from_gguf"):
+    try:
+      return _write_import(epath.Path(path), workdir, imported, imported.tokenizer,
+                           {GGUF_VOCAB_FILE: json.dumps(vocab, ensure_ascii=False)}), notes
+    except BaseException:
+      undo.undo()
+      raise
+
+
 def _write_import(directory: epath.Path, workdir: epath.Path, imported: hf.Imported,
-                  tokenizer) -> ExperimentConfig:
+                  tokenizer, extra: dict[str, str] | None = None) -> ExperimentConfig:
   """The files of an imported workdir: tokenizer, a checkpoint of step 0, the original side
-  files, and config.json last."""
+  files (and `extra`: name -> text, into IMPORT_DIR), and config.json last."""
   from research import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   from research import train  # pylint: disable=import-outside-toplevel
   tokenizer_path = ""
@@ -166,6 +216,8 @@ def _write_import(directory: epath.Path, workdir: epath.Path, imported: hf.Impor
   for name in (hf.CONFIG_FILE, *_SIDE_FILES):
     if (directory / name).is_file():
       (keep / name).write_bytes((directory / name).read_bytes())
+  for name, text in (extra or {}).items():
+    (keep / name).write_text(text, encoding="utf-8")
   (keep / "import.json").write_text(json.dumps(
       {"source": str(paths.workdir_path(directory)), "fresh": imported.fresh,
        "unused": imported.unused}, indent=1) + "\n")
@@ -235,6 +287,42 @@ def export_hf(workdir: str | os.PathLike, out: str | os.PathLike, overwrite: boo
   return notes
 
 
+def export_gguf(workdir: str | os.PathLike, out: str | os.PathLike, dtype: str = "f32",
+                overwrite: bool = False) -> list[str]:
+  """Writes the latest checkpoint of a workdir as one GGUF file (f32 | f16 | bf16 matrices) with
+  its vocabulary: a GGUF import's own, else the workdir's byte-level BPE tokenizer.json."""
+  from research import train  # pylint: disable=import-outside-toplevel
+  from research.data import tokenizers  # pylint: disable=import-outside-toplevel
+  workdir, out = paths.workdir_path(workdir), epath.Path(out)
+  if paths.is_url(out):
+    raise hf.ConvertError(f"--to_gguf={out}: write the file locally, then copy it")
+  if out.is_dir():
+    raise hf.ConvertError(f"--to_gguf={out} is a directory; name the .gguf file to write")
+  if out.exists() and not overwrite:
+    raise hf.ConvertError(f"--to_gguf={out} exists; pass --overwrite to replace it")
+  config, _, params = train.restore_params(workdir)
+  notes = []
+  vocab_file = workdir / IMPORT_DIR / GGUF_VOCAB_FILE
+  vocab = None
+  if vocab_file.is_file():
+    vocab = {key: (v["value"], (v["type"], v["item"]))
+             for key, v in json.loads(vocab_file.read_text(encoding="utf-8")).items()}
+  elif (workdir / "tokenizer" / tokenizers.MANIFEST).is_file():
+    tokenizer = tokenizers.load_tokenizer(workdir / "tokenizer")
+    if tokenizer.kind == "hf":
+      try:
+        vocab = gguf_io.vocab_from_tokenizer_json(tokenizer.tokenizer_json, tokenizer.eos_id,
+                                                  config.model.vocab_size)
+      except hf.ConvertError as e:
+        notes.append(f"no vocabulary written: {e}")
+    else:
+      notes.append(f"the workdir's tokenizer is '{tokenizer.kind}', which GGUF cannot hold: "
+                   "only the model was written")
+  notes += gguf_io.export_gguf(config.model, params, out, vocab=vocab, dtype=dtype,
+                               name=workdir.name)
+  return notes
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
@@ -249,12 +337,21 @@ def main(argv) -> None:
 
   def body():
     from_hf, to_hf, workdir = flags_.from_hf, flags_.to_hf, flags_.workdir
-    if bool(from_hf) == bool(to_hf):
-      raise UserError("pass exactly one of --from_hf=HF_DIR (import into --workdir) and "
-                      "--to_hf=HF_DIR (export --workdir)")
+    from_gguf, to_gguf = flags_.from_gguf, flags_.to_gguf
+    if sum(map(bool, (from_hf, to_hf, from_gguf, to_gguf))) != 1:
+      raise UserError("pass exactly one of --from_hf=HF_DIR / --from_gguf=FILE_OR_NAME (import "
+                      "into --workdir) and --to_hf=HF_DIR / --to_gguf=FILE (export --workdir)")
     if not workdir:
       raise UserError("--workdir is required")
-    if from_hf:
+    if from_gguf:
+      config, notes = import_gguf(from_gguf, workdir)
+      m = config.model
+      print(f"imported {from_gguf}: {gguf_io.architecture_for(m)}, {m.num_layers} layers, width "
+            f"{m.embed_dim}, vocabulary {m.vocab_size}; workdir {paths.workdir_path(workdir)}")
+    elif to_gguf:
+      notes = export_gguf(workdir, to_gguf, flags_.gguf_dtype, flags_.overwrite)
+      print(f"exported {workdir} to {to_gguf}")
+    elif from_hf:
       config, notes = import_hf(from_hf, workdir)
       m = config.model
       print(f"imported {from_hf}: family {m.family}, {m.num_layers} layers, width "
@@ -272,9 +369,14 @@ def define_flags() -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
   flags.DEFINE_string("from_hf", "", "A Hugging Face model directory to import into --workdir.")
   flags.DEFINE_string("to_hf", "", "A directory to write --workdir into, in Hugging Face layout.")
+  flags.DEFINE_string("from_gguf", "", "A GGUF file, or a named model (" + ", ".join(
+      gguf_io.PRETRAINED) + "), to import into --workdir.")
+  flags.DEFINE_string("to_gguf", "", "A .gguf file to write --workdir into (llama.cpp).")
+  flags.DEFINE_enum("gguf_dtype", "f32", ["f32", "f16", "bf16"],
+                    "--to_gguf: the type of the written matrices (vectors stay f32).")
   flags.DEFINE_string("workdir", "", "The workdir written (import) or read (export).")
   flags.DEFINE_bool("overwrite", False, "Export over an existing config.json/model.safetensors "
-                    "in --to_hf (never over a training workdir).")
+                    "in --to_hf (never over a training workdir), or an existing --to_gguf file.")
   flags.DEFINE_enum("weights_dtype", "float32", list(hf.WEIGHT_DTYPES),
                     "--to_hf: the dtype of the written weights.")
   flags.DEFINE_integer("max_shard_mb", 0, "--to_hf: split the weights into safetensors shards "

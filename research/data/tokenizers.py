@@ -215,6 +215,9 @@ class HFTokenizer(Tokenizer):
   `encode(text, add_special_tokens=True)` applies the file's template, as a model input from
   `transformers` has it (BERT: [CLS] text [SEP]). The file's padding and truncation are ignored.
   The project's <mask> token is BERT's [MASK] when the vocabulary has only that one.
+  `special_tokens` ({"eos": "<eos>", "pad": ..., "unk": ...}) names them outright, as a
+  checkpoint that states its ids does (a GGUF file; Gemma's vocabulary also holds "</s>", an
+  ordinary token); it is saved with the tokenizer.
   """
 
   kind = "hf"
@@ -223,21 +226,24 @@ class HFTokenizer(Tokenizer):
   _UNK = ("<unk>", "[UNK]", "<|unk|>")
   _ALIASES = {"<mask>": "[MASK]"}
 
-  def __init__(self, tokenizer_json: str):
+  def __init__(self, tokenizer_json: str, special_tokens: dict[str, str] | None = None):
     import tokenizers  # pylint: disable=g-import-not-at-top
 
     self._json = tokenizer_json
+    self._special_tokens = dict(special_tokens or {})
     self._tok = tokenizers.Tokenizer.from_str(tokenizer_json)
     vocab = self._tok.get_vocab(with_added_tokens=True)
-    find = lambda names: next((vocab[n] for n in names if n in vocab), None)
-    self.eos_id = find(self._EOS)
+    named = {role: token for role, token in self._special_tokens.items() if token in vocab}
+    find = lambda names, role=None: next(
+        (vocab[n] for n in ((named[role],) if role in named else names) if n in vocab), None)
+    self.eos_id = find(self._EOS, "eos")
     if self.eos_id is None:
       raise DataError(f"the tokenizer.json has none of the end-of-sequence tokens {self._EOS}; "
                        "add one to its added_tokens")
     padding = self._tok.padding
-    pad = find(self._PAD)
+    pad = find(self._PAD, "pad")
     self.pad_id = pad if pad is not None else (padding["pad_id"] if padding else self.eos_id)
-    unk = find(self._UNK)
+    unk = find(self._UNK, "unk")
     self.unk_id = unk if unk is not None else self.eos_id
     # A file saved for batched model inputs (e.g. padded to 128 and truncated there) would
     # otherwise pad or cut every text, a whole corpus included.
@@ -245,14 +251,15 @@ class HFTokenizer(Tokenizer):
     self._tok.no_truncation()
 
   @classmethod
-  def from_file(cls, path: str | os.PathLike) -> HFTokenizer:
+  def from_file(cls, path: str | os.PathLike,
+                special_tokens: dict[str, str] | None = None) -> HFTokenizer:
     path = epath.Path(path)
     if not path.is_file():
       raise FileNotFoundError(f"tokenizer file {path} not found; set data.tokenizer_path to a "
                               "Hugging Face tokenizer.json")
     text = path.read_text(encoding="utf-8")
     try:
-      return cls(text)
+      return cls(text, special_tokens)
     except DataError:
       raise
     except Exception as e:  # pylint: disable=broad-except  (the tokenizers library's parse error)
@@ -260,11 +267,16 @@ class HFTokenizer(Tokenizer):
       raise DataError(f"tokenizer file {path} is truncated or not a Hugging Face tokenizer.json "
                       f"({detail})") from None
 
+  @property
+  def tokenizer_json(self) -> str:
+    """The tokenizer.json text this tokenizer was built from."""
+    return self._json
+
   def __getstate__(self):
-    return {"tokenizer_json": self._json}
+    return {"tokenizer_json": self._json, "special_tokens": self._special_tokens}
 
   def __setstate__(self, state):
-    self.__init__(state["tokenizer_json"])
+    self.__init__(state["tokenizer_json"], state.get("special_tokens"))
 
   @property
   def vocab_size(self) -> int:
@@ -288,7 +300,8 @@ class HFTokenizer(Tokenizer):
   def _save_files(self, directory: epath.Path) -> dict[str, Any]:
     # Not named tokenizer.json, so it cannot be mistaken for a manifest or vice versa.
     (directory / "hf_tokenizer.json").write_text(self._json, encoding="utf-8")
-    return {"tokenizer_file": "hf_tokenizer.json"}
+    return {"tokenizer_file": "hf_tokenizer.json",
+            **({"special_tokens": self._special_tokens} if self._special_tokens else {})}
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
@@ -321,7 +334,8 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
                       f"{directory} and rerun to train the tokenizer again from the same "
                       "data") from None
   if kind == "hf":
-    return HFTokenizer.from_file(directory / manifest["tokenizer_file"])
+    return HFTokenizer.from_file(directory / manifest["tokenizer_file"],
+                                 manifest.get("special_tokens"))
   raise DataError(f"{manifest_path} names an unknown tokenizer kind {kind!r}; expected one of "
                    "'char', 'sentencepiece', 'hf'")
 
