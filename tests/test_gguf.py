@@ -427,3 +427,22 @@ def test_named_model_resolves_to_the_verified_file():
   digest = hashlib.sha256(path.read_bytes()).hexdigest()
   assert digest == package.EXPECTED_SHA256
   assert gguf_io.resolve("gemma3-270m") == path  # the second time from the stamp
+
+
+@needs_gemma
+def test_generate_with_pretrained_prints_transformers_greedy_text(gemma_record, capsys):
+  """research.generate --pretrained=gemma3-270m: <bos> before the prompt, a KV cache sized to the
+  generation, and transformers' greedy tokens up to its first near-tie, as text."""
+  from research import decode, generate  # pylint: disable=import-outside-toplevel
+  def agreed(record):  # tokens before transformers' first near-tie
+    return next((k for k, m in enumerate(record["margins"]) if m < NEAR_TIE),
+                len(record["margins"]))
+
+  record = max(gemma_record["greedy"], key=agreed)
+  assert agreed(record) >= 10
+  text, = generate.generate_text(None, record["prompt"], 30,
+                                 decode.SamplingConfig(temperature=0.0), pretrained="gemma3-270m")
+  tokenizer = gguf_io.import_gguf(gguf_io.resolve("gemma3-270m")).tokenizer
+  expected = tokenizer.decode(record["new_ids"][:agreed(record)])
+  assert text.startswith(record["prompt"] + expected), (text, expected)
+  assert "<bos>" not in text
