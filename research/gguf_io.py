@@ -562,7 +562,7 @@ def _flat_params(cfg: ModelConfig, params: Any) -> tuple[ModelConfig, dict[str, 
   flat = {k: np.asarray(v, np.float32)
           for k, v in traverse_util.flatten_dict(jax.device_get(nn.unbox(params)), sep="/").items()}
   if cfg.scan_layers:
-    flat = hf._unscan(flat, cfg)  # pylint: disable=protected-access
+    flat = hf.unscan(flat, cfg)
     cfg = dataclasses.replace(cfg, scan_layers=False)
   expected = set(hf.abstract_params(cfg))
   if set(flat) != expected:

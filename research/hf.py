@@ -956,7 +956,7 @@ def import_params(directory: str | os.PathLike, seed: int = 0) -> Imported:
 # ---------------------------------------------------------------------------------------------
 
 
-def _unscan(flat: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
+def unscan(flat: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
   """Parameters of scanned blocks (model.scan_layers: '<stack>/layers/...', a leading axis of
   repeats) as the per-block parameters of an unscanned Stack ('<stack>/block_i/...'). With a
   layer_pattern of P layers, '<stack>/layers/block_j/...' of repeat g is block g*P + j."""
@@ -990,7 +990,7 @@ def export_params(cfg: ModelConfig, params: Any,
   flat = {k: np.asarray(v, np.float32)
           for k, v in traverse_util.flatten_dict(jax.device_get(nn.unbox(params)), sep="/").items()}
   if cfg.scan_layers:
-    flat = _unscan(flat, cfg)
+    flat = unscan(flat, cfg)
     cfg = dataclasses.replace(cfg, scan_layers=False)
   expected = set(abstract_params(cfg))
   if set(flat) != expected:  # e.g. a model fine-tuned with a task head

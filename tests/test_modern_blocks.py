@@ -108,7 +108,7 @@ def test_each_choice_changes_a_fixed_models_logits_and_trains(name):
 
 def _scanned_params(cfg: ModelConfig, flat: dict) -> dict:
   """Unscanned parameters `flat` in the layout of cfg with scan_layers (the inverse of
-  hf._unscan): layers/block_j stacks the blocks g * P + j of each repeat g."""
+  hf.unscan): layers/block_j stacks the blocks g * P + j of each repeat g."""
   period = len(cfg.layer_pattern)
   out = {}
   for path, x in hf.abstract_params(cfg).items():
@@ -128,7 +128,7 @@ def test_scanned_and_rematerialised_gemma_is_the_same_model():
   stacked = _scanned_params(scanned, flat)
   assert stacked["decoder/layers/block_0/mlp/wi/kernel"].shape[0] == 1  # 1 repeat; 2 more
   assert "decoder/block_4/self_attention/query_norm/scale" in stacked
-  assert hf._unscan(stacked, scanned).keys() == flat.keys()  # pylint: disable=protected-access
+  assert hf.unscan(stacked, scanned).keys() == flat.keys()
   tokens = _tokens(1, (2, 16))
   plain = _logits(GEMMA, flat, tokens)
   np.testing.assert_allclose(_logits(scanned, stacked, tokens), plain, **TOL)
