@@ -259,6 +259,22 @@ def lower_decode(exp: train.Experiment, params) -> tuple:
   return step.lower(params, cache, tokens), {"parameters": params, "KV cache": cache}
 
 
+def kernel_flops(config: ExperimentConfig, program: str, num_devices: int) -> float:
+  """research/flops.py's attention-score FLOPs of one call of the program, per device: what the
+  splash kernels compute and XLA does not count (its remat recomputation aside: the kernels
+  skip the blocks a causal or local mask hides, about half, which their backward pass's
+  recomputation of the scores about makes up)."""
+  model = config.model
+  input_len, target_len = flops.sequence_lengths(config)
+  forward = flops.forward_flops(model, input_len, target_len, head=flops.training_head(config))
+  scores = sum(v for k, v in forward.items() if k.endswith("scores"))
+  if program == "train":
+    return 3 * scores * config.data.batch_size / num_devices
+  if program == "eval":
+    return scores * (config.train.eval_batch_size or config.data.batch_size) / num_devices
+  return 0.0
+
+
 def analytic_flops(config: ExperimentConfig, program: str, num_devices: int) -> float | None:
   """research/flops.py's model FLOPs of one call of the program, per device."""
   if program == "train":
@@ -309,13 +325,15 @@ def refused_memory(error: Exception, parts: dict[str, Any], hbm_per_device: floa
   return out
 
 
-def roofline(costs: Costs, model_flops: float | None, chip: Chip, per_chip: float) -> dict:
+def roofline(costs: Costs, model_flops: float | None, chip: Chip, per_chip: float,
+             kernel_flops: float = 0.0) -> dict:
   """Lower bound on one call's seconds on this chip (an estimate): perfect overlap of compute,
   HBM traffic and collectives, each at its published peak. per_chip: devices per chip.
-  The compute term takes the larger of XLA's FLOPs and the model's: XLA counts none inside
-  Pallas kernels (splash attention), and counts a remat's recomputation, which flops.py does not."""
+  The compute term is XLA's FLOPs (a remat's recomputation included, which flops.py leaves out)
+  plus kernel_flops, the attention FLOPs inside Pallas kernels (splash), which XLA does not
+  count; and at least the model's."""
   peak = chip.bf16_flops / per_chip
-  compute_s = max(costs.flops, model_flops or 0.0) / peak
+  compute_s = max(costs.flops + kernel_flops, model_flops or 0.0) / peak
   hbm_s = costs.hbm_bytes / (chip.hbm_bandwidth / per_chip)
   wire = sum(c["wire_bytes"] for c in costs.collectives.values())
   collective_s = wire / (chip.ici_bandwidth / per_chip)
@@ -375,6 +393,7 @@ def compile_report(config: ExperimentConfig, topology: Topology, num_slices: int
       "mesh": dict(exp.mesh.shape),
       "parameters": int(sum(math.prod(x.shape) for x in jax.tree.leaves(exp.abstract_state.params))),
       "matmul_dtype": _resolved_dtype(cfg, exp.mesh), "notes": [note] if note else [],
+      "libtpu_init_args": os.environ.get("LIBTPU_INIT_ARGS", ""),
       "programs": {}}
   start = time.perf_counter()
   lowered = lower_programs(exp, programs)
@@ -400,9 +419,12 @@ def compile_report(config: ExperimentConfig, topology: Topology, num_slices: int
     entry["pallas_kernel_calls"] = compiled[name].as_text().count(
         'custom_call_target="tpu_custom_call"')
     entry["analytic_flops"] = model_flops
+    entry["kernel_flops"] = (kernel_flops(cfg, name, len(devices))
+                             if entry["pallas_kernel_calls"] else 0.0)
     entry["hbm_bytes_accessed"] = costs[name].hbm_bytes
     entry["collectives"] = costs[name].collectives
-    entry["roofline"] = roofline(costs[name], model_flops, topology.chip, per_chip)
+    entry["roofline"] = roofline(costs[name], model_flops, topology.chip, per_chip,
+                                 entry["kernel_flops"])
   report["compile_s"] = sum(p["compile_s"] for p in report["programs"].values())
   return report
 
@@ -423,6 +445,8 @@ def format_report(report: dict[str, Any]) -> str:
            f"{report['parameters'] / 1e6:,.1f}M parameters; matmul operands "
            f"{report['matmul_dtype']}"]
   lines += [f"note: {n}" for n in report["notes"]]
+  if report.get("libtpu_init_args"):
+    lines.append(f"XLA TPU options (LIBTPU_INIT_ARGS): {report['libtpu_init_args']}")
   for name, p in report["programs"].items():
     mem = p["memory"]
     lines.append(f"\n[{name}] compiled in {p['compile_s']:.1f} s")
@@ -448,7 +472,8 @@ def format_report(report: dict[str, Any]) -> str:
                  f"  FLOPs per device: XLA {p['xla_flops']:.3e}")
     kernels = p.get("pallas_kernel_calls", 0)
     lines.append("  attention: " + (f"splash ({kernels} Pallas kernel calls; XLA counts no FLOPs "
-                                    "inside them)" if kernels else "XLA"))
+                                    f"inside them: {p['kernel_flops']:.3e} by research/flops.py, "
+                                    "added to the compute term)" if kernels else "XLA"))
     colls = p["collectives"]
     lines.append("  collectives: " + (", ".join(
         f"{k} x{int(v['count'])} {v['bytes'] / 2**20:,.1f} MiB" for k, v in colls.items())
@@ -490,13 +515,34 @@ def check_fits(report: dict[str, Any], config: ExperimentConfig) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def libtpu_args_of_config(config_file: str) -> str:
+  """The XLA TPU options a config file names in a module-level LIBTPU_INIT_ARGS (as TOPOLOGY
+  names its slice), put in the environment unless it already sets LIBTPU_INIT_ARGS: libtpu reads
+  them when it loads, here as on the slice, where `research.train` needs the same variable."""
+  if "LIBTPU_INIT_ARGS" in os.environ or not config_file:
+    return os.environ.get("LIBTPU_INIT_ARGS", "")
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  try:
+    spec = importlib.util.spec_from_file_location("_aot_config_module", config_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  except Exception:  # pylint: disable=broad-except
+    return ""  # the config flag has loaded it already; a second load is only for this constant
+  args = getattr(module, "LIBTPU_INIT_ARGS", "")
+  if args:
+    os.environ["LIBTPU_INIT_ARGS"] = args
+  return args
+
+
 def main(argv) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   train.quiet_logs()
   train.reject_positional_args(argv)
   f = flags.FLAGS
 
   def body():
+    libtpu_args_of_config(config_flags.get_config_filename(f["config"]))
     config = ExperimentConfig.from_config_dict(f.config)
     config = train.inherit_pretrained(config)
     if f.json:

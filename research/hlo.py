@@ -17,7 +17,11 @@ import re
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
                 "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16,
                 "f8e4m3fn": 1, "f8e5m2": 1, "s4": 1, "u4": 1}
-_ARRAY = re.compile(r"\b([a-z]+\d*[a-z0-9]*)\[([\d,]*)\]")
+_ARRAY = re.compile(r"\b([a-z]+\d*[a-z0-9]*)\[([\d,]*)\](\{[^}]*\})?")
+# A layout's memory space: S(1) is the TPU's on-chip alternate memory (VMEM), where XLA's
+# memory-space assignment prefetches operands; S(2), S(4), S(6) hold scalars and semaphores.
+# Only buffers in the default space (no S(n)) live in HBM.
+_MEMORY_SPACE = re.compile(r"S\((\d+)\)")
 _HEADER = re.compile(r"^(?:ENTRY\s+)?%?(\S+)\s+\((.*)\)\s+->\s+.*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%(\S+)\s+=\s+(.*?)\s+([a-z][\w\-]*)\((.*?)\)(.*)$")
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute",
@@ -27,9 +31,20 @@ _NO_TRAFFIC = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast",
                "partition-id", "replica-id", "iota", "opt-barrier"}
 
 
-def _array_bytes(shape_text: str) -> list[int]:
+def _array_bytes(shape_text: str, hbm_only: bool = False) -> list[int]:
+  """Bytes of each array of an HLO shape; hbm_only: leave out those in another memory space."""
   return [_DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
-          for dtype, dims in _ARRAY.findall(shape_text) if dtype in _DTYPE_BYTES]
+          for dtype, dims, layout in _ARRAY.findall(shape_text)
+          if dtype in _DTYPE_BYTES and not (hbm_only and _in_other_memory(layout))]
+
+
+def _in_other_memory(layout: str) -> bool:
+  space = _MEMORY_SPACE.search(layout)
+  return bool(space) and space.group(1) != "0"
+
+
+def _hbm_bytes(shape_text: str) -> int:
+  return sum(_array_bytes(shape_text, hbm_only=True))
 
 
 def _group_size(line: str, num_devices: int) -> int:
@@ -67,7 +82,8 @@ def _wire_bytes(op: str, size: float, n: int) -> float:
 @dataclasses.dataclass
 class Costs:
   """Per-device costs of one call of a compiled program, read from its optimized HLO: HBM bytes
-  (each top-level instruction's operands and results; a fusion's insides stay on chip) and the
+  (each top-level instruction's operands and results that live in HBM, not in the on-chip
+  memory the compiler assigns some of them; a fusion's insides stay on chip) and the
   collectives. Loops count as often as they run (known trip counts: scanned layers, XLA's
   windowed einsums), which XLA's own cost analysis does not do."""
 
@@ -96,7 +112,7 @@ class Costs:
             entry_[field] += times * v[field]
 
       for iname, shape, op, operands, attrs in comp["instructions"]:
-        sizes[iname] = sum(_array_bytes(shape))
+        sizes[iname] = _hbm_bytes(shape)
         callees = re.findall(r"(?:body|calls|to_apply|branch_computations=\{)=?%([\w.\-]+)", attrs)
         if op == "while":
           trips = _trip_count(attrs, computations)
@@ -121,7 +137,7 @@ class Costs:
         if op == "fusion" and callees and callees[0] in computations:
           hbm += _fusion_traffic(computations[callees[0]], [sizes.get(o, 0) for o in names])
         else:
-          hbm += _instruction_traffic(op, sizes[iname], [sizes.get(o, 0) for o in names])
+          hbm += _instruction_traffic(op, shape, [sizes.get(o, 0) for o in names])
       memo[name] = (hbm, colls)
       return memo[name]
 
@@ -131,34 +147,50 @@ class Costs:
     return cls(flops_per_device, hbm, colls)
 
 
-def _instruction_traffic(op: str, result: int, operands: list[int]) -> int:
-  """HBM bytes an instruction reads and writes. A dynamic slice reads only the slice it returns;
-  a dynamic update slice works in place, reading and writing only the update (a scan over
-  layers reads and writes one layer of its stacked buffers per iteration, not all of them)."""
-  if op == "dynamic-slice":
-    return 2 * result
+def _instruction_traffic(op: str, shape: str, operands: list[int]) -> int:
+  """HBM bytes an instruction reads and writes (arrays in on-chip memory count nothing). A slice
+  reads only the slice it returns; a dynamic update slice works in place, reading and writing
+  only the update (a scan over layers reads and writes one layer of its stacked buffers per
+  iteration, not all of them). An asynchronous copy, slice or permute returns a tuple that
+  holds its operand again (source, destination, context): each buffer counts once."""
+  result = _hbm_bytes(shape)
+  if op in ("slice", "dynamic-slice", "slice-start"):
+    arrays = _ARRAY.findall(shape)
+    # slice-start returns ((source), slice, context)
+    dtype, dims, layout = arrays[1] if op == "slice-start" else arrays[0]
+    size = _DTYPE_BYTES.get(dtype, 0) * math.prod(int(d) for d in dims.split(",") if d)
+    read = size if operands and operands[0] else 0  # nothing from on-chip memory
+    return read + (0 if _in_other_memory(layout) else size)
   if op == "dynamic-update-slice" and len(operands) > 1:
     return 2 * operands[1]
+  if op in ("copy-start", "collective-permute-start", "all-gather-start"):
+    return result
   return result + sum(operands)
 
 
 def _fusion_traffic(fused: dict, operands: list[int]) -> int:
   """A fusion's HBM bytes: its operands and result, except that a parameter read only through
-  dynamic slices counts the slices, a buffer updated in place counts nothing but the update, and
-  a result that is a dynamic update slice of a parameter counts the update."""
+  slices counts the slices, a buffer updated in place counts nothing but the update, a result
+  that is a dynamic update slice of a parameter counts the update, and a parameter passed
+  through to the result untouched counts nothing."""
   instructions = fused["instructions"]
-  sizes = {name: sum(_array_bytes(shape)) for name, shape, *_ in instructions}
+  sizes = {name: _hbm_bytes(shape) for name, shape, *_ in instructions}
   users: dict[str, list[tuple[str, list[str]]]] = {}
   for name, _, op, args, _ in instructions:
     for position, arg in enumerate(re.findall(r"%([\w.\-]+)", args)):
       users.setdefault(arg, []).append((op, position, name, args))
+  root_name = instructions[-1][0] if instructions else ""
   total = 0
   for name, _, op, args, _ in instructions:
     if op != "parameter" or not args.strip().isdigit() or int(args) >= len(operands):
       continue
     uses = users.get(name, [])
-    if uses and all(o == "dynamic-slice" and pos == 0 for o, pos, *_ in uses):
+    if not operands[int(args)]:
+      continue  # in on-chip memory: neither it nor its slices are HBM traffic
+    if uses and all(o in ("dynamic-slice", "slice") and pos == 0 for o, pos, *_ in uses):
       total += sum(sizes[user] for _, _, user, _ in uses)
+    elif uses and all(user == root_name and o == "tuple" for o, _, user, _ in uses):
+      continue  # passed through to the result untouched (an asynchronous fusion's buffers)
     elif uses and all(o == "dynamic-update-slice" and pos == 0 for o, pos, *_ in uses):
       continue  # updated in place: the update is counted with the result
     else:
@@ -168,9 +200,12 @@ def _fusion_traffic(fused: dict, operands: list[int]) -> int:
     parts = re.findall(r"%([\w.\-]+)", args) if op == "tuple" else [name]
     for part in parts:
       producer = next((i for i in instructions if i[0] == part), None)
+      if producer and producer[2] == "parameter":
+        continue  # passed through (see above)
       if producer and producer[2] == "dynamic-update-slice":
         update = re.findall(r"%([\w.\-]+)", producer[3])[1:2]
-        total += sizes.get(update[0], 0) if update else 0
+        if update and sizes.get(part, 0):  # (an update of an on-chip buffer stays on chip)
+          total += sizes.get(update[0], 0)
       else:
         total += sizes.get(part, 0)
   return total

@@ -1,13 +1,14 @@
 """research.aot: research.train's programs compiled for a TPU slice described by libtpu."""
 
 import dataclasses
+import importlib.util
 import subprocess
 import sys
 
 import jax
 import pytest
 
-from research import aot, hlo, layers, sharding
+from research import aot, bench, hlo, layers, models, sharding, splash
 from research.config import ExperimentConfig, load_config_file
 from research.paths import REPO_ROOT
 from xla_flags import cli_env
@@ -79,6 +80,78 @@ ENTRY %main (a: f32[8]) -> f32[32] {
   assert gather["wire_bytes"] == pytest.approx(3 / 4 * 128)
   # HBM traffic: the all-reduce reads and writes 32 bytes per iteration, the all-gather 32 + 128.
   assert costs.hbm_bytes == 8 * (32 + 32) + (32 + 128)
+
+
+def test_hbm_traffic_leaves_out_on_chip_buffers_and_counts_each_buffer_once():
+  # What the TPU compiler writes: S(1) layouts live in on-chip memory (VMEM), asynchronous
+  # copies and slices return (source, destination, context), an asynchronous fusion passes
+  # buffers through to its result untouched.
+  text = """HloModule m
+
+%fused (p0: f32[1024], p1: bf16[256], p2: f32[1024]) -> (f32[1024], bf16[256]) {
+  %p0 = f32[1024]{0:T(1024)} parameter(0)
+  %p1 = bf16[256]{0:T(256)S(1)} parameter(1)
+  %p2 = f32[1024]{0:T(1024)} parameter(2)
+  %a = f32[1024]{0:T(1024)} add(%p0, %p2)
+  ROOT %t = (f32[1024]{0:T(1024)}, bf16[256]{0:T(256)S(1)}) tuple(%a, %p1)
+}
+
+ENTRY %main (x: f32[1024], y: f32[4096]) -> f32[1024] {
+  %x = f32[1024]{0:T(1024)} parameter(0)
+  %y = f32[4096]{0:T(1024)} parameter(1)
+  %cs = (f32[1024]{0:T(1024)}, f32[1024]{0:T(1024)S(1)}, u32[]{:S(2)}) copy-start(%x)
+  %cd = f32[1024]{0:T(1024)S(1)} copy-done(%cs)
+  %ss = ((f32[4096]{0:T(1024)}), f32[1024]{0:T(1024)S(1)}, s32[]{:S(2)}) slice-start(%y), slice={[0:1024]}
+  %sd = f32[1024]{0:T(1024)S(1)} slice-done(%ss)
+  %w = bf16[256]{0:T(256)S(1)} convert(%cd)
+  %f = (f32[1024]{0:T(1024)}, bf16[256]{0:T(256)S(1)}) fusion(%x, %w, %x), kind=kLoop, calls=%fused
+  %v = f32[1024]{0:T(1024)} add(%sd, %cd)
+  ROOT %r = f32[1024]{0:T(1024)} add(%v, %x)
+}
+"""
+  costs = hlo.Costs.of(text, flops_per_device=0.0, num_devices=1)
+  kib = 4096
+  # copy: reads x once (4 KiB); slice: reads its 4 KiB of y; convert: nothing (on chip);
+  # fusion: reads x twice, writes its float32 result (12 KiB; the bf16 buffer passes through);
+  # the add of two on-chip operands writes 4 KiB; the last add 12 KiB.
+  assert costs.hbm_bytes == kib + kib + 3 * kib + kib + 3 * kib
+
+
+SCALE = REPO_ROOT / "configs" / "scale"
+# Published parameter counts (model cards, papers; Gemma 3: the report's embedding plus
+# non-embedding parameters of the text model), the shapes configs/scale/ gives.
+PUBLISHED_PARAMETERS = {
+    "bert_base": 110e6, "bert_large": 335e6, "gpt2_small": 124e6, "gpt_1_3b": 1.3e9,
+    "llama2_7b": 6.74e9, "t5_base": 223e6, "t5_xl": 2.85e9, "llama3_1_8b": 8.03e9,
+    "gemma3_1b": 302e6 + 698e6, "gemma3_4b": 675e6 + 3209e6, "gemma3_12b": 1012e6 + 10759e6,
+    "gemma3_27b": 1416e6 + 25600e6}
+
+
+def test_every_scale_config_has_a_published_parameter_count():
+  assert {f.stem for f in SCALE.glob("*.py")} == set(PUBLISHED_PARAMETERS)
+
+
+def _module(path):
+  spec = importlib.util.spec_from_file_location(f"_scale_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMETERS))
+def test_scale_configs_have_their_published_sizes_and_name_a_slice(name):
+  module = _module(SCALE / f"{name}.py")
+  topology = aot.parse_topology(module.TOPOLOGY)
+  assert topology.name == module.TOPOLOGY
+  assert all(arg.startswith("--xla_") for arg in module.LIBTPU_INIT_ARGS.split())
+  config = ExperimentConfig.from_config_dict(module.get_config())
+  m = config.model
+  assert m.scan_layers
+  assert config.data.batch_size % topology.chips == 0  # whole sequences per chip
+  shapes = jax.eval_shape(lambda: models.build_model(m).init(
+      jax.random.key(0), *models.dummy_inputs(m, 8))["params"])
+  count = models.parameter_count(shapes)
+  assert count == pytest.approx(PUBLISHED_PARAMETERS[name], rel=0.02), count
 
 
 # The decoder runs in the default suite; the encoder's and the encoder-decoder's programs take
@@ -193,3 +266,30 @@ def test_each_family_trains_with_splash_attention_on_a_tpu_slice(family):
   attentions = {"decoder": 1, "encoder": 1, "encoder_decoder": 3}[family]
   assert train["pallas_kernel_calls"] == 3 * attentions
   assert train["memory"]["fits"]
+
+
+def test_local_layers_run_splash_with_their_window(monkeypatch):
+  # Gemma 3's pattern (configs/scale/gemma3_*.py), scanned in groups of six with one layer left
+  # over, lowered for a TPU slice: every layer's attention is a splash kernel, the local ones
+  # with their sliding window, the global ones causal over the whole row.
+  built = []
+  kernel = splash._kernel
+
+  def recording(*args, **kwargs):
+    built.append(kwargs["window"])
+    return kernel(*args, **kwargs)
+
+  monkeypatch.setattr(splash, "_kernel", recording)
+  model = dict(vocab_size=512, num_layers=7, embed_dim=256, num_heads=2, num_kv_heads=1,
+               head_dim=128, mlp_dim=512, max_len=512, position="rope", norm="rmsnorm",
+               mlp_activation="geglu", use_bias=False, qk_norm=True, post_norms=True,
+               layer_pattern="LLLLLG", local_window=128, scan_layers=True, remat="full",
+               attention="auto")
+  config = config_of(FAMILY_CONFIGS["decoder"], mesh=dict(data=1, fsdp=4, tensor=1), model=model,
+                     data=dict(seq_len=512, batch_size=8))
+  exp = bench.synthetic_experiment(config, aot.tpu_devices(V5E_4))
+  aot.lower_programs(exp, ("train",))
+  # Forward (and its rematerialised copy) and backward kernels of one local and one global
+  # layer body in the scan, and of the seventh (local) layer outside it.
+  assert set(built) == {0, 128}, built
+  assert built.count(128) > built.count(0)

@@ -7,15 +7,16 @@ types, vocabulary 30,522, sequence 512, 32 sequences per chip (128 in all); fsdp
   python -m research.aot --config=configs/scale/bert_base.py --topology=v5e:2x2
 
 Data as configs/scale/gpt2_small.py, with a 30,522-piece SentencePiece vocabulary.
-AOT (v5e:2x2, 4 chips, mesh fsdp=4; research.aot on 2 shared CPU cores, AMD EPYC Zen 5, 2026-12-02,
-compiled in 281 s): train step 13.12 GiB per chip of 16 GiB (parameters 0.10 GiB, optimizer state
-0.20 GiB, temporaries 12.72 GiB; XLA attention); roofline estimate >= 761 ms per step (HBM
-bandwidth-bound), MFU <= 8%; eval 2.04 GiB per chip.
+AOT figures (memory, roofline, MFU bound): docs/tpu.md.
 """
 
 from research.config import base_config
 
 TOPOLOGY = "v5e:2x2"
+# XLA TPU options for this config, here and on the slice (research.aot sets them; set them
+# for research.train): FSDP weight gathers as whole all-gathers, not windowed einsums (docs/tpu.md).
+LIBTPU_INIT_ARGS = ("--xla_tpu_enable_windowed_einsum_for_all_gather=false "
+                    "--xla_tpu_enable_windowed_einsum_for_reduce_scatter=false")
 
 
 def get_config():

@@ -5,15 +5,16 @@
 
   python -m research.aot --config=configs/scale/bert_large.py --topology=v5e:4x4
 
-AOT (v5e:4x4, 16 chips, mesh fsdp=16; research.aot on 2 shared CPU cores, AMD EPYC Zen 5,
-2026-12-02, compiled in 160 s): train step 3.86 GiB per chip of 16 GiB (parameters 0.08 GiB,
-optimizer state 0.16 GiB, temporaries 3.50 GiB; XLA attention); roofline estimate >= 1261 ms per
-step (HBM bandwidth-bound), MFU <= 7%; eval 2.99 GiB per chip.
+AOT figures (memory, roofline, MFU bound): docs/tpu.md.
 """
 
 from research.config import derive
 
 TOPOLOGY = "v5e:4x4"
+# XLA TPU options for this config, here and on the slice (research.aot sets them; set them
+# for research.train): FSDP weight gathers as whole all-gathers, not windowed einsums (docs/tpu.md).
+LIBTPU_INIT_ARGS = ("--xla_tpu_enable_windowed_einsum_for_all_gather=false "
+                    "--xla_tpu_enable_windowed_einsum_for_reduce_scatter=false")
 
 
 def get_config():

@@ -9,15 +9,16 @@ bf16 matmul operands, float32 master weights and AdamW state.
   python -m research.aot --config=configs/scale/llama2_7b.py --topology=v5p:4x4x4
 
 Data as configs/scale/gpt2_small.py with a 32,000-piece SentencePiece vocabulary.
-AOT (v5p:4x4x4, 64 chips, mesh fsdp=64; research.aot on 2 shared CPU cores, AMD EPYC Zen 5,
-2026-12-02, compiled in 302 s): train step 7.72 GiB per chip of 95 GiB (parameters 0.39 GiB,
-optimizer state 0.79 GiB, temporaries 6.47 GiB; splash attention (Pallas kernels)); roofline
-estimate >= 444 ms per step (compute-bound), MFU <= 93%; eval 1.89 GiB, decode 9.42 GiB per chip.
+AOT figures (memory, roofline, MFU bound): docs/tpu.md.
 """
 
 from research.config import base_config
 
 TOPOLOGY = "v5p:4x4x4"
+# XLA TPU options for this config, here and on the slice (research.aot sets them; set them
+# for research.train): FSDP weight gathers as whole all-gathers, not windowed einsums (docs/tpu.md).
+LIBTPU_INIT_ARGS = ("--xla_tpu_enable_windowed_einsum_for_all_gather=false "
+                    "--xla_tpu_enable_windowed_einsum_for_reduce_scatter=false")
 
 
 def get_config():

@@ -9,15 +9,16 @@ layers, full rematerialisation, bf16 matmul operands.
 
 Data as configs/scale/gpt2_small.py with a 32,000-piece SentencePiece vocabulary (+ 100
 sentinels, inside the 32,128 rows).
-AOT (v5e:4x4, 16 chips, mesh fsdp=16; research.aot on 2 shared CPU cores, AMD EPYC Zen 5,
-2026-12-02, compiled in 208 s): train step 2.33 GiB per chip of 16 GiB (parameters 0.05 GiB,
-optimizer state 0.10 GiB, temporaries 2.03 GiB; XLA attention); roofline estimate >= 449 ms per step
-(HBM bandwidth-bound), MFU <= 4%; eval 1.10 GiB, decode 1.06 GiB per chip.
+AOT figures (memory, roofline, MFU bound): docs/tpu.md.
 """
 
 from research.config import base_config
 
 TOPOLOGY = "v5e:4x4"
+# XLA TPU options for this config, here and on the slice (research.aot sets them; set them
+# for research.train): FSDP weight gathers as whole all-gathers, not windowed einsums (docs/tpu.md).
+LIBTPU_INIT_ARGS = ("--xla_tpu_enable_windowed_einsum_for_all_gather=false "
+                    "--xla_tpu_enable_windowed_einsum_for_reduce_scatter=false")
 
 
 def get_config():

@@ -8,15 +8,16 @@ rematerialisation, bf16 matmul operands.
 
   python -m research.aot --config=configs/scale/t5_xl.py --topology=v5p:2x2x4
 
-AOT (v5p:2x2x4, 16 chips, mesh fsdp=16; research.aot on 2 shared CPU cores, AMD EPYC Zen 5,
-2026-12-02, compiled in 99 s): train step 11.34 GiB per chip of 95 GiB (parameters 0.66 GiB,
-optimizer state 1.33 GiB, temporaries 9.26 GiB; XLA attention); roofline estimate >= 1061 ms per
-step (HBM bandwidth-bound), MFU <= 17%; eval 3.50 GiB, decode 11.66 GiB per chip.
+AOT figures (memory, roofline, MFU bound): docs/tpu.md.
 """
 
 from research.config import derive
 
 TOPOLOGY = "v5p:2x2x4"
+# XLA TPU options for this config, here and on the slice (research.aot sets them; set them
+# for research.train): FSDP weight gathers as whole all-gathers, not windowed einsums (docs/tpu.md).
+LIBTPU_INIT_ARGS = ("--xla_tpu_enable_windowed_einsum_for_all_gather=false "
+                    "--xla_tpu_enable_windowed_einsum_for_reduce_scatter=false")
 
 
 def get_config():
