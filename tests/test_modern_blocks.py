@@ -216,6 +216,7 @@ def test_a_local_layers_cache_stays_flat_as_the_context_grows():
   assert long["G"] == short["G"] * 4096 // 48
 
 
+@pytest.mark.slow  # a CLI training run (~30 s); flags reach these fields as any other's
 def test_a_config_line_switches_each_choice_on_in_a_training_run(tmp_path):
   """The decoder ablation's arms are one choice apart: the same flags train from the CLI."""
   workdir = tmp_path / "run"
@@ -235,6 +236,7 @@ def test_a_config_line_switches_each_choice_on_in_a_training_run(tmp_path):
   assert '"layer_pattern": "LLG"' in text and '"qk_norm": true' in text
 
 
+@pytest.mark.slow  # a TPU compile; tests/test_aot.py checks each layer kind's splash window
 def test_local_and_global_layers_run_splash_for_a_tpu_slice():
   """Compiled for v5e:2x2: both layer kinds' attention (the local one with its window and the
   soft-cap) run in the Pallas kernel, forward, dq and dkv."""
