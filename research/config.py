@@ -230,6 +230,26 @@ class TaskConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  """Low-rank adapters (research/lora.py): rank 0 trains every parameter (full fine-tuning).
+
+  With rank r > 0 each targeted kernel W is used as W + (alpha / r) * A @ B; only A, B (and a
+  task's head, which the pretrained model lacks) train, the base stays as init_from gave it.
+  """
+
+  rank: int = 0
+  alpha: float = 16.0
+  # Rank dropout: each of the r components of an update dropped with this probability per
+  # step and layer (the update is merged into the kernel, so there is no adapter input to drop).
+  dropout: float = 0.0
+  # Comma-separated patterns (fnmatch) of the modules whose kernel gets an adapter: a pattern
+  # without "/" matches the module's own name, one with "/" its whole path
+  # ("decoder/block_0/self_attention/query"; scanned blocks sit under ".../layers/...").
+  # Default: every attention projection (self and cross) and every MLP matrix.
+  targets: str = "query,key,value,out,wi,wi_gate,wo"
+
+
+@dataclasses.dataclass(frozen=True)
 class MeshConfig:
   """Device mesh ('data', 'fsdp', 'tensor'); -1 takes all remaining devices."""
 
@@ -273,9 +293,11 @@ class ExperimentConfig:
   mesh: MeshConfig
   objective: ObjectiveConfig = ObjectiveConfig()
   task: TaskConfig = TaskConfig()
+  lora: LoraConfig = LoraConfig()
   rules: tuple[tuple[str, Any], ...] = DEFAULT_RULES
-  # A workdir (a pretraining run or an imported checkpoint) whose parameters, architecture and
-  # tokenizer this run starts from; task heads it lacks are initialised, the optimizer is new.
+  # The pretrained model whose parameters, architecture and tokenizer this run starts from: a
+  # workdir (a pretraining run or an imported checkpoint), a named model (gemma3-270m), a GGUF
+  # file or a Hugging Face folder; task heads it lacks are initialised, the optimizer is new.
   init_from: str = ""
 
   @classmethod
@@ -294,8 +316,8 @@ class ExperimentConfig:
         continue
       if field.name == "init_from":
         if not isinstance(raw.get("init_from", ""), str):
-          raise ConfigError(f"config init_from must be a workdir path (str), got "
-                            f"{raw['init_from']!r}")
+          raise ConfigError(f"config init_from must be a str (a workdir, a named model, a GGUF "
+                            f"file or a Hugging Face folder), got {raw['init_from']!r}")
         sections["init_from"] = raw.get("init_from", "")
         continue
       section_type = _SECTION_TYPES[field.name]
@@ -319,6 +341,7 @@ _SECTION_TYPES = {
     "mesh": MeshConfig,
     "objective": ObjectiveConfig,
     "task": TaskConfig,
+    "lora": LoraConfig,
 }
 
 
@@ -516,6 +539,21 @@ def validate(config: ExperimentConfig) -> None:
                       f"model.family='{m.family}'; the {m.family} family trains with "
                       f"{list(objectives)}" + (f", and {config.objective.name} needs "
                                                f"model.family in {fits}" if fits else ""))
+  lora = config.lora
+  if lora.rank < 0:
+    raise ConfigError(f"config lora.rank={lora.rank} must be >= 0 (0: full fine-tuning)")
+  if lora.rank and not config.init_from:
+    raise ConfigError(f"lora.rank={lora.rank} adapts a pretrained model, and init_from is empty; "
+                      "set --config.init_from=gemma3-270m (or a workdir, GGUF file or Hugging "
+                      "Face folder), or lora.rank=0 to train every parameter")
+  if lora.rank and not lora.alpha > 0:
+    raise ConfigError(f"config lora.alpha={lora.alpha} must be > 0 (the update's scale is "
+                      "alpha / rank)")
+  if not 0.0 <= lora.dropout < 1.0:
+    raise ConfigError(f"config lora.dropout={lora.dropout} must be in [0, 1)")
+  if lora.rank and not [t for t in lora.targets.split(",") if t.strip()]:
+    raise ConfigError("config lora.targets is empty; name the projections to adapt, e.g. "
+                      "'query,key,value,out,wi,wi_gate,wo'")
   ob = config.objective
   if not (0 < ob.mask_rate < 1 and 0 < ob.noise_density < 1 and ob.mean_span_length >= 1
           and ob.mask_token_share + ob.random_token_share <= 1):

@@ -256,12 +256,14 @@ def export_hf(workdir: str | os.PathLike, out: str | os.PathLike, overwrite: boo
   paths.check_bucket(out)
   _check_export_target(out, overwrite)
   workdir_lib.check_writable(out, "--to_hf")
-  config, _, params = train.restore_params(workdir)
+  config, _, params = train.restore_params(workdir)  # a LoRA workdir's: merged into its base
   tokenizer = None
   if (workdir / "tokenizer" / tokenizers.MANIFEST).is_file():
     tokenizer = tokenizers.load_tokenizer(workdir / "tokenizer")
-  base_file = workdir / IMPORT_DIR / hf.CONFIG_FILE
-  base = json.loads(base_file.read_text(encoding="utf-8")) if base_file.is_file() else {}
+  originals = original_files(workdir, config)
+  base_file = originals / hf.CONFIG_FILE if originals else None
+  base = (json.loads(base_file.read_text(encoding="utf-8"))
+          if base_file and base_file.is_file() else {})
   # An imported model keeps its original token ids; a model trained here takes its tokenizer's.
   special_ids = {} if base or tokenizer is None else {"eos": tokenizer.eos_id,
                                                       "pad": tokenizer.pad_id}
@@ -279,8 +281,8 @@ def export_hf(workdir: str | os.PathLike, out: str | os.PathLike, overwrite: boo
     paths.write_atomic(out / hf.TOKENIZER_FILE,
                        (workdir / "tokenizer" / manifest["tokenizer_file"]).read_bytes())
     for name in _SIDE_FILES:
-      if (workdir / IMPORT_DIR / name).is_file():
-        paths.write_atomic(out / name, (workdir / IMPORT_DIR / name).read_bytes())
+      if originals and (originals / name).is_file():
+        paths.write_atomic(out / name, (originals / name).read_bytes())
   elif tokenizer is not None:
     notes.append(f"the workdir's tokenizer is '{tokenizer.kind}', which has no tokenizer.json: "
                  "only the model was written")
@@ -300,13 +302,17 @@ def export_gguf(workdir: str | os.PathLike, out: str | os.PathLike, dtype: str =
     raise hf.ConvertError(f"--to_gguf={out} is a directory; name the .gguf file to write")
   if out.exists() and not overwrite:
     raise hf.ConvertError(f"--to_gguf={out} exists; pass --overwrite to replace it")
-  config, _, params = train.restore_params(workdir)
+  config, _, params = train.restore_params(workdir)  # a LoRA workdir's: merged into its base
   notes = []
-  vocab_file = workdir / IMPORT_DIR / GGUF_VOCAB_FILE
+  originals = original_files(workdir, config)
+  vocab_file = originals / GGUF_VOCAB_FILE if originals else None
   vocab = None
-  if vocab_file.is_file():
+  if vocab_file and vocab_file.is_file():
     vocab = {key: (v["value"], (v["type"], v["item"]))
              for key, v in json.loads(vocab_file.read_text(encoding="utf-8")).items()}
+  elif _gguf_source(config) is not None:  # started from a GGUF file: its vocabulary as it is
+    f = gguf_io.read_gguf(gguf_io.resolve(_gguf_source(config)))
+    vocab = {k: (v, f.types[k]) for k, v in f.metadata.items() if k.startswith("tokenizer.")}
   elif (workdir / "tokenizer" / tokenizers.MANIFEST).is_file():
     tokenizer = tokenizers.load_tokenizer(workdir / "tokenizer")
     if tokenizer.kind == "hf":
@@ -321,6 +327,35 @@ def export_gguf(workdir: str | os.PathLike, out: str | os.PathLike, dtype: str =
   notes += gguf_io.export_gguf(config.model, params, out, vocab=vocab, dtype=dtype,
                                name=workdir.name)
   return notes
+
+
+def original_files(workdir: epath.Path, config: ExperimentConfig) -> epath.Path | None:
+  """The folder of the original model's files that an export reuses (its config.json, tokenizer
+  side files, gguf_vocab.json): an imported workdir's IMPORT_DIR; for a run started from a
+  pretrained model (init_from, a LoRA workdir's base) that model's: a workdir's own, a Hugging
+  Face folder itself. None when there is none."""
+  from research import train  # pylint: disable=import-outside-toplevel
+  if (workdir / IMPORT_DIR).is_dir():
+    return workdir / IMPORT_DIR
+  if not config.init_from or train.pretrained_kind(config.init_from) not in ("workdir", "hf"):
+    return None
+  source = epath.Path(config.init_from)
+  if train.pretrained_kind(config.init_from) == "hf":
+    return source
+  return original_files(source, train.load_experiment_config(source))
+
+
+def _gguf_source(config: ExperimentConfig, depth: int = 0) -> str | None:
+  """The GGUF file or named model a run started from (through init_from workdirs), if any."""
+  from research import train  # pylint: disable=import-outside-toplevel
+  if not config.init_from or depth > 8:
+    return None
+  kind = train.pretrained_kind(config.init_from)
+  if kind in ("gguf", "named"):
+    return config.init_from
+  if kind == "workdir":
+    return _gguf_source(train.load_experiment_config(config.init_from), depth + 1)
+  return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from research import checkpoint as ckpt_lib
 from research import flops as flops_lib
 from research import machine as machine_lib
 from research import metrics as metrics_lib
+from research import lora as lora_lib
 from research import models, objectives, paths, sharding
 from research import workdir as workdir_lib
 from research.config import ConfigError, ExperimentConfig, UserError
@@ -106,10 +107,32 @@ def init_params(model: nn.Module, config: ExperimentConfig, rng: Array) -> Any:
   return model.init(rng, *models.dummy_inputs(config.model, config.data.seq_len))["params"]
 
 
+def init_trainable(model: nn.Module, config: ExperimentConfig, rng: Array) -> Any:
+  """What the optimizer trains, boxed with logical names: every parameter, or with LoRA
+  (config.lora.rank > 0) the adapters and the task head (research/lora.py)."""
+  boxed = init_params(model, config, rng)
+  if not config.lora.rank:
+    return boxed
+  return lora_lib.init_trainable(config.lora, lora_head_paths(model, config),
+                                 jax.random.fold_in(rng, 1), boxed)
+
+
+def lora_head_paths(model: nn.Module, config: ExperimentConfig) -> list[tuple[str, ...]]:
+  """The leaves of `model` that the family's language model (what init_from holds) lacks."""
+  shapes = lambda m: jax.eval_shape(functools.partial(init_params, m, config), jax.random.key(0))
+  return lora_lib.head_paths(shapes(model), shapes(models.build_model(config.model)))
+
+
+def base_shardings(model: nn.Module, config: ExperimentConfig, mesh) -> Any:
+  """Shardings of the model's whole parameter tree (with LoRA: the frozen base)."""
+  boxed = jax.eval_shape(functools.partial(init_params, model, config), jax.random.key(0))
+  return sharding.param_shardings(boxed, mesh, config.rules)
+
+
 def state_shardings(model: nn.Module, tx: optax.GradientTransformation,
                     config: ExperimentConfig, mesh) -> tuple[TrainState, TrainState]:
   """(abstract state, shardings) from the logical names on every parameter."""
-  boxed = jax.eval_shape(functools.partial(init_params, model, config), jax.random.key(0))
+  boxed = jax.eval_shape(functools.partial(init_trainable, model, config), jax.random.key(0))
   param_shardings = sharding.param_shardings(boxed, mesh, config.rules)
   abstract_params = nn.unbox(boxed)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
@@ -126,7 +149,7 @@ def create_state(model, tx, config: ExperimentConfig, shardings: TrainState, rng
   """Initialises parameters and optimizer state directly on their shards."""
 
   def init(rng):
-    params = nn.unbox(init_params(model, config, rng))
+    params = nn.unbox(init_trainable(model, config, rng))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   return jax.jit(init, out_shardings=shardings)(rng)
@@ -205,10 +228,28 @@ class Experiment:
   # LM batch -> the objective's batch (host side); None for a task, whose data is its batches.
   transform: objectives.BatchTransform | None
   loss_fn: Callable  # (model, params, batch, rngs=, deterministic=) -> sums
+  # LoRA (config.lora.rank > 0): the state trains the adapters; the base's shardings, and the
+  # base itself once base_params() has loaded it from config.init_from.
+  frozen_shardings: Any = None
+  frozen: Any = None
 
   @property
   def is_task(self) -> bool:
     return bool(self.config.task.name)
+
+  def base_params(self) -> Any:
+    """With LoRA, the frozen base on its shards (loaded once); None without."""
+    if self.config.lora.rank and self.frozen is None:
+      self.frozen = load_lora_base(self.model, self.config, self.frozen_shardings)
+    return self.frozen
+
+  def model_params(self, params: Any) -> Any:
+    """The model's parameter tree from the state's `params`: with LoRA, the adapters merged
+    into the base (what predictions and generation run on)."""
+    if not self.config.lora.rank:
+      return params
+    return jax.jit(functools.partial(lora_lib.merge, cfg=self.config.lora))(
+        self.base_params(), params)
 
   def train_batches(self) -> Any:
     """The training dataset, objective applied; iter() of it is checkpointable."""
@@ -273,7 +314,9 @@ def build_experiment(config: ExperimentConfig, workdir: str | os.PathLike,
   model, loss_fn, transform = build_model_and_loss(config, data.tokenizer)
   tx = build_optimizer(config)
   abstract, shardings = state_shardings(model, tx, config, mesh)
-  return Experiment(config, mesh, model, tx, abstract, shardings, data, transform, loss_fn)
+  frozen = base_shardings(model, config, mesh) if config.lora.rank else None
+  return Experiment(config, mesh, model, tx, abstract, shardings, data, transform, loss_fn,
+                    frozen_shardings=frozen)
 
 
 def build_model_and_loss(config: ExperimentConfig, tokenizer=None):
@@ -336,7 +379,7 @@ def inherit_pretrained(config: ExperimentConfig,
     return config
   overrides = set(overrides)
   from research.config import validate  # pylint: disable=import-outside-toplevel
-  pretrained = load_experiment_config(config.init_from)
+  pretrained = pretrained_config(config.init_from)
   if pretrained.model.family != config.model.family:
     raise ConfigError(f"init_from={config.init_from} holds a {pretrained.model.family} model but "
                       f"this config is model.family={config.model.family}; fine-tune it with a "
@@ -359,9 +402,103 @@ def inherit_pretrained(config: ExperimentConfig,
   model = dataclasses.replace(pretrained.model, **{k: getattr(config.model, k) for k in kept})
   data = dataclasses.replace(config.data, **{k: getattr(pretrained.data, k)
                                              for k in TOKENIZER_FIELDS})
-  config = dataclasses.replace(config, model=model, data=data)
+  # Recorded as a path that every tool finds from any folder (a LoRA workdir loads its base).
+  source = (config.init_from if pretrained_kind(config.init_from) == "named"
+            else str(paths.workdir_path(config.init_from)))
+  config = dataclasses.replace(config, model=model, data=data, init_from=source)
   validate(config)
   return config
+
+
+def pretrained_kind(source: str) -> str:
+  """What an init_from value names: "workdir", "hf" (a Hugging Face folder), "gguf" (a GGUF
+  file) or "named" (a model an installed package ships, research/gguf_io.PRETRAINED)."""
+  from research import gguf_io  # pylint: disable=import-outside-toplevel
+  if source in gguf_io.PRETRAINED:
+    return "named"
+  path = epath.Path(source)
+  if path.is_dir():
+    if ckpt_lib.checkpoint_dir(path).exists():
+      return "workdir"
+    config_file = path / "config.json"
+    if config_file.is_file():
+      try:
+        saved = json.loads(config_file.read_text(encoding="utf-8"))
+      except (UnicodeDecodeError, json.JSONDecodeError):
+        saved = None
+      # A workdir's config.json has its sections; a Hugging Face one has flat keys.
+      return "workdir" if isinstance(saved, dict) and isinstance(saved.get("model"), dict) else "hf"
+    raise UserError(f"init_from={source} is a folder with neither a config.json nor checkpoints; "
+                    "pass a training workdir, a Hugging Face model folder, a GGUF file or a "
+                    f"named model ({', '.join(gguf_io.PRETRAINED)})")
+  if path.is_file():
+    return "gguf"
+  paths.check_bucket(source)  # a missing bucket is said as such
+  raise UserError(f"init_from={source} does not exist; pass a training workdir, a Hugging Face "
+                  f"model folder, a GGUF file or a named model ({', '.join(gguf_io.PRETRAINED)})")
+
+
+def pretrained_config(source: str) -> ExperimentConfig:
+  """The config of init_from's model: a workdir's own; for a GGUF file, a named model or a
+  Hugging Face folder, the config of its import (research/convert.py)."""
+  kind = pretrained_kind(source)
+  if kind == "workdir":
+    return load_experiment_config(source)
+  from research import convert, gguf_io, hf  # pylint: disable=import-outside-toplevel
+  if kind == "hf":
+    return convert.experiment_config(hf.import_params(source).model_config)
+  # Only the metadata: the tensors are read when the parameters are.
+  return convert.experiment_config(gguf_io.model_config(gguf_io.read_gguf(
+      gguf_io.resolve(source))))
+
+
+def pretrained_params(source: str) -> Any:
+  """The parameters of init_from's model (host arrays), whatever its kind."""
+  kind = pretrained_kind(source)
+  if kind == "workdir":
+    return jax.device_get(restore_params(source)[2])
+  from research import gguf_io, hf  # pylint: disable=import-outside-toplevel
+  if kind == "hf":
+    return hf.import_params(source).params
+  return gguf_io.import_gguf(source, tokenizer=False).params
+
+
+def copy_pretrained_tokenizer(source: str, workdir: epath.Path) -> None:
+  """Gives `workdir` the tokenizer of init_from's model (unless it has one): a workdir's
+  tokenizer folder, or the tokenizer of a Hugging Face folder or a GGUF file's vocabulary."""
+  from research import tasks  # pylint: disable=import-outside-toplevel
+  kind = pretrained_kind(source)
+  if kind == "workdir":
+    tasks.copy_tokenizer(source, workdir)
+    return
+  target = workdir / "tokenizer"
+  if target.exists():
+    return
+  from research import convert, gguf_io  # pylint: disable=import-outside-toplevel
+  if kind == "hf":
+    tokenizer = convert._tokenizer_of(epath.Path(source))  # pylint: disable=protected-access
+  else:
+    metadata = gguf_io.read_gguf(gguf_io.resolve(source)).metadata
+    tokenizer = (gguf_io.make_tokenizer(metadata) if "tokenizer.ggml.tokens" in metadata
+                 else None)
+  if tokenizer is None:
+    raise UserError(f"init_from={source} holds no tokenizer (no tokenizer.json / no vocabulary "
+                    "in the file), so no text can be read for it; add one to the model")
+  # Written aside and renamed, so a run killed meanwhile never finds half a tokenizer.
+  staging = workdir / ".tokenizer-import"
+  tokenizer.save(staging)
+  staging.rename(target)
+
+
+def load_lora_base(model: nn.Module, config: ExperimentConfig, shardings: Any) -> Any:
+  """The frozen base of a LoRA run, on its shards: the model's initialisation (seed
+  train.seed) with every parameter init_from holds put in (a task head keeps its init; its
+  trained values are in the adapters' tree)."""
+  fresh = jax.jit(lambda rng: nn.unbox(init_params(model, config, rng)),
+                  out_shardings=shardings)(jax.random.key(config.train.seed))
+  merged, _, _ = merge_pretrained(jax.device_get(fresh), pretrained_params(config.init_from),
+                                  config.init_from)
+  return jax.device_put(merged, shardings)
 
 
 def merge_pretrained(params: Any, pretrained: Any, source: str) -> tuple[Any, list, list]:
@@ -411,21 +548,39 @@ def init_from_pretrained(exp: Experiment, rng: Array, pretrained: Any) -> TrainS
 
 
 def make_step_fns(exp: Experiment):
+  """(step(state, batch), evaluate(params, batch)), jitted. With LoRA both take the state's
+  trainable tree; the frozen base (loaded here) goes in as an argument of its own, never
+  donated and never differentiated."""
   cfg = exp.config
-  loss_fn = exp.loss_fn
   batch_sharding = sharding.batch_sharding(exp.mesh, cfg.rules)
-  step = jax.jit(
-      functools.partial(train_step, model=exp.model, tx=exp.tx, loss_fn=loss_fn,
-                        base_rng=jax.random.key(cfg.train.seed + 1),
-                        accum_steps=cfg.optimizer.grad_accum_steps,
-                        skip_nonfinite=cfg.train.nonfinite == "skip"),
-      in_shardings=(exp.shardings, batch_sharding),
-      out_shardings=(exp.shardings, sharding.replicated(exp.mesh)),
-      donate_argnums=(0,))
-  evaluate = jax.jit(functools.partial(eval_step, model=exp.model, loss_fn=loss_fn),
-                     in_shardings=(exp.shardings.params, batch_sharding),
-                     out_shardings=sharding.replicated(exp.mesh))
-  return step, evaluate
+  replicated = sharding.replicated(exp.mesh)
+  step_kw = dict(model=exp.model, tx=exp.tx, base_rng=jax.random.key(cfg.train.seed + 1),
+                 accum_steps=cfg.optimizer.grad_accum_steps,
+                 skip_nonfinite=cfg.train.nonfinite == "skip")
+  if not cfg.lora.rank:
+    step = jax.jit(functools.partial(train_step, loss_fn=exp.loss_fn, **step_kw),
+                   in_shardings=(exp.shardings, batch_sharding),
+                   out_shardings=(exp.shardings, replicated), donate_argnums=(0,))
+    evaluate = jax.jit(functools.partial(eval_step, model=exp.model, loss_fn=exp.loss_fn),
+                       in_shardings=(exp.shardings.params, batch_sharding),
+                       out_shardings=replicated)
+    return step, evaluate
+  base = exp.base_params()
+  on_base = lora_lib.loss_on_base(exp.loss_fn, cfg.lora)
+
+  def lora_step(state, batch, frozen):
+    return train_step(state, batch, loss_fn=functools.partial(on_base, base=frozen), **step_kw)
+
+  def lora_eval(params, batch, frozen):
+    return eval_step(params, batch, model=exp.model,
+                     loss_fn=functools.partial(on_base, base=frozen))
+
+  step = jax.jit(lora_step, in_shardings=(exp.shardings, batch_sharding, exp.frozen_shardings),
+                 out_shardings=(exp.shardings, replicated), donate_argnums=(0,))
+  evaluate = jax.jit(lora_eval, in_shardings=(exp.shardings.params, batch_sharding,
+                                              exp.frozen_shardings), out_shardings=replicated)
+  return (lambda state, batch: step(state, batch, base),
+          lambda params, batch: evaluate(params, batch, base))
 
 
 def evaluate_split(exp: Experiment, eval_fn, params, max_batches: int = 0,
@@ -442,6 +597,7 @@ def evaluate_split(exp: Experiment, eval_fn, params, max_batches: int = 0,
   result: dict[str, Any] = metrics_lib.summarize(total or {}, prefix="eval/")
   if exp.is_task:
     from research import tasks  # pylint: disable=import-outside-toplevel
+    params = exp.model_params(params)  # with LoRA, the adapters merged into the base
     params = jax.device_get(params) if jax.process_count() == 1 else params
     metrics = tasks.task_metrics(exp, params, exp.config.data.eval_split, examples,
                                  predictions_file if jax.process_index() == 0 else None)
@@ -501,11 +657,10 @@ def check_attention_runs(config: ExperimentConfig, platform: str | None = None) 
 def _start_and_train(config: ExperimentConfig, workdir: epath.Path,
                      undo: workdir_lib.FailedStartUndo) -> dict[str, float]:
   if config.init_from:
-    from research import tasks  # pylint: disable=import-outside-toplevel
-    tasks.copy_tokenizer(config.init_from, workdir)
+    copy_pretrained_tokenizer(config.init_from, workdir)
   # Another model is said as such, before the tokenizer is found not to fit it.
   # (model.vocab_size is checked against the tokenizer first, once it is loaded.)
-  check_resumable(workdir, config, sections=("model",), ignore=("vocab_size",))
+  check_resumable(workdir, config, sections=("model", "lora"), ignore=("vocab_size",))
   # Other data than the run started with is refused before any of it is read or prepared.
   data_record = workdir_lib.check_data(workdir, config)
   exp = build_experiment(config, workdir)  # bad data is said here, with its own message
@@ -524,16 +679,23 @@ def _start_and_train(config: ExperimentConfig, workdir: epath.Path,
   step_fn, eval_fn = make_step_fns(exp)
   latest = checkpointer.latest_step()
   # Read before entering the run's mesh: restore_params builds a one-device mesh of its own.
-  pretrained = restore_params(cfg.init_from)[2] if cfg.init_from and latest is None else None
+  # (LoRA's base was loaded by make_step_fns; the state holds only what trains.)
+  full_init = cfg.init_from and not cfg.lora.rank
+  pretrained = pretrained_params(cfg.init_from) if full_init and latest is None else None
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(cfg.rules):
     if latest is not None:
       state = checkpointer.restore(latest, ckpt_lib.abstract_like(exp.abstract_state,
                                                                   exp.shardings), train_iter)
       print(f"resumed from {checkpointer.directory / str(latest)}", file=sys.stderr)
-    elif cfg.init_from:
+    elif full_init:
       state = init_from_pretrained(exp, jax.random.key(cfg.train.seed), pretrained)
     else:
       state = create_state(exp.model, exp.tx, cfg, exp.shardings, jax.random.key(cfg.train.seed))
+    if cfg.lora.rank and latest is None:
+      print(f"LoRA rank {cfg.lora.rank} on {cfg.init_from}: "
+            f"{lora_lib.num_bytes(state.params) / 2**20:.1f} MiB trained (adapters and any "
+            f"head), {lora_lib.num_bytes(exp.frozen) / 2**20:.1f} MiB of base frozen",
+            file=sys.stderr)
     if jax.process_index() == 0:  # only once the run has really started
       record_start(workdir, cfg, data_record, latest)
     undo.started()
@@ -761,7 +923,12 @@ def restore_params(workdir: str | os.PathLike, config: ExperimentConfig | None =
     raise UserError(f"no checkpoint in {checkpointer.directory}; train first, or wait for the "
                     "first checkpoint to be written")
   state = checkpointer.restore(step, ckpt_lib.abstract_like(abstract, shardings))
-  return config, model, state.params
+  if not config.lora.rank:
+    return config, model, state.params
+  # A LoRA workdir holds its adapters; the base comes from the init_from it recorded.
+  base = load_lora_base(model, config, base_shardings(model, config, mesh))
+  return config, model, jax.jit(functools.partial(lora_lib.merge, cfg=config.lora))(
+      base, state.params)
 
 
 # ---------------------------------------------------------------------------------------------
