@@ -75,6 +75,10 @@ class ModelConfig:
   # shape (stacked residuals; README, Performance), 1.03-1.21x with remat="dots_saveable".
   scan_layers: bool = False
   remat: str = "none"  # none | full | dots_saveable
+  # Decoder losses: logits only at the positions that carry loss, this many positions of each
+  # row at a time (research/objectives.py, chunked_token_cross_entropy); 0: every position's
+  # logits at once. For large vocabularies (Gemma's 262,144 tokens), where they dominate a step.
+  logits_chunk: int = 0
   # Attention implementation (research/attention.py): "auto" follows the mesh's devices:
   # Pallas splash attention on a TPU, cuDNN's fused attention on a GPU (bf16 operands), the
   # XLA path elsewhere; a variant a kernel cannot express falls back to XLA, logged once.
@@ -465,7 +469,8 @@ def validate(config: ExperimentConfig) -> None:
       ("train", "eval_batch_size", 0), ("train", "peak_flops", 0),
       ("model", "vocab_size", 0), ("model", "num_kv_heads", 0),
       ("model", "head_dim", 0), ("model", "num_decoder_layers", 0), ("model", "attention_window", 0),
-      ("model", "num_token_types", 0), ("data", "vocab_size", 0), ("data", "num_workers", 0),
+      ("model", "num_token_types", 0), ("model", "logits_chunk", 0), ("data", "vocab_size", 0),
+      ("data", "num_workers", 0),
       ("optimizer", "warmup_steps", 0), ("optimizer", "decay_steps", 0),
       ("objective", "num_sentinels", 0 if config.task.name or config.objective.name not in (
           "span_corruption", "ul2") else 1)]:

@@ -258,11 +258,13 @@ class Decoder(nn.Module):
   def __call__(self, tokens: Array, *, positions: Array | None = None,
                segment_ids: Array | None = None, prefix_lengths: Array | None = None,
                prompt_lengths: Array | None = None, decode: bool = False,
-               deterministic: bool = True) -> Array:
+               deterministic: bool = True, return_hidden: bool = False) -> Array:
+    """Logits (B, T, V); return_hidden: the final hidden states (B, T, E) instead, for a loss
+    that applies the output layer itself (objectives.chunked_token_cross_entropy)."""
     embed, x = decoder_hidden(self, tokens, positions=positions, segment_ids=segment_ids,
                               prefix_lengths=prefix_lengths, prompt_lengths=prompt_lengths,
                               decode=decode, deterministic=deterministic)
-    return lm_head(self.config, embed, x)
+    return x if return_hidden else lm_head(self.config, embed, x)
 
   def prefill(self, prompts: Array, input_mask: Array, *, prefix_lm: bool = False,
               start_id: int = 0) -> Array:

@@ -29,6 +29,7 @@ accumulation never bias the average: the host divides once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -90,8 +91,67 @@ def seq2seq_logits(model, params, batch, *, rngs=None, deterministic=True):
 
 
 def decoder_loss(model, params, batch, *, rngs=None, deterministic=True):
+  from research import models  # pylint: disable=import-outside-toplevel
+  chunk = model.config.logits_chunk
+  if chunk and isinstance(model, models.Decoder):
+    hidden = model.apply({"params": params}, batch["inputs"], positions=batch.get("positions"),
+                         segment_ids=batch.get("segment_ids"),
+                         prefix_lengths=batch.get("prefix_lengths"),
+                         deterministic=deterministic, rngs=rngs, return_hidden=True)
+    return chunked_token_cross_entropy(
+        hidden, functools.partial(output_logits, model.config, params), batch["targets"],
+        batch["weights"], chunk)
   logits = decoder_logits(model, params, batch, rngs=rngs, deterministic=deterministic)
   return token_cross_entropy(logits, batch["targets"], batch["weights"])
+
+
+def output_logits(config, params, hidden: Array) -> Array:
+  """The decoder's output layer (models.lm_head) on hidden states (..., E) -> (..., V) float32,
+  from the model's parameter tree: the same modules, applied to their own parameters."""
+  from research import layers  # pylint: disable=import-outside-toplevel
+  if config.tie_embeddings:
+    logits = layers.Embed(config.vocab_size, config).apply(
+        {"params": params["token_embed"]}, hidden, method="attend")
+  else:
+    logits = layers.Linear((config.vocab_size,), ("embed", "vocab"), config).apply(
+        {"params": params["lm_head"]}, hidden)
+  return layers.softcap(logits.astype(jnp.float32), config.final_logit_softcap)
+
+
+def chunked_token_cross_entropy(hidden: Array, logits_fn: Callable[[Array], Array],
+                                targets: Array, weights: Array, chunk: int) -> dict[str, Array]:
+  """token_cross_entropy's sums, the logits computed only where a row carries loss and `chunk`
+  positions of each row at a time (model.logits_chunk).
+
+  With a large vocabulary the (B, T, V) logits dominate a step's time and memory; a prompt's
+  positions carry no loss. Each row's positions are ordered loss-first (stably), cut into
+  chunks of `chunk`; a chunk where no row carries loss is skipped (lax.cond), and a computed
+  chunk's logits (B, chunk, V) are recomputed in the backward pass rather than kept.
+  hidden (B, T, E); logits_fn (B, C, E) -> (B, C, V) float32.
+  """
+  b, t, e = hidden.shape
+  pad = -t % chunk
+  order = jnp.argsort(weights == 0, axis=1, stable=True)  # (B, T): loss positions first
+  take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)),
+                                       axis=1)
+  cut = lambda x: jnp.moveaxis(jnp.pad(take(x), [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+                               .reshape((b, -1, chunk) + x.shape[2:]), 1, 0)
+  chunks = (cut(hidden), cut(targets), cut(weights.astype(jnp.float32)))  # (T/C, B, C, ...)
+
+  @jax.checkpoint
+  def sums(h, tg, w):
+    logits = logits_fn(h)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, tg)
+    correct = (jnp.argmax(logits, axis=-1) == tg).astype(jnp.float32)
+    return jnp.stack([jnp.sum(losses * w), jnp.sum(correct * w)])
+
+  def body(total, xs):
+    h, tg, w = xs
+    return total + jax.lax.cond(jnp.any(w != 0), sums, lambda *_: jnp.zeros(2, jnp.float32),
+                                h, tg, w), None
+
+  total, _ = jax.lax.scan(body, jnp.zeros(2, jnp.float32), chunks)
+  return {"loss_sum": total[0], "correct_sum": total[1], "weight_sum": jnp.sum(weights)}
 
 
 def encoder_loss(model, params, batch, *, rngs=None, deterministic=True):

@@ -341,7 +341,8 @@ def check_resumable(workdir: epath.Path, config: ExperimentConfig,
   # The precision policy, the attention kernel, remat and dropout are how a run computes, not
   # what its parameters are: a run may resume with others (matmul_dtype="auto" resolves
   # differently on another machine), and record_start says which settings changed.
-  precision = ("matmul_dtype", "activation_dtype", "attention", "remat", "dropout_rate")
+  precision = ("matmul_dtype", "activation_dtype", "attention", "remat", "dropout_rate",
+               "logits_chunk")
   for section in sections:
     keys = (("tokenizer", "seq_len", "dataset") if section == "data" else
             [k for k in want[section] if k not in precision])
@@ -362,7 +363,8 @@ def check_resumable(workdir: epath.Path, config: ExperimentConfig,
 # until said otherwise, the safe side. scan_layers is not among them: it stacks the blocks'
 # parameters on a layer axis, and merge_pretrained matches parameters by path.
 RUN_FIELDS = frozenset({"dropout_rate", "init_std", "param_dtype", "activation_dtype",
-                        "matmul_dtype", "remat", "attention", "attention_window"})
+                        "matmul_dtype", "remat", "attention", "attention_window",
+                        "logits_chunk"})
 # DataConfig fields that come from the pretrained workdir with its tokenizer.
 TOKENIZER_FIELDS = ("tokenizer", "tokenizer_path", "vocab_size")
 

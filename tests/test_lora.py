@@ -351,3 +351,28 @@ def test_the_merged_export_imports_back_with_the_same_logits(lora_run, tmp_path)
   np.testing.assert_allclose(reloaded.apply({"params": reparams}, tokens), expected,
                              rtol=1e-5, atol=1e-5)
   assert config.model.family == "decoder"
+
+
+def test_logits_only_at_loss_positions_give_the_full_loss_and_gradients():
+  """model.logits_chunk: the decoder loss with logits computed in chunks of 4 positions, only
+  where a row carries loss (the last 5 of 12, one row none), equals the loss over all logits,
+  and so do the gradients."""
+  cfg = tiny_model("decoder", tie_embeddings=False, final_logit_softcap=30.0)
+  model = models.build_model(cfg)
+  params = nn.unbox(model.init(jax.random.key(0), *inputs_for(cfg))["params"])
+  batch = {k: jnp.asarray(v) for k, v in batch_for(cfg, packed=True).items()}
+  batch["weights"] = batch["weights"].at[:, :7].set(0.0).at[1].set(0.0)
+  chunked = models.build_model(dataclasses.replace(cfg, logits_chunk=4))
+
+  def loss(m, p):
+    sums = objectives.decoder_loss(m, p, batch)
+    return sums["loss_sum"], sums
+
+  (full, full_sums), full_grads = jax.value_and_grad(loss, argnums=1, has_aux=True)(model, params)
+  (part, part_sums), part_grads = jax.value_and_grad(loss, argnums=1, has_aux=True)(chunked,
+                                                                                    params)
+  np.testing.assert_allclose(part, full, rtol=1e-6)
+  assert part_sums["correct_sum"] == full_sums["correct_sum"]
+  assert part_sums["weight_sum"] == full_sums["weight_sum"] == 15.0
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6), part_grads,
+               full_grads)
