@@ -60,12 +60,21 @@ checkpoints and returns) ends the ablation until the next rerun. Another smalles
 every stage names it and estimates the time left from the stages finished so far. JAX's
 persistent compilation cache lives in OUT/jax_cache.
 
---workers=N runs N arms at once, each in its own process (its stages one after another, so
-that later seeds load the first one's compiled programs from the cache; its output goes to
-OUT/<arm>/log.txt: experiments/ablation_pool.py), and logs each stage as it finishes. The
-default is one, so that the report's wall times and MFU are measured on an otherwise idle
-machine; --tiny, whose stages are compile-bound, defaults to TINY_WORKERS, and the report says
-when stages shared the machine.
+Every run (a stage's config and workdir) goes through experiments/executor.py, which claims it
+(two drivers on one OUT never train one workdir twice), trains or resumes it, and leaves its
+output in <workdir>.log and its outcome in <workdir>.run.json. --executor=local (the default)
+runs them on this machine: --workers=N > 1 in N worker processes, the arms side by side (their
+stages one after another, so that later seeds load the first one's compiled programs from the
+cache); one worker runs them in this process. --executor=ray runs each as a Ray task on a
+cluster (--ray_address or RAY_ADDRESS; --run_resources says what a run asks for; docs/ray.md),
+all arms at once, retried on another node when its node dies and resumed from its checkpoint
+(--checkpoint_every sets how often a run saves one). One line reports each run that ends
+(done / running / failed of all, the time left, its last loss); every 30 s the running runs'
+losses and logs; --dry_run lists the stages and resources without running anything. Ctrl-C
+stops the runs (each saves a checkpoint), writes the report of what finished and exits 130.
+The default is one worker, so that the report's wall times and MFU are measured on an
+otherwise idle machine; --tiny, whose stages are compile-bound, defaults to TINY_WORKERS, and
+the report says when stages shared the machine.
 
 --seeds_per_program=K > 1 trains the seeds of an arm and budget K at a time as one compiled
 program (research/multiseed.py: the same runs, stacked along a seed axis); the sweep's rates,
@@ -100,6 +109,7 @@ import math
 import os
 import pathlib
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -112,6 +122,7 @@ import numpy as np
 from etils import epath
 
 from experiments import ablation_corpus, ablation_pool, ablation_writeup
+from experiments import executor as executor_lib
 from experiments.ablation_pool import Progress, format_seconds
 from experiments.ablation_spec import (FINETUNES, T5_NAMES, T5_ORDER, TASKS, Plan, Results,
                                        budget_tag, lr_tag, seed_dir, stages_of, sweep_dir)
@@ -210,7 +221,8 @@ def pretrain_config_dict(arm: str, seed: int, tiny: bool, learning_rate: float |
   return config
 
 
-def with_steps(config: ml_collections.ConfigDict, steps: int) -> ExperimentConfig:
+def with_steps(config: ml_collections.ConfigDict, steps: int,
+               checkpoint_every: int = 0) -> ExperimentConfig:
   # Warm-up at most a tenth of the run: at the smallest budget an arm takes ~17 steps, and the
   # baseline's 100 warm-up steps would keep it from ever reaching its peak learning rate (the
   # rate the sweep is choosing).
@@ -219,9 +231,11 @@ def with_steps(config: ml_collections.ConfigDict, steps: int) -> ExperimentConfi
   # makes both there): five of each along the way took 30 of the 45 s of a 17-step run at the
   # smallest budget (a pass over the validation text costs ~16 training steps). The curve in
   # the report is the training loss, logged every train.log_every steps for free. A stopped
-  # run restarts its stage (at most ~1 min of the default's).
+  # run restarts its stage (at most ~1 min of the default's). On a cluster whose nodes may die,
+  # --checkpoint_every=N saves every N steps too, so that a retried run resumes nearer its end.
+  every = min(checkpoint_every, steps) if checkpoint_every > 0 else steps
   _set(config, {"train.steps": steps, "train.eval_every": 0, "optimizer.warmup_steps": warmup,
-                "train.checkpoint_every": steps, "train.keep_checkpoints": 1,
+                "train.checkpoint_every": every, "train.keep_checkpoints": 1,
                 "optimizer.decay_steps": 0})
   return ExperimentConfig.from_config_dict(config)
 
@@ -369,6 +383,11 @@ class Interrupted(Exception):
   """A run returned before its last step: research.train checkpoints and stops on SIGTERM."""
 
 
+class StageFailed(Exception):
+  """A run the executor reported failed (a config error, a crash): not recorded, so that a rerun
+  tries it again; the other arms and seeds go on."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Stages
 # ---------------------------------------------------------------------------------------------
@@ -407,6 +426,18 @@ def run_stage(config: ExperimentConfig, workdir: epath.Path) -> StageRun:
   if reached != config.train.steps:
     raise Interrupted(f"{workdir} stopped at step {reached} of {config.train.steps}")
   return StageRun(result, seconds, resumed)
+
+
+def stage_run(outcome: executor_lib.Outcome, run: executor_lib.Run) -> StageRun:
+  """The StageRun of a finished run; FloatingPointError (diverged), Interrupted (stopped after
+  its checkpoint) or StageFailed (a config error or a crash, with its log) otherwise."""
+  if outcome.ok:
+    return StageRun(outcome.result, outcome.seconds, outcome.resumed)
+  if outcome.status == "diverged":
+    raise FloatingPointError(outcome.error)
+  if outcome.status == "interrupted":
+    raise Interrupted(f"{run.name} stopped after its checkpoint")
+  raise StageFailed(f"{outcome.status.replace('_', ' ')}: {outcome.error} (log: {run.log})")
 
 
 def pretrain_each(jobs: list[PretrainJob], start: Callable[[PretrainJob], None],
@@ -574,7 +605,12 @@ class Ablation:
   hooks: Hooks = Hooks()
   concurrent: int = 1  # arms running at once (--workers), kept in each record
   corpus: epath.Path | None = None  # the built ablation corpus (None: the configs' own data)
-  seeds_per_program: int = 1  # passed on to the worker processes (--seeds_per_program)
+  seeds_per_program: int = 1  # --seeds_per_program (research/multiseed.py, in this process)
+  # Where the runs train (experiments/executor.py); None: research.train in this process.
+  executor: Any = None
+  checkpoint_every: int = 0  # --checkpoint_every (with_steps)
+  resources: executor_lib.Resources = executor_lib.Resources()  # what each run asks for
+  _lock: Any = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
   @property
   def sweep_budget(self) -> float:
@@ -587,18 +623,20 @@ class Ablation:
   def job(self, arm: str, budget: float, seed: int, rate: float, workdir: epath.Path,
           where: str) -> PretrainJob:
     config = with_steps(pretrain_config_dict(arm, seed, self.tiny, rate, self.corpus),
-                        self.plans[arm].steps(budget))
+                        self.plans[arm].steps(budget), self.checkpoint_every)
     return PretrainJob(arm, budget, seed, rate, config, workdir, where)
+
+  def sweep_places(self, arm: str) -> list[tuple[float, str, epath.Path]]:
+    """(rate, where, directory) of every rate of the arm's sweep."""
+    return [(rate, f"{budget_tag(self.sweep_budget)} {lr_tag(rate)}",
+             sweep_dir(self.out, arm, self.sweep_budget, rate))
+            for rate in sweep_rates(self.plans[arm], self.lr_sweep)]
 
   def sweep_jobs(self, arm: str) -> list[tuple[PretrainJob, epath.Path]]:
     """(job, record path) of every rate of the arm's sweep."""
-    jobs = []
-    for rate in sweep_rates(self.plans[arm], self.lr_sweep):
-      directory = sweep_dir(self.out, arm, self.sweep_budget, rate)
-      where = f"{budget_tag(self.sweep_budget)} {lr_tag(rate)}"
-      jobs.append((self.job(arm, self.sweep_budget, self.sweep_seed, rate,
-                            directory / "pretrain", where), directory / "pretrain.json"))
-    return jobs
+    return [(self.job(arm, self.sweep_budget, self.sweep_seed, rate, directory / "pretrain",
+                      where), directory / "pretrain.json")
+            for rate, where, directory in self.sweep_places(arm)]
 
   def tasks_at(self, arm: str, budget: float) -> list[str]:
     """The fine-tunings of the arm at `budget`: every task of its family, at the largest budget
@@ -617,7 +655,8 @@ class Ablation:
     tag = budget_tag(budget)
     stages = []
     if budget == self.sweep_budget:
-      stages += [(job.where, f"pretrain@{tag}", path) for job, path in self.sweep_jobs(arm)]
+      stages += [(where, f"pretrain@{tag}", directory / "pretrain.json")
+                 for _, where, directory in self.sweep_places(arm)]
     for seed in self.seeds:
       if not (budget == self.sweep_budget and seed == self.sweep_seed):
         stages.append((f"{tag} seed{seed}", f"pretrain@{tag}",
@@ -634,6 +673,38 @@ class Ablation:
 
   # -- running -----------------------------------------------------------------------------
 
+  def run_of(self, name: str, config: ExperimentConfig,
+             workdir: epath.Path) -> executor_lib.Run:
+    return executor_lib.Run(name, config.to_dict(), os.fspath(workdir), self.resources,
+                            os.fspath(self.out))
+
+  def stage(self, name: str, config: ExperimentConfig, workdir: epath.Path) -> StageRun:
+    """One run to its last step, through the executor when there is one (FloatingPointError,
+    Interrupted or StageFailed when it did not finish)."""
+    if self.executor is None:
+      return run_stage(config, workdir)
+    run = self.run_of(name, config, workdir)
+    return stage_run(self.executor.run(run), run)
+
+  def pretrain_on_executor(self, jobs: list[PretrainJob], start, done) -> None:
+    """Hooks.pretrain through the executor: every job submitted at once (they run side by
+    side as far as the workers or the cluster allow), each reported in order as it ends."""
+    submitted = []
+    for job in jobs:
+      start(job)
+      run = self.run_of(f"{job.arm} {job.where} pretrain", job.config, job.workdir)
+      submitted.append((job, run, self.executor.submit(run)))
+    stopped = None
+    for job, run, future in submitted:
+      try:
+        done(job, stage_run(self.executor.wait(future), run))
+      except (FloatingPointError, StageFailed) as e:
+        done(job, e)
+      except Interrupted as e:
+        stopped = e
+    if stopped is not None:
+      raise stopped
+
   def pretrain(self, jobs: list[tuple[PretrainJob, epath.Path]], progress: Progress, log,
                keep_diverged: bool = False, yardsticks: bool = True) -> dict[PretrainJob, dict]:
     """Runs the jobs without a record through hooks.pretrain; returns every job's record. A
@@ -645,14 +716,22 @@ class Ablation:
 
     def start(job: PretrainJob) -> None:
       steps = job.config.train.steps
-      log(progress.line(job.arm, job.where, f"pretrain@{budget_tag(job.budget)}",
-                        f"{steps} steps, {steps * self.plans[job.arm].flops_per_step:.2e} "
-                        f"FLOPs, learning rate {job.learning_rate:.3g}"))
+      with self._lock:
+        log(progress.line(job.arm, job.where, f"pretrain@{budget_tag(job.budget)}",
+                          f"{steps} steps, {steps * self.plans[job.arm].flops_per_step:.2e} "
+                          f"FLOPs, learning rate {job.learning_rate:.3g}"))
 
-    def done(job: PretrainJob, run: StageRun | FloatingPointError) -> None:
+    def done(job: PretrainJob, run: StageRun | FloatingPointError | StageFailed) -> None:
+      if isinstance(run, StageFailed):  # not recorded: a rerun tries it again
+        records[job] = {"failed": str(run), "eval_loss": None, "wall_s": 0.0}
+        with self._lock:
+          log(f"[ablation] {job.arm} {job.where}: {run}")
+          progress.skipped(1)
+        return
       if isinstance(run, FloatingPointError):
         record = diverged_record(job, run)
-        log(f"[ablation] {job.arm} {job.where}: diverged: {run}")
+        with self._lock:
+          log(f"[ablation] {job.arm} {job.where}: diverged: {run}")
       else:
         record = pretrain_record(self.out, self.plans[job.arm], job, run,
                                  self.hooks.yardsticks(job) if yardsticks else {})
@@ -660,13 +739,17 @@ class Ablation:
       if keep_diverged or not record.get("diverged"):
         write_json(paths_of[job], record)
       records[job] = record
-      progress.finished(job.arm, f"pretrain@{budget_tag(job.budget)}", record["wall_s"])
+      with self._lock:
+        progress.finished(job.arm, f"pretrain@{budget_tag(job.budget)}", record["wall_s"])
 
     todo = [job for job, _ in jobs if records[job] is None]
     if self.corpus is not None:  # the shared vocabulary, before research.train trains its own
       for job in todo:
         ablation_corpus.install_tokenizer(self.corpus, job.workdir)
-    self.hooks.pretrain(todo, start, done)
+    pretrain = self.hooks.pretrain
+    if self.executor is not None and pretrain is pretrain_each:
+      pretrain = self.pretrain_on_executor
+    pretrain(todo, start, done)
     return records
 
   def sweep(self, arm: str, progress: Progress, log) -> float:
@@ -677,6 +760,9 @@ class Ablation:
       return rate
     jobs = self.sweep_jobs(arm)
     records = self.pretrain(jobs, progress, log, keep_diverged=True, yardsticks=False)
+    failed = [record["failed"] for record in records.values() if record.get("failed")]
+    if failed:  # no choice among the rates that ran: a rerun runs the failed ones again
+      raise StageFailed(f"the sweep did not finish ({'; '.join(failed)})")
     rate = choose_rate({job.learning_rate: record for job, record in records.items()})
     if rate is None:
       tried = ", ".join(f"{r:.3g}" for r in sweep_rates(self.plans[arm], self.lr_sweep))
@@ -709,8 +795,8 @@ class Ablation:
                               f"{budget_tag(budget)} seed{seed}"), directory / "pretrain.json"))
     records = self.pretrain(jobs, progress, log)
     for job, record in records.items():
-      if record.get("diverged"):
-        failed.append(f"{arm} {job.where}: {record['diverged']}")
+      if record.get("diverged") or record.get("failed"):
+        failed.append(f"{arm} {job.where}: {record.get('diverged') or record['failed']}")
     for seed in self.seeds:
       directory = seed_dir(self.out, arm, budget, seed)
       pretrained = read_json(directory / "pretrain.json")
@@ -719,9 +805,10 @@ class Ablation:
         continue
       try:
         stages = self.finetune(arm, budget, seed, pretrained, progress, log)
-      except FloatingPointError as e:  # a diverged run: the other seeds and arms still run
+      except (FloatingPointError, StageFailed) as e:  # the other seeds and arms still run
         failed.append(f"{arm} {budget_tag(budget)} seed{seed}: {e}")
-        log(f"[ablation] {failed[-1]}")
+        with self._lock:
+          log(f"[ablation] {failed[-1]}")
         continue
       write_json(directory / "result.json", {"arm": arm, "budget": budget, "seed": seed,
                                              "pretrain": pretrained, **stages})
@@ -743,24 +830,28 @@ class Ablation:
         continue
       config = finetune_config(task, self.plans[arm].family, self.out / pretrained["workdir"],
                                seed, self.tiny)
-      log(progress.line(arm, f"{budget_tag(budget)} seed{seed}", task,
-                        f"fine-tuning, {config.train.steps} steps"))
-      run = run_stage(config, directory / task)
+      with self._lock:
+        log(progress.line(arm, f"{budget_tag(budget)} seed{seed}", task,
+                          f"fine-tuning, {config.train.steps} steps"))
+      run = self.stage(f"{arm} {budget_tag(budget)} seed{seed} {task}", config,
+                       directory / task)
       records[task] = {**finetune_record(task, config, run), "concurrent": self.concurrent}
       write_json(path, records[task])
-      progress.finished(arm, task, run.seconds)
+      with self._lock:
+        progress.finished(arm, task, run.seconds)
     return records
 
   def run_arm_at(self, arm: str, budget: float, progress: Progress, log) -> list[str]:
     """The arm's stages at one budget (after its sweep, at the smallest)."""
     try:
       rate = self.sweep(arm, progress, log)
-    except FloatingPointError as e:
-      log(f"[ablation] {arm}: {e}")
+    except (FloatingPointError, StageFailed) as e:
+      with self._lock:
+        log(f"[ablation] {arm}: {e}")
       return [f"{arm}: {e}"]
     return self.run_budget(arm, budget, rate, progress, log)
 
-  # -- progress and workers ----------------------------------------------------------------
+  # -- progress ----------------------------------------------------------------------------
 
   def progress(self, workers: int) -> Progress:
     """The stages left, in the order they run: budget by budget, arm by arm (one process),
@@ -776,22 +867,6 @@ class Ablation:
         else:
           known.setdefault((arm, kind), []).append(record["wall_s"])
     return Progress(todo, known, workers)
-
-  def worker_jobs(self, workers: int) -> list[ablation_pool.WorkerJob]:
-    jobs = []
-    for arm in self.arms:
-      records = [(where, kind, path) for budget in self.budgets
-                 for where, kind, path in self.stages(arm, budget) if not path.exists()]
-      if not records:
-        continue
-      command = [sys.executable, "-m", "experiments.architecture_ablation",
-                 f"--out={self.out}", f"--arms={arm}", f"--seeds={','.join(map(str, self.seeds))}",
-                 f"--budgets={','.join(map(repr, self.budgets))}",
-                 f"--lr_sweep={','.join(map(repr, self.lr_sweep))}", f"--worker_of={workers}",
-                 f"--seeds_per_program={self.seeds_per_program}"]
-      command += ["--tiny"] if self.tiny else []
-      jobs.append(ablation_pool.WorkerJob(arm, command, records))
-    return jobs
 
   def results(self, settings: dict, failed: list[str]) -> Results:
     runs = {}
@@ -813,31 +888,37 @@ class Ablation:
                    chosen, failed)
 
 
+def worker_env(out: epath.Path) -> dict[str, str]:
+  """What the executor's worker processes (local or Ray) need from this one: the XLA flags
+  (--tiny's) and the persistent compilation cache in OUT/jax_cache (enable_compilation_cache)."""
+  return {"XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+          "JAX_COMPILATION_CACHE_DIR": os.fspath(out / "jax_cache"),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1"}
+
+
 def run_ablation(out: epath.Path, arms: list[str], seeds: list[int], budgets: list[float],
                  lr_sweep: list[float], tiny: bool, log=print, workers: int = 1,
-                 worker_of: int = 0, hooks: Hooks = Hooks(),
-                 seeds_per_program: int = 1) -> dict[str, Any]:
+                 hooks: Hooks = Hooks(), seeds_per_program: int = 1,
+                 executor: executor_lib.Executor | None = None, checkpoint_every: int = 0,
+                 resources: executor_lib.Resources = executor_lib.Resources()) -> dict[str, Any]:
   """Runs (or resumes, or skips) every stage of every arm, budget and seed, then writes the
   report. Returns {"results": Results, "failed": [message, ...], "interrupted": whether a run
-  was stopped (SIGTERM)}.
+  was stopped (SIGTERM), "signal": the signal that stopped this driver, or None}.
 
   Without `tiny` the arms pretrain on the ablation corpus with its shared vocabulary, built
   once in OUT/corpus (experiments/ablation_corpus.py); --tiny keeps the configs' own
   character-level Tiny Shakespeare (building a vocabulary takes a minute, --tiny two in all).
-  workers > 1 runs that many arms at once, each in its own process (ablation_pool), passing
-  seeds_per_program on to them. worker_of = N > 0: this process is one of N such workers; it
-  runs its stages and writes no report."""
+  The runs go through `executor` (default: experiments.executor.LocalPool(workers)); with more
+  than one run at a time the arms run side by side, each in a thread of this process that
+  submits its runs and waits for them."""
   for arm in arms:
     arm_path(arm)  # every name checked before anything runs
   budgets = sorted(budgets)
   corpus = None if tiny else out / CORPUS_DIR
-  settings = {"budgets": budgets, "sweep_budget": budgets[0], "lr_sweep": list(lr_sweep),
-              "tiny": tiny, "finetune": {t: {**f.settings, **(f.tiny if tiny else {})}
-                                         for t, f in FINETUNES.items()},
-              "pretrain_data": TINY_DATA if tiny else CORPUS_DATA}
+  settings = ablation_settings(budgets, lr_sweep, tiny)
   out.mkdir(parents=True, exist_ok=True)
   check_settings(out, settings)
-  if corpus is not None:  # reused when built (the workers find it built by their parent)
+  if corpus is not None:  # reused when built
     ablation_corpus.build(corpus, log=log)
   # Each plan resolves its arm's tokenizer in the workdir of the sweep's first run (the shared
   # one copied there, or with --tiny one built there), which finds it there.
@@ -847,25 +928,111 @@ def run_ablation(out: epath.Path, arms: list[str], seeds: list[int], budgets: li
   if len({plan.data_order for plan in plans.values()}) > 1:
     log("[ablation] warning: the arms do not read the same pretraining text for seed 0 "
         "(plan.json data_order); differences between arms are then not paired in data")
+  own = executor is None
+  if own:
+    executor = executor_lib.LocalPool(workers, executor_lib.Board(log=log, announce_starts=False),
+                                      env=worker_env(out))
+  parallel = not (isinstance(executor, executor_lib.LocalPool) and executor.workers == 1)
+  if parallel and hooks.pretrain is not pretrain_each:
+    raise UserError("--seeds_per_program > 1 trains its seeds in this process: use it with "
+                    "--workers=1 and --executor=local")
+  concurrent = workers if isinstance(executor, executor_lib.LocalPool) else 1
   ablation = Ablation(out, arms, budgets, seeds, list(lr_sweep), tiny, plans, hooks,
-                      max(1, worker_of), corpus, seeds_per_program)
-  progress = ablation.progress(workers)
+                      concurrent, corpus, seeds_per_program, executor, checkpoint_every,
+                      resources)
+  progress = ablation.progress(workers if parallel else 1)
+  executor.board.expect(len(progress.todo))
   failed, interrupted = [], False
-  if workers > 1:
-    failed, interrupted = ablation_pool.run_in_workers(
-        out, ablation.worker_jobs(workers), workers, progress, log)
-  else:
+  with executor_lib.StopOnSignal(executor) as stop:
     try:
-      for budget in budgets:  # budget by budget: an interrupted run has whole comparisons
-        for arm in arms:
-          failed += ablation.run_arm_at(arm, budget, progress, log)
+      if parallel:
+        failed, interrupted = run_arms_side_by_side(ablation, progress, log)
+      else:
+        for budget in budgets:  # budget by budget: an interrupted run has whole comparisons
+          for arm in arms:
+            failed += ablation.run_arm_at(arm, budget, progress, log)
     except Interrupted as e:
       interrupted = True
       log(f"[ablation] stopped: {e}; rerun the same command to continue from there")
-  results = ablation.results(settings, failed)
-  if not worker_of:
+    finally:
+      if own:
+        executor.close()
+    if interrupted and parallel:
+      log("[ablation] stopped; rerun the same command to continue from there")
+    results = ablation.results(settings, failed)
     ablation_writeup.write_report(out, results)
-  return {"results": results, "failed": failed, "interrupted": interrupted}
+  return {"results": results, "failed": failed, "interrupted": interrupted,
+          "signal": stop.signal}
+
+
+def run_arms_side_by_side(ablation: Ablation, progress: Progress, log) -> tuple[list[str], bool]:
+  """Each arm in a thread (its sweep, then budget by budget), all submitting to the executor at
+  once. Returns (failure messages, whether a run was stopped)."""
+  failed: list[str] = []
+  stopped: list[Interrupted] = []
+  errors: list[BaseException] = []
+
+  def arm_runs(arm: str) -> None:
+    try:
+      for budget in ablation.budgets:
+        failed.extend(ablation.run_arm_at(arm, budget, progress, log))
+        if ablation.chosen_rate(arm) is None:  # no rate: none of the arm's stages can run
+          break
+    except Interrupted as e:
+      stopped.append(e)
+    except BaseException as e:  # pylint: disable=broad-except
+      errors.append(e)
+      ablation.executor.stop()
+
+  threads = [threading.Thread(target=arm_runs, args=(arm,), name=f"arm {arm}", daemon=True)
+             for arm in ablation.arms]
+  for thread in threads:
+    thread.start()
+  executor_lib.join(threads, ablation.executor.board)
+  if errors:
+    raise errors[0]
+  return failed, bool(stopped)
+
+
+def ablation_settings(budgets: list[float], lr_sweep: list[float], tiny: bool) -> dict:
+  return {"budgets": budgets, "sweep_budget": budgets[0], "lr_sweep": list(lr_sweep),
+          "tiny": tiny, "finetune": {t: {**f.settings, **(f.tiny if tiny else {})}
+                                     for t, f in FINETUNES.items()},
+          "pretrain_data": TINY_DATA if tiny else CORPUS_DATA}
+
+
+def dry_run(out: epath.Path, arms: list[str], seeds: list[int], budgets: list[float],
+            lr_sweep: list[float], tiny: bool,
+            resources: executor_lib.Resources) -> list[str]:
+  """The stages (one run each) in the order they run, whether each has finished, its steps
+  where the arm's plan is made, and what each run asks for; nothing is written."""
+  budgets = sorted(budgets)
+  plans = {}
+  for arm in arms:
+    saved = read_json(out / arm / "plan.json")
+    if saved is not None:
+      saved.pop("config")
+      plans[arm] = Plan(**{**saved, "diff": tuple(saved["diff"])})
+    else:  # no plan yet: the family and learning rate from the config, the steps unknown
+      config = ExperimentConfig.from_config_dict(pretrain_config_dict(arm, 0, tiny))
+      plans[arm] = Plan(arm=arm, family=config.model.family, objective=config.objective.name,
+                        parameters=0, vocab_size=0, flops_per_step=0.0,
+                        batch_size=config.data.batch_size, seq_len=config.data.seq_len,
+                        learning_rate=config.optimizer.learning_rate, diff=(), data_order="")
+  ablation = Ablation(out, arms, budgets, seeds, list(lr_sweep), tiny, plans)
+  lines, count = [], 0
+  for arm in arms:
+    for budget in budgets:
+      for where, kind, path in ablation.stages(arm, budget):
+        count += 1
+        state = "finished" if path.exists() else "to run"
+        steps = (f"{plans[arm].steps(budget)} steps" if plans[arm].flops_per_step and
+                 kind.startswith("pretrain") else "")
+        lines.append(f"{arm} {where} {kind}: {state}; {', '.join(filter(None, [steps, resources.describe()]))}; "
+                     f"{relative(out, path.parent / path.stem)}")
+  lines.append(f"{count} runs ({sum(' to run' in line for line in lines)} to run), each asking "
+               f"for {resources.describe()}; learning rates after the sweep are chosen by it")
+  return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -944,18 +1111,34 @@ def main(argv) -> None:
     if f.seeds_per_program < 1:
       raise UserError(f"--seeds_per_program must be a positive number of seeds, got "
                       f"{f.seeds_per_program}")
-    hooks = default_hooks(f.tiny, f.seeds_per_program)
-    if f.worker_of:  # one of run_in_workers' processes
-      outcome = run_ablation(out, arms, seeds, budgets, lr_sweep, f.tiny, log,
-                             worker_of=f.worker_of, hooks=hooks,
-                             seeds_per_program=f.seeds_per_program)
-      if outcome["failed"]:
-        raise UserError("; ".join(outcome["failed"]))
+    if f.checkpoint_every < 0:
+      raise UserError(f"--checkpoint_every must be a number of steps >= 0 (0: at the end only), "
+                      f"got {f.checkpoint_every}")
+    resources = executor_lib.parse_resources(f.run_resources)
+    if f.dry_run:
+      for arm in arms:
+        arm_path(arm)
+      for line in dry_run(out, arms, seeds, budgets, lr_sweep, f.tiny, resources):
+        print(line)
       return
-    outcome = run_ablation(out, arms, seeds, budgets, lr_sweep, f.tiny, log, workers,
-                           hooks=hooks, seeds_per_program=f.seeds_per_program)
+    hooks = default_hooks(f.tiny, f.seeds_per_program)
+    if f.seeds_per_program > 1 and (workers > 1 or f.executor != "local"):
+      raise UserError("--seeds_per_program > 1 trains its seeds in this process: use it with "
+                      "--workers=1 and --executor=local")
+    board = executor_lib.Board(log=log, announce_starts=False)
+    executor = executor_lib.make_executor(f.executor, workers, board, f.ray_address,
+                                          worker_env(out))
+    try:
+      outcome = run_ablation(out, arms, seeds, budgets, lr_sweep, f.tiny, log, workers,
+                             hooks=hooks, seeds_per_program=f.seeds_per_program,
+                             executor=executor, checkpoint_every=f.checkpoint_every,
+                             resources=resources)
+    finally:
+      executor.close()
     print(f"report: {epath.Path(f.out) / 'report.md'} ({len(outcome['results'].runs)} "
           f"arm-budget-seed results, {format_seconds(time.perf_counter() - start)})")
+    if outcome["interrupted"]:  # Ctrl-C, SIGTERM: what finished is written, the rest resumes
+      raise train.Interrupted()
     if outcome["failed"]:
       raise UserError(f"{len(outcome['failed'])} run(s) failed (listed in the report); rerun "
                       "the command to retry them")
@@ -978,13 +1161,17 @@ def define_flags() -> None:
                     f"{','.join(map(str, TINY_SEEDS))} with --tiny).")
   flags.DEFINE_list("arms", list(DEFAULT_ARMS), "Arms: files of experiments/ablation/.")
   flags.DEFINE_bool("tiny", False, "Tiny models and a few steps each (tests, a quick look).")
-  flags.DEFINE_integer("workers", 0, f"Arms run at once, each in its own process (0: "
-                       f"{TINY_WORKERS} with --tiny, else 1, so that wall times and MFU in the "
-                       "report are measured on an otherwise idle machine).")
+  flags.DEFINE_integer("workers", 0, f"--executor=local: runs at once, each in a worker "
+                       f"process (0: {TINY_WORKERS} with --tiny, else 1: in this process, so "
+                       "that wall times and MFU in the report are measured on an otherwise idle "
+                       "machine).")
   flags.DEFINE_integer("seeds_per_program", 1, "Pretraining runs of an arm and budget that "
                        "differ only in their seed train this many at a time in one compiled "
                        "program (research/multiseed.py); 1: one by one.")
-  flags.DEFINE_integer("worker_of", 0, "Internal: set by --workers for the processes it starts.")
+  flags.DEFINE_integer("checkpoint_every", 0, "Pretraining runs save a checkpoint every this "
+                       "many steps besides the last (0: at the last step only); on a cluster "
+                       "whose nodes may die, a retried run resumes from it.")
+  executor_lib.define_flags()
 
 
 if __name__ == "__main__":

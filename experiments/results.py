@@ -7,8 +7,11 @@ seed, with the machine, the precision policy and the library versions it ran wit
   python -m experiments.results --list                          # the rows
 
 A row is a README command: `research.train` on a repository config with
-`--config.train.seed=K` (plus `research.evaluate` on the row's split for a fine-tuning task),
-run as a subprocess exactly as a user types it. OUT/<row>/seed<K>/ is its workdir; its
+`--config.train.seed=K` (plus `research.evaluate` on the row's split for a fine-tuning task).
+The training is a run of experiments/executor.py (that config, resolved, and its workdir): a
+fresh worker process on this machine, as the command would be, or with --executor=ray a task on
+a Ray cluster (docs/ray.md); research.evaluate runs here as a subprocess, exactly as a user types
+it. OUT/<row>/seed<K>/workdir is the workdir (its output in workdir.log); its
 result.json is written when the row has finished for that seed, and OUT/results.json and
 OUT/results.md are rewritten after every row. Running the command again skips finished rows
 and resumes an interrupted one from its last checkpoint (research.train resumes by itself).
@@ -47,7 +50,8 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from experiments.ablation_pool import format_seconds
+from experiments import executor as executor_lib
+from experiments.executor import format_seconds
 from research import machine as machine_lib
 from research import paths
 from research.config import UserError
@@ -239,7 +243,9 @@ def ensure_minilm(out: pathlib.Path) -> pathlib.Path:
   return workdir
 
 
-def run_row(row: Row, seed: int, out: pathlib.Path, progress: Progress) -> dict:
+def run_row(row: Row, seed: int, out: pathlib.Path, progress: Progress,
+            executor: executor_lib.Executor | None = None,
+            resources: executor_lib.Resources = executor_lib.Resources()) -> dict:
   """Trains (and evaluates) one row for one seed; returns its record."""
   directory = out / row.name / f"seed{seed}"
   workdir = directory / "workdir"
@@ -263,7 +269,20 @@ def run_row(row: Row, seed: int, out: pathlib.Path, progress: Progress) -> dict:
 
   started = time.monotonic()
   progress.say(row, seed, "training" + (" (resuming)" if resumed else ""))
-  run_command(train, directory / "log.txt", on_wait)
+  if executor is None:
+    run_command(train, directory / "log.txt", on_wait)
+  else:  # the same config resolved here, trained where the executor puts it
+    run = executor_lib.Run(f"{row.name} seed{seed}", executor_lib.config_with_overrides(
+        REPO_ROOT / "configs" / row.config, [o.removeprefix("--config.") for o in overrides]
+    ).to_dict(), str(workdir), resources, root=str(out),
+                           overrides=tuple(o.removeprefix("--config.").split("=")[0]
+                                           for o in overrides))
+    outcome = executor.run(run)
+    if outcome.status == "interrupted":
+      raise KeyboardInterrupt  # the run checkpointed; run_cli exits 130
+    if not outcome.ok:
+      raise UserError(f"{row.name} seed {seed}: {outcome.status.replace('_', ' ')}: "
+                      f"{outcome.error}; see {run.log}")
   train_seconds = time.monotonic() - started
   config = read_json(workdir / "config.json")
   steps = config["train"]["steps"]
@@ -311,7 +330,9 @@ def order_rows(names: list[str]) -> list[Row]:
   return ordered
 
 
-def run(out: pathlib.Path, names: list[str], seeds: list[int]) -> dict:
+def run(out: pathlib.Path, names: list[str], seeds: list[int],
+        executor: executor_lib.Executor | None = None,
+        resources: executor_lib.Resources = executor_lib.Resources()) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   results_path = out / "results.json"
   results = read_json(results_path) if results_path.exists() else {"rows": {}}
@@ -326,7 +347,7 @@ def run(out: pathlib.Path, names: list[str], seeds: list[int]) -> dict:
   progress = Progress(todo)
   for row, seed in todo:
     started = time.monotonic()
-    record = run_row(row, seed, out, progress)
+    record = run_row(row, seed, out, progress, executor, resources)
     write_json(out / row.name / f"seed{seed}" / "result.json", record)
     progress.finished(row, time.monotonic() - started)
   for row in ROWS.values():  # every finished row and seed in OUT, this run's and earlier ones'
@@ -461,6 +482,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("readme", False, "Only rewrite the README's tables from the committed "
                     "results files.")
   flags.DEFINE_bool("list", False, "Print the rows and exit.")
+  executor_lib.define_flags()
 
 
 def main(argv) -> None:
@@ -492,8 +514,25 @@ def main(argv) -> None:
     out = pathlib.Path(f.out).absolute()
     from research import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
     workdir_lib.check_out_folder(out)  # a file or a training workdir: one line, nothing written
+    resources = executor_lib.parse_resources(f.run_resources)
+    if f.dry_run:
+      for row in order_rows(list(f.only) or list(ROWS)):
+        for seed in seeds:
+          state = ("finished" if (out / row.name / f"seed{seed}" / "result.json").exists()
+                   else "to run")
+          print(f"{row.name} seed{seed}: {state}; {resources.describe()}; "
+                f"{row.name}/seed{seed}/workdir")
+      return
     if f.only or not f.publish or not (out / "results.json").exists():
-      run(out, list(f.only) or list(ROWS), seeds)
+      # One row at a time, each in a fresh process as its README command would be: the
+      # tables' wall times are those of a run alone on its machine.
+      executor = (executor_lib.LocalPool(1, in_process=False, runs_per_process=1)
+                  if f.executor == "local" else executor_lib.RayExecutor(f.ray_address))
+      try:
+        with executor_lib.StopOnSignal(executor):
+          run(out, list(f.only) or list(ROWS), seeds, executor, resources)
+      finally:
+        executor.close()
     if f.publish:
       print(f"published to {publish(out)}", file=sys.stderr)
 

@@ -1,0 +1,279 @@
+"""experiments/executor.py: run ids, claims, the local pool, and the tiny ablation on a local
+two-node Ray cluster started in this process (ray.cluster_utils.Cluster): the same results as the
+local pool seed for seed, two drivers on one output folder training each run once, Ctrl-C, and
+(slow) a node killed in the middle of a run.
+
+The Ray tests keep to the tiniest ablation (one arm, one budget, one seed: its sweep's run and
+one fine-tuning) and share one cluster and the JAX compilation cache of the local pool's run, so
+that their runs load the programs that run compiled."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments import executor as executor_lib
+from research.config import UserError
+from research.paths import REPO_ROOT
+from xla_flags import cli_env
+
+# The tiniest ablation: encoder_mlm pretrains once (its sweep's only rate, seed 0) and fine-tunes
+# on SST-2 (an encoder has no translation), at the one budget.
+TINIEST = ["--tiny", "--arms=encoder_mlm", "--budgets=2.5e8", "--seeds=0"]
+TAG = "flops2.5e8"
+# Ray on loopback only: without this, Ray swaps 127.0.0.1 for the machine's network address.
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def ablation_cli(*args, env=None, wait=True):
+  command = [sys.executable, "-m", "experiments.architecture_ablation", *args]
+  environment = {**cli_env(), **LOOPBACK, **(env or {})}
+  if not wait:
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+  return subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True,
+                        timeout=600)
+
+
+def stage_values(out: pathlib.Path, tag: str = TAG, arm: str = "encoder_mlm") -> dict:
+  """The numbers of the arm's records that the report is made from, seed by seed."""
+  result = json.loads((out / arm / tag / "seed0" / "result.json").read_text())
+  sweep = json.loads(next((out / arm / tag).glob("lr*/pretrain.json")).read_text())
+  return {"sweep eval_loss": sweep["eval_loss"], "pretrain eval_loss":
+          result["pretrain"]["eval_loss"], "pretrain curve": result["pretrain"]["curve"],
+          "sst2": result["sst2"]["value"], "sst2 eval_loss": result["sst2"]["eval_loss"]}
+
+
+def share_compilation_cache(reference: pathlib.Path, out: pathlib.Path) -> None:
+  out.mkdir(parents=True)
+  (out / "jax_cache").symlink_to(reference / "jax_cache")
+
+
+# ---------------------------------------------------------------------------------------------
+# Without Ray
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_run_is_its_resolved_config():
+  config = {"model": {"num_layers": 2}, "data": {"files": "/out/a/corpus"}, "init_from": ""}
+  run = executor_lib.Run("x", config, "/out/a/arm/pretrain", root="/out/a")
+  moved = executor_lib.Run("x", {**config, "data": {"files": "/elsewhere/corpus"}},
+                           "/elsewhere/arm/pretrain", root="/elsewhere")
+  changed = executor_lib.Run("x", {**config, "model": {"num_layers": 3}}, run.workdir,
+                             root="/out/a")
+  assert run.id == moved.id != changed.id  # a moved folder keeps its ids, a new config not
+  assert executor_lib.Run.from_json(json.loads(json.dumps(run.to_json()))) == run
+  assert str(run.log) == "/out/a/arm/pretrain.log"
+
+
+def test_resources_ask_ray_for_cores_gpus_and_tpu_hosts():
+  assert executor_lib.parse_resources("cpus=4,gpus=1").ray_options() == {"num_cpus": 4.0,
+                                                                         "num_gpus": 1.0}
+  assert executor_lib.parse_resources("tpu=v4-8,tpu_chips=4").ray_options() == {
+      "num_cpus": 1.0, "num_gpus": 0.0, "resources": {"TPU": 4, "TPU-v4-8-head": 1}}
+  for bad, message in [("gpu=1", "cannot read 'gpu=1'"), ("cpus=x", "not a number"),
+                       ("tpu=v4-8", "needs tpu_chips"), ("cpus=-1", "must not be negative")]:
+    with pytest.raises(UserError, match=message):
+      executor_lib.parse_resources(bad)
+
+
+def test_a_claimed_run_waits_for_its_holder_and_a_finished_one_is_not_trained(tmp_path):
+  run = executor_lib.Run("r", {"a": 1}, str(tmp_path / "run"))
+  # Another process holds the claim for a second, then writes the run's marker, as a trainer
+  # that finishes does.
+  holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, time, json
+fd = os.open({run.claim_path!r}, os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(1.0)
+open({str(run.marker)!r}, "w").write(json.dumps({{"id": {run.id!r}, "result": {{"eval/loss": 1.5}},
+                                                  "seconds": 3.0, "resumed": False}}))
+"""], stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline() == "held\n"
+  waited, start = [], time.perf_counter()
+  with executor_lib.claim(run, on_wait=waited.append, poll_s=0.1):
+    assert time.perf_counter() - start > 0.5 and "waiting for it" in waited[0]
+    outcome = executor_lib.finished(run)
+  holder.wait()
+  assert outcome.ok and outcome.skipped and outcome.result == {"eval/loss": 1.5}
+  # A run of another config in that workdir is refused, not trained over.
+  other = executor_lib.Run("r", {"a": 2}, run.workdir)
+  assert executor_lib.execute(other).status == "config_error"
+
+
+def test_the_default_path_imports_no_ray():
+  code = ("import sys; from experiments import architecture_ablation, results, executor; "
+          "architecture_ablation.define_flags(); print('ray' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=cli_env(),
+                       capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "False"
+
+
+def test_dry_run_lists_the_runs_and_their_resources(tmp_path):
+  result = ablation_cli(f"--out={tmp_path / 'out'}", *TINIEST, "--dry_run",
+                        "--run_resources=cpus=2,gpus=1")
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.strip().splitlines()
+  assert lines[0].startswith(f"encoder_mlm {TAG} lr0.004 pretrain@{TAG}: to run; 2 CPU, 1 GPU")
+  assert lines[1].startswith(f"encoder_mlm {TAG} seed0 sst2: to run")
+  assert lines[-1].startswith("2 runs (2 to run)")
+  assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_the_local_pool_reports_a_config_error_once(tmp_path):
+  # A config that research.train refuses (exit status 2 on the command line) ends as
+  # "config_error" at its first try, named in the board's line with its log; a pool's worker
+  # process serves the next run after it.
+  from research.config import load_config_file  # pylint: disable=import-outside-toplevel
+  config = load_config_file(str(REPO_ROOT / "configs" / "gpt_shakespeare_char.py")).to_dict()
+  config["data"]["seq_len"] = 10**6  # longer than the model's positions
+  lines = []
+  board = executor_lib.Board(log=lines.append)
+  with executor_lib.LocalPool(2, board, env={"XLA_FLAGS": cli_env()["XLA_FLAGS"]}) as pool:
+    bad = executor_lib.Run("bad", config, str(tmp_path / "bad"))
+    outcome = pool.run(bad)
+  assert outcome.status == "config_error" and outcome.error
+  assert sum("bad: config_error" in line for line in lines) == 1, lines
+  assert str(bad.log) in lines[-1] and "[runs 0/0 done, 0 running, 1 failed" in lines[-1]
+  assert "error:" in bad.log.read_text()
+  assert not bad.marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray: a cluster of two nodes in this process
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster():
+  """A head node that takes no runs (its loss would end the cluster) and two nodes of one CPU
+  each, all on loopback."""
+  os.environ.update(LOOPBACK)
+  from ray.cluster_utils import Cluster  # pylint: disable=import-outside-toplevel
+  start = time.perf_counter()
+  local = {"node_ip_address": "127.0.0.1"}
+  cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0,
+                                                          "include_dashboard": False, **local})
+  for _ in range(2):
+    cluster.add_node(num_cpus=1, **local)
+  cluster.wait_for_nodes()
+  print(f"Ray cluster up in {time.perf_counter() - start:.1f} s")
+  yield cluster
+  cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def on_ray(cluster, tmp_path_factory):
+  """The tiniest ablation by two drivers on one output folder, the second started once the
+  first has made the arm's plan: (OUT, [(stderr, exit status) of each])."""
+  out = tmp_path_factory.mktemp("ray") / "out"
+  flags = [f"--out={out}", *TINIEST, "--executor=ray", f"--ray_address={cluster.address}"]
+  start = time.perf_counter()
+  first = ablation_cli(*flags, wait=False)
+  deadline = time.time() + 300
+  while not (out / "encoder_mlm" / "plan.json").exists() and first.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.2)
+  second = ablation_cli(*flags, wait=False)
+  drivers = [process.communicate(timeout=600)[1:] + (process.returncode,)
+             for process in (first, second)]
+  print(f"two Ray drivers: {time.perf_counter() - start:.0f} s")
+  return out, drivers
+
+
+def test_two_drivers_on_ray_train_each_run_once(on_ray):
+  out, drivers = on_ray
+  for stderr, returncode in drivers:
+    assert returncode == 0, stderr[-3000:]
+  # Each run trained once: one start in its log (the other driver's task found it claimed,
+  # waited, and took the finished run's outcome), on a node of the cluster.
+  logs = list((out / "encoder_mlm" / TAG).glob("*/*.log"))
+  assert len(logs) == 2
+  for log in logs:
+    text = log.read_text()
+    assert len([line for line in text.splitlines() if " (id " in line]) == 1, (log, text)
+    assert "Ray node" in text
+  assert sum("finished earlier" in stderr for stderr, _ in drivers) >= 1
+  assert (out / "report.md").exists() and stage_values(out)["sst2"] is not None
+
+
+def test_ctrl_c_cancels_the_ray_tasks_and_exits_130(on_ray, cluster, tmp_path):
+  # A run long enough to be stopped in its middle: 1,000 steps, a checkpoint every 100 (the same
+  # programs as the tiniest ablation's: the compilation cache has them).
+  out = tmp_path / "out"
+  share_compilation_cache(on_ray[0], out)
+  driver = ablation_cli(f"--out={out}", "--tiny", "--arms=encoder_mlm", "--budgets=5e10",
+                        "--seeds=0", "--checkpoint_every=100", "--executor=ray",
+                        f"--ray_address={cluster.address}", wait=False)
+  workdir = None
+  deadline = time.time() + 300
+  while time.time() < deadline and workdir is None and driver.poll() is None:
+    found = list((out / "encoder_mlm").glob("flops*/lr*/pretrain/checkpoints/100"))
+    workdir = found[0].parents[1] if found else None
+    time.sleep(0.1)
+  assert workdir is not None, driver.communicate()[1][-3000:]
+  driver.send_signal(signal.SIGINT)
+  _, stderr = driver.communicate(timeout=300)
+  assert driver.returncode == 130, stderr[-3000:]
+  assert "stopping: the running runs checkpoint and stop" in stderr
+  assert not pathlib.Path(str(workdir) + ".run.json").exists()  # not finished
+  assert not (workdir.parent / "pretrain.json").exists()
+  assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.orbax-checkpoint-tmp*"))
+  # The cancelled task stopped: its claim is free again, for the rerun that resumes it.
+  run = executor_lib.Run("x", {}, str(workdir))
+  with executor_lib.claim(run, poll_s=0.1):
+    pass
+
+
+@pytest.mark.slow
+def test_the_local_pool_gives_ray_s_results_seed_for_seed(on_ray, tmp_path):
+  out = tmp_path / "out"
+  share_compilation_cache(on_ray[0], out)
+  result = ablation_cli(f"--out={out}", *TINIEST, "--workers=2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert stage_values(out) == stage_values(on_ray[0])
+
+
+@pytest.mark.slow
+def test_a_killed_node_reruns_its_arm_elsewhere_from_its_checkpoint(on_ray, cluster, tmp_path):
+  # 1,000 steps with a checkpoint every 100: the node that trains the sweep's run is killed once
+  # it has saved one; Ray retries the task on the other node, which resumes from it, and the
+  # arm ends with the numbers of an uninterrupted local run.
+  flags = ["--tiny", "--arms=encoder_mlm", "--budgets=5e10", "--seeds=0",
+           "--checkpoint_every=100"]
+  local = tmp_path / "local"
+  share_compilation_cache(on_ray[0], local)
+  assert ablation_cli(f"--out={local}", *flags, "--workers=2").returncode == 0
+  out = tmp_path / "out"
+  share_compilation_cache(on_ray[0], out)
+  driver = ablation_cli(f"--out={out}", *flags, "--executor=ray",
+                        f"--ray_address={cluster.address}", wait=False)
+  deadline = time.time() + 300
+  log = None
+  while time.time() < deadline and driver.poll() is None:
+    found = list((out / "encoder_mlm").glob("flops*/lr*/pretrain/checkpoints/100"))
+    if found:
+      log = pathlib.Path(str(found[0].parents[1]) + ".log")
+      break
+    time.sleep(0.1)
+  assert log is not None, driver.communicate()[1][-3000:]
+  ray_nodes = lambda: [line.split("Ray node ")[1].split(",")[0]
+                       for line in log.read_text().splitlines() if "Ray node" in line]
+  node = next(n for n in cluster.worker_nodes if n.node_id == ray_nodes()[-1])
+  cluster.remove_node(node, allow_graceful=False)
+  _, stderr = driver.communicate(timeout=600)
+  cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")  # for any test after this one
+  assert driver.returncode == 0, stderr[-3000:]
+  nodes = ray_nodes()
+  assert len(nodes) == 2 and nodes[0] != nodes[1], nodes  # retried on the other node
+  assert "resumed from" in log.read_text()
+  assert json.loads((out / "encoder_mlm" / "flops5e10" / "seed0" / "pretrain.json").read_text())[
+      "resumed"]
+  # Exact resume: the arm's numbers are those of the run that was never stopped.
+  assert stage_values(out, "flops5e10") == stage_values(local, "flops5e10")
