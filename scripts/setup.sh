@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv with Python 3.12 and installs requirements.txt, requirements-tpu.txt (libtpu,
-# for research.aot's compile-only TPU target) and requirements-nodeps.txt (without dependencies). Idempotent: a second run only re-installs when either file changed.
+# for research.aot's compile-only TPU target), requirements-ray.txt (Ray, for --executor=ray of
+# the experiment runners) and requirements-nodeps.txt (without dependencies). Idempotent: a second run only re-installs when either file changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,13 +26,14 @@ if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi
 stamp=.venv/.requirements.sha256
-want=$(cat requirements.txt requirements-tpu.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-tpu.txt requirements-ray.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # (grep drops the pip warnings about this machine's unused local index folders)
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
   .venv/bin/python -m pip install -q -r requirements.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
   .venv/bin/python -m pip install -q -r requirements-tpu.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
+  .venv/bin/python -m pip install -q -r requirements-ray.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
   .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
-  .venv/bin/python -c "import jax, flax, optax, orbax.checkpoint, grain, tensorflow_datasets"
+  .venv/bin/python -c "import jax, flax, optax, orbax.checkpoint, grain, tensorflow_datasets, ray"
   echo "$want" > "$stamp"
 fi

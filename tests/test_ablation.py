@@ -1,7 +1,7 @@
 """experiments/architecture_ablation.py: the --tiny ablation end to end (sweep, budgets, seeds,
 report with intervals and trends, every arm), skipping and resuming on a rerun, bad input, and
-the pieces: plans, hooks, records, the report (experiments/ablation_writeup.py) and the worker
-pool (experiments/ablation_pool.py)."""
+the pieces: plans, hooks, records and the report (experiments/ablation_writeup.py). The executor
+the runs go through is tested in tests/test_executor.py."""
 
 import dataclasses
 import json
@@ -9,7 +9,6 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 
 import jax
@@ -111,17 +110,18 @@ def test_tiny_ablation_writes_the_report_plots_and_every_arm(tiny_run):
   summary = json.loads((out / "results.json").read_text())
   assert len(summary["arms"]["decoder_lm"]["budgets"][TAGS[1]]["sst2"]["seeds"]) == 2
   assert "**encdec_lm** (T5: Enc-dec, 6 layers (P, M/2), LM): `objective.name:" in report
-  # --tiny runs TINY_WORKERS arms at once, each process logging to OUT/<arm>/log.txt; this
-  # process reports every stage as its record appears, with the time left.
-  assert f"[ablation] {ablation.DEFAULT_ARMS[0]}: started" in result.stderr
-  assert all((out / arm / "log.txt").exists() for arm in ablation.DEFAULT_ARMS)
+  # --tiny runs TINY_WORKERS runs at once in worker processes (experiments/executor.py), each
+  # run's output in <workdir>.log; this process reports every run as it ends, with the time
+  # left and its last loss.
+  assert all((out / arm / TAGS[0] / "seed1" / "pretrain.log").exists()
+             for arm in ablation.DEFAULT_ARMS)
   done = [line for line in result.stderr.splitlines() if " done in " in line]
   runs = len(ablation.TINY_BUDGETS) * len(ablation.TINY_SEEDS)  # of each arm
   seeds = len(ablation.TINY_SEEDS)  # fine-tuned at the largest budget
   total = sum(len(ablation.TINY_LR_SWEEP) + runs - 1 +  # the sweep's chosen run is reused
               seeds * (2 if arm != "encoder_mlm" else 1) for arm in ablation.DEFAULT_ARMS)
-  assert len(done) == total and done[-1].startswith(f"[ablation {total}/{total}]")
-  assert "left" in done[1]
+  assert len(done) == total and done[-1].startswith(f"[runs {total}/{total} done")
+  assert "left" in done[1] and "last loss" in done[1]
   assert f"up to {ablation.TINY_WORKERS} arms ran at once (--workers)" in report
 
 
@@ -146,6 +146,7 @@ def test_an_interrupted_stage_resumes_from_its_workdir(tiny_run):
   directory = out / "decoder_lm" / TAGS[1] / "seed1"
   before = json.loads((directory / "spa_eng.json").read_text())
   (directory / "spa_eng.json").unlink()
+  (directory / "spa_eng.run.json").unlink()  # the executor's mark of a finished run, too
   (directory / "result.json").unlink()
   result = run_cli(f"--out={out}", "--tiny", "--workers=1")
   assert result.returncode == 0, result.stderr[-3000:]
@@ -532,32 +533,3 @@ def test_the_learning_rate_scales_the_whole_schedule():
   assert config.optimizer.learning_rate == 4e-3
   assert config.optimizer.end_learning_rate == pytest.approx(
       base.optimizer.end_learning_rate * 4e-3 / base.optimizer.learning_rate)
-
-
-def test_workers_report_stages_and_failures(tmp_path):
-  # run_in_workers with stand-in worker commands: arm "ok" writes its two stage records, arm
-  # "bad" fails with a message; both run at once.
-  out = tmp_path / "out"
-  ok = textwrap.dedent(f"""\
-      mkdir -p {out}/ok/s0
-      for stage in pretrain sst2; do echo '{{"wall_s": 1.0}}' > {out}/ok/s0/$stage.json; done
-      """)
-  bad = "echo 'error: bad seed 0: loss is nan'; exit 2"
-  for arm in ("ok", "bad"):
-    (out / arm).mkdir(parents=True)
-  # An earlier run finished bad's pretraining: not reported again, not in the count.
-  jobs = [ablation_pool.WorkerJob("ok", ["sh", "-c", ok], [
-              ("s0", "pretrain", out / "ok" / "s0" / "pretrain.json"),
-              ("s0", "sst2", out / "ok" / "s0" / "sst2.json")]),
-          ablation_pool.WorkerJob("bad", ["sh", "-c", bad], [
-              ("s0", "sst2", out / "bad" / "s0" / "sst2.json")])]
-  todo = [("ok", "s0", "pretrain"), ("ok", "s0", "sst2"), ("bad", "s0", "sst2")]
-  progress = ablation_pool.Progress(todo, {}, workers=2)
-  lines = []
-  failed, interrupted = ablation_pool.run_in_workers(out, jobs, 2, progress, lines.append)
-  assert not interrupted
-  assert len(failed) == 1 and failed[0].startswith("bad: error: bad seed 0: loss is nan")
-  assert "exit status 2" in failed[0]
-  done = [line for line in lines if " done in " in line]
-  assert len(done) == 2 and done[-1].startswith("[ablation 2/3] ok s0: sst2 done in 1s")
-  assert progress.done == 3  # the failed arm's last stage counted as skipped
