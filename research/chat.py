@@ -1,32 +1,42 @@
-"""Chat with an instruction-tuned decoder (configs/alpaca_gpt.py) in the terminal.
+"""Chat with a decoder in the terminal: an instruction-tuned workdir (configs/alpaca_gpt.py, or a
+LoRA workdir of Gemma) or a pretrained model.
 
   python -m research.chat --workdir=runs/alpaca_gpt                      # interactive
   python -m research.chat --workdir=runs/alpaca_gpt --prompt="Give three tips for staying healthy."
+  python -m research.chat --pretrained=gemma3-270m --prompt="¿Qué es un volcán?"
 
-The conversation is written in the template the model was fine-tuned on (research/tasks.py):
-  User: <message>\\nAssistant: <reply><eos>\\n User: ...
-Earlier turns are kept while they fit in the context window (model.max_len minus the tokens
-to generate); the oldest go first. Type /reset to forget the conversation, /quit (or Ctrl-D)
-to leave.
+The conversation is written in the model's chat template (research/kinds/instruction.py):
+Gemma's turn markers (<start_of_turn>user ... <end_of_turn>) for a Gemma vocabulary, else the
+project's plain one (User: <message>\\nAssistant: <reply><eos>\\n). The reply streams as it is
+written and ends at the template's end-of-turn token. Earlier turns are kept while they fit in
+the context window (model.max_len minus the tokens to generate); the oldest go first, with a
+note. Ctrl-C stops a reply (what was written is kept); /reset forgets the conversation, /quit
+(or Ctrl-D) leaves.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from typing import Callable
 
 import jax
 import numpy as np
 from absl import app, flags
 from etils import epath
 
-from research import decode, kinds, models, tasks, train
-from research.kinds.instruction import Instruction
+from research import convert, decode, kinds, models, train
 from research.config import UserError
+from research.data.tokenizers import load_tokenizer
+from research.decode import Streamer, begin_of_text, encode_with_specials, sized_for
+from research.kinds.instruction import ChatTemplate, Instruction, chat_template
+
 
 def define_flags() -> None:
   """The CLI's flags (defined only when run as a program, so importing Chat defines none)."""
-  flags.DEFINE_string("workdir", None, "A decoder workdir (e.g. SFT on alpaca).", required=True)
+  flags.DEFINE_string("workdir", None, "A decoder workdir (e.g. SFT on alpaca).")
+  flags.DEFINE_string("pretrained", None, "Instead of --workdir: a named model (gemma3-270m), "
+                      "a GGUF file or a Hugging Face folder.")
   flags.DEFINE_string("prompt", None, "Answer this once and exit (no interaction).")
   flags.DEFINE_integer("max_new_tokens", 0, "Longest reply, in tokens; 0: 128, or half the "
                        "model's context when that is shorter.")
@@ -38,66 +48,115 @@ def define_flags() -> None:
 class Chat:
   """A conversation with a decoder: history of (user, reply) turns and the model to extend it."""
 
-  def __init__(self, workdir: str, max_new_tokens: int, sampling: decode.SamplingConfig,
-               seed: int = 0):
-    from research.data.tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
-    config = train.load_experiment_config(workdir)
+  def __init__(self, workdir: str | None, max_new_tokens: int,
+               sampling: decode.SamplingConfig, seed: int = 0, pretrained: str | None = None):
+    if bool(workdir) == bool(pretrained):
+      raise UserError("pass one of --workdir=RUN (an instruction-tuned decoder's workdir) and "
+                      "--pretrained=MODEL (gemma3-270m, a GGUF file or a Hugging Face folder)")
+    source = workdir or pretrained
+    if pretrained:
+      model, params, tokenizer, config = convert.load_pretrained(pretrained)
+      if tokenizer is None:
+        raise UserError(f"--pretrained={pretrained} has no tokenizer, so it cannot read text")
+    else:
+      config = train.load_experiment_config(workdir)
     if config.model.family != "decoder":
-      raise UserError(f"{workdir} holds a {config.model.family} model; chat needs a "
-                      "decoder (e.g. one fine-tuned with configs/alpaca_gpt.py)")
-    model = train.build_model_and_loss(config)[0]  # checked before the checkpoint is read
-    if not isinstance(model, models.Decoder):
-      raise UserError(f"{workdir} holds a {config.task.name} {type(model).__name__}, which "
-                      "scores text rather than writes it; chat needs a decoder language model "
+      raise UserError(f"{source} holds a {config.model.family} model; chat needs a decoder "
                       "(e.g. one fine-tuned with configs/alpaca_gpt.py)")
+    if not pretrained:
+      model = train.build_model_and_loss(config)[0]  # checked before the checkpoint is read
+      if not isinstance(model, models.Decoder):
+        raise UserError(f"{workdir} holds a {config.task.name} {type(model).__name__}, which "
+                        "scores text rather than writes it; chat needs a decoder language "
+                        "model (e.g. one fine-tuned with configs/alpaca_gpt.py)")
+    max_len = config.model.max_len
     if max_new_tokens == 0:
-      max_new_tokens = min(128, config.model.max_len // 2)
-    if not 0 < max_new_tokens < config.model.max_len:  # checked before the checkpoint is read
-      raise UserError(f"--max_new_tokens={max_new_tokens} must be in [1, model.max_len="
-                      f"{config.model.max_len}) (the reply and its context share the window)")
-    self.config, self.model, self.params = train.restore_params(workdir, config)
-    if not self.config.task.name or kinds.kind_class(self.config) is not Instruction:
-      print(f"note: {workdir} was not instruction-tuned, so it continues the chat text rather "
-            "than follows instructions; fine-tune it with configs/alpaca_gpt.py "
-            f"(--config.init_from={workdir}) for a chat model", file=sys.stderr)
-    self.tokenizer = load_tokenizer(epath.Path(workdir) / "tokenizer")
+      max_new_tokens = min(128, max_len // 2)
+    elif max_new_tokens >= max_len:
+      print(f"note: --max_new_tokens={max_new_tokens} leaves no room for the conversation in "
+            f"the model's context of {max_len} tokens; replies stop at {max_len // 2}",
+            file=sys.stderr)
+      max_new_tokens = max_len // 2
+    if max_new_tokens < 1:
+      raise UserError(f"--max_new_tokens={max_new_tokens} must be >= 1 (0: the default)")
+    if pretrained:
+      print(f"note: {pretrained} is a base model (not instruction-tuned): it continues the "
+            "conversation in Gemma's turn markers but was not trained to follow them; a LoRA "
+            "chat workdir (README) answers better", file=sys.stderr)
+    else:
+      config, model, params = train.restore_params(workdir, config)
+      tokenizer = load_tokenizer(epath.Path(workdir) / "tokenizer")
+      if not config.task.name or kinds.kind_class(config) is not Instruction:
+        print(f"note: {workdir} was not instruction-tuned, so it continues the chat text "
+              "rather than follows instructions; fine-tune it with configs/alpaca_gpt.py "
+              f"(--config.init_from={workdir}) for a chat model", file=sys.stderr)
+    self.config, self.model, self.params, self.tokenizer = config, model, params, tokenizer
+    self.template: ChatTemplate = chat_template(tokenizer)
+    self.end_id = (tokenizer.token_to_id(self.template.end) if self.template.end
+                   else tokenizer.eos_id)
+    self.begin = np.asarray(begin_of_text(tokenizer), np.int32)
     self.max_new_tokens = max_new_tokens
     self.sampling = sampling
     self.rng = jax.random.key(seed)
     self.history: list[tuple[str, str]] = []
 
+  def _encode(self, text: str) -> np.ndarray:
+    return encode_with_specials(self.tokenizer, text, list(self.template.markers))
+
   def _turn_ids(self, user: str, reply: str | None) -> np.ndarray:
-    encode = lambda t: np.asarray(self.tokenizer.encode(t), np.int32)
-    ids = [encode(tasks.USER_PREFIX + user + tasks.ASSISTANT_PREFIX)]
+    t = self.template
+    ids = [self._encode(t.user + user + t.assistant)]
     if reply is not None:
-      ids += [encode(reply), np.array([self.tokenizer.eos_id], np.int32),
-              encode(tasks.TURN_SEPARATOR)]
+      ids += [self._encode(reply), np.array([self.end_id], np.int32), self._encode(t.after_end)]
     return np.concatenate(ids)
 
   def context_ids(self, message: str) -> np.ndarray:
-    """The prompt: as many recent turns as fit, then the new message."""
-    budget = self.config.model.max_len - self.max_new_tokens
+    """The prompt: as many recent turns as fit, then the new message (a note says when older
+    turns are left out)."""
+    budget = self.config.model.max_len - self.max_new_tokens - self.begin.size
     current = self._turn_ids(message, None)
     if len(current) > budget:  # keep the end of an over-long message (and the reply cue)
+      print(f"note: the message is {len(current)} tokens, more than the context window "
+            f"leaves ({budget}); the model reads its end", file=sys.stderr)
       current = current[-budget:]
     parts = [current]
     used = len(current)
-    for user, reply in reversed(self.history):
+    for kept, (user, reply) in enumerate(reversed(self.history)):
       turn = self._turn_ids(user, reply)
       if used + len(turn) > budget:
+        print(f"note: the conversation no longer fits the context window ({budget} tokens "
+              f"with the reply): the oldest {len(self.history) - kept} turn(s) are left out",
+              file=sys.stderr)
         break
       parts.insert(0, turn)
       used += len(turn)
-    return np.concatenate(parts)
+    return np.concatenate([self.begin, *parts])
 
-  def reply(self, message: str) -> str:
+  def reply(self, message: str, on_text: Callable[[str], None] | None = None) -> str:
+    """The model's reply, streamed to on_text as it is written. Ctrl-C stops it: the reply so
+    far is kept in the history and raised as decode.Stopped."""
     ids = self.context_ids(message)
     self.rng, rng = jax.random.split(self.rng)
-    out = decode.generate(self.model, self.params, ids[None], self.max_new_tokens, rng,
-                          self.sampling, eos_id=self.tokenizer.eos_id)[0, len(ids):]
-    hits = np.flatnonzero(out == self.tokenizer.eos_id)
-    text = self.tokenizer.decode(out[:hits[0]] if hits.size else out).strip()
+    model, _ = sized_for(self.model, self.config, ids.size + self.max_new_tokens + 1)
+    stops = {self.end_id, self.tokenizer.eos_id}
+    streamer = Streamer(self.tokenizer, [], on_text)
+    new: list[int] = []
+    interrupted = False
+    try:
+      for chunk in decode.stream(model, self.params, ids[None], self.max_new_tokens, rng,
+                                 self.sampling):
+        new.extend(int(i) for i in chunk[0])
+        if stops & set(new):
+          break
+        streamer.update(new)
+    except KeyboardInterrupt:
+      interrupted = True
+    cut = next((i for i, t in enumerate(new) if t in stops), len(new))
+    text = self.tokenizer.decode(new[:cut]).strip()
+    streamer.finish(text)
     self.history.append((message, text))
+    if interrupted:
+      raise decode.Stopped(text)
     return text
 
 
@@ -105,6 +164,7 @@ def main(argv) -> None:
   train.quiet_logs()
   train.reject_positional_args(argv)
   f = flags.FLAGS
+  show = lambda piece: print(piece, end="", flush=True)
 
   def body():
     if not (math.isfinite(f.temperature) and f.temperature >= 0):
@@ -114,16 +174,24 @@ def main(argv) -> None:
     if f.prompt is None and (sys.stdin is None or sys.stdin.closed):
       raise UserError("chat reads its messages from the terminal, and stdin is closed; pass "
                       "--prompt=TEXT to ask one question")
-    chat = Chat(f.workdir, f.max_new_tokens,
-                decode.SamplingConfig(temperature=f.temperature, top_p=f.top_p), f.seed)
     if f.prompt is not None:
       train.check_utf8(f.prompt)
       if not f.prompt.strip():
         raise UserError("--prompt is empty; ask something")
-      print(chat.reply(f.prompt))
+    chat = Chat(f.workdir, f.max_new_tokens,
+                decode.SamplingConfig(temperature=f.temperature, top_p=f.top_p), f.seed,
+                pretrained=f.pretrained)
+    if f.prompt is not None:
+      try:
+        chat.reply(f.prompt, show)
+      except decode.Stopped:
+        print(file=sys.stdout)
+        print("note: interrupted (Ctrl-C); the reply so far is above", file=sys.stderr)
+        raise train.Interrupted() from None
+      print()
       return
-    print("Chatting with the model in", f.workdir, "(/reset forgets, /quit leaves)",
-          file=sys.stderr)
+    print("Chatting with", f.workdir or f.pretrained, "(/reset forgets, /quit leaves; Ctrl-C "
+          "stops a reply)", file=sys.stderr)
     while True:
       try:
         message = train.check_utf8(input("you> "), "the message").strip()
@@ -140,7 +208,12 @@ def main(argv) -> None:
         chat.history.clear()
         continue
       if message:
-        print("assistant>", chat.reply(message), flush=True)
+        print("assistant> ", end="", flush=True)
+        try:
+          chat.reply(message, show)
+        except decode.Stopped:
+          print(" [stopped]", end="")
+        print(flush=True)
 
   train.run_cli(body)
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+import re
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -112,38 +113,88 @@ def _repeat_eos(new: np.ndarray, eos_id: int | None) -> np.ndarray:
   return np.where(np.cumsum(new == eos_id, axis=1) > 0, eos_id, new)
 
 
-def generate(model: nn.Module, params: Any, prompt: np.ndarray, max_new_tokens: int, rng: Array,
-             sampling: SamplingConfig = SamplingConfig(), eos_id: int | None = None,
-             prefix_lm: bool = False) -> np.ndarray:
-  """Continues each row of `prompt` (B, P) by max_new_tokens tokens; returns (B, P + new).
+@functools.partial(jax.jit, static_argnames=("model", "prefix_lm"))
+def _prefill(params, inputs: Array, input_mask: Array, *, model: nn.Module,
+             prefix_lm: bool = False) -> tuple[Array, Any]:
+  return prefill(model, params, inputs, input_mask, prefix_lm=prefix_lm)
 
-  Rows that emit eos_id keep it for the rest of the output. prefix_lm: attend bidirectionally
-  over the context at each (re)fill, as a prefix-LM model was trained. When the context window
-  (model.max_len) is full, the cache is refilled from the most recent half window.
-  """
+
+@functools.partial(jax.jit, static_argnames=("model", "num_steps", "sampling"),
+                   donate_argnames=("cache",))
+def _continue(params, cache: Any, logits: Array, rng: Array, offset: Array, *,
+              model: nn.Module, num_steps: int, sampling: SamplingConfig
+              ) -> tuple[Array, Any, Array]:
+  """num_steps more tokens (B, num_steps) from a cache and the logits of the next token; token
+  i of the window is drawn with fold_in(rng, i), as `_sample` draws it."""
+
+  def body(carry, i):
+    cache, logits = carry
+    token = sample_logits(logits, jax.random.fold_in(rng, i), sampling)
+    logits, cache = step(model, params, cache, token)
+    return (cache, logits), token
+
+  (cache, logits), tokens = jax.lax.scan(body, (cache, logits), offset + jnp.arange(num_steps))
+  return tokens.T, cache, logits
+
+
+def stream(model: nn.Module, params: Any, prompt: np.ndarray, max_new_tokens: int, rng: Array,
+           sampling: SamplingConfig = SamplingConfig(), eos_id: int | None = None,
+           prefix_lm: bool = False, chunk: int = 16) -> Iterator[np.ndarray]:
+  """Continues each row of a decoder's `prompt` (B, P), yielding the new tokens (B, n) as they
+  come, `chunk` steps at a time, until max_new_tokens or every row has emitted eos_id. When the
+  context window (model.max_len) is full, the cache is refilled from the most recent half
+  window (prefix_lm: attended bidirectionally at each refill, as a prefix-LM was trained)."""
   max_len = model.config.max_len
   tokens = np.asarray(prompt, np.int32)
   if tokens.shape[1] == 0:
     raise ValueError("the prompt is empty; give at least one token to condition on")
-  remaining = max_new_tokens
-  window = 0
-  while remaining > 0:
+  done = np.zeros(tokens.shape[0], bool)
+  remaining, window = max_new_tokens, 0
+  while remaining > 0 and not done.all():
     # Context: the whole history if it fits, else the most recent half window.
     keep = tokens.shape[1] if tokens.shape[1] < max_len else max_len // 2
     context = jnp.asarray(tokens[:, -keep:])
     steps = min(remaining, max_len - keep)
-    new = np.asarray(_sample(params, context, jnp.ones(context.shape, bool),
-                             jax.random.fold_in(rng, window), model=model, num_steps=steps,
-                             sampling=sampling, prefix_lm=prefix_lm))
-    tokens = np.concatenate([tokens, new], axis=1)
-    remaining -= steps
+    logits, cache = _prefill(params, context, jnp.ones(context.shape, bool), model=model,
+                             prefix_lm=prefix_lm)
+    window_rng = jax.random.fold_in(rng, window)
+    taken = 0
+    while taken < steps and not done.all():
+      # Always `chunk` steps (one compiled program); steps past the window are dropped, and
+      # the cache is refilled before it is used again.
+      new, cache, logits = _continue(params, cache, logits, window_rng, jnp.int32(taken),
+                                     model=model, num_steps=min(chunk, steps), sampling=sampling)
+      new = np.asarray(new)[:, :steps - taken]
+      if eos_id is not None:  # a row's tokens after its first EOS are EOS
+        new = np.where(done[:, None] | (np.cumsum(new == eos_id, axis=1) > 0), eos_id, new)
+        done |= (new == eos_id).any(axis=1)
+      tokens = np.concatenate([tokens, new], axis=1)
+      taken += new.shape[1]
+      yield new
+    remaining -= taken
     window += 1
-    if eos_id is not None:
-      done = np.cumsum(tokens[:, prompt.shape[1]:] == eos_id, axis=1) > 0
-      if done[:, -1].all():
-        break
-  tokens[:, prompt.shape[1]:] = _repeat_eos(tokens[:, prompt.shape[1]:], eos_id)
-  return tokens
+
+
+class Stopped(Exception):
+  """Ctrl-C stopped a generation; `texts` holds what was generated until then."""
+
+  def __init__(self, texts):
+    super().__init__("interrupted")
+    self.texts = texts
+
+
+def generate(model: nn.Module, params: Any, prompt: np.ndarray, max_new_tokens: int, rng: Array,
+             sampling: SamplingConfig = SamplingConfig(), eos_id: int | None = None,
+             prefix_lm: bool = False) -> np.ndarray:
+  """Continues each row of `prompt` (B, P) by max_new_tokens tokens; returns (B, P + new), the
+  whole of `stream`. Rows that emit eos_id keep it for the rest of the output."""
+  prompt = np.asarray(prompt, np.int32)
+  new = list(stream(model, params, prompt, max_new_tokens, rng, sampling, eos_id, prefix_lm))
+  out = np.concatenate([prompt, *new], axis=1)
+  missing = prompt.shape[1] + max_new_tokens - out.shape[1]
+  if missing > 0 and eos_id is not None:  # stopped early: every row has ended
+    out = np.pad(out, ((0, 0), (0, missing)), constant_values=eos_id)
+  return out
 
 
 def generate_padded(model: nn.Module, params: Any, prompts: np.ndarray,
@@ -272,3 +323,70 @@ def beam_search(model: nn.Module, params: Any, inputs: np.ndarray, beam_size: in
                      start_id, float(length_penalty), model=model, beam_size=beam_size,
                      num_steps=max_new_tokens, prefix_lm=prefix_lm)
   return tuple(np.asarray(x) for x in out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text in, text out: what the tools that generate share (generate, chat, few-shot evaluation)
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_with_specials(tokenizer, text: str, specials: list[str]) -> np.ndarray:
+  """Tokenizes text, turning each literal special-token marker (e.g. <mask>) into its id."""
+  present = [s for s in specials if s in text]
+  if not present:
+    return np.asarray(tokenizer.encode(text), np.int32)
+  pattern = "(" + "|".join(re.escape(s) for s in sorted(present, key=len, reverse=True)) + ")"
+  ids = []
+  for piece in re.split(pattern, text):
+    if piece in present:
+      ids.append(tokenizer.token_to_id(piece))
+    elif piece:
+      ids.extend(int(i) for i in tokenizer.encode(piece))
+  return np.asarray(ids, np.int32)
+
+
+def begin_of_text(tokenizer) -> list[int]:
+  """The ids a Hugging Face tokenizer's template puts before a text (Gemma's <bos>, Llama 3's
+  <|begin_of_text|>; none for GPT-2): a decoder trained with them expects them."""
+  if getattr(tokenizer, "kind", "") != "hf":
+    return []
+  ids = [int(i) for i in tokenizer.encode("", add_special_tokens=True)]
+  return [i for i in ids if i != tokenizer.eos_id]
+
+
+def sized_for(model: nn.Module, config, length: int):
+  """(model, config) whose context is `length` positions, rounded up to 64, when that is less
+  than model.max_len and no parameter depends on it (rotary or no positions): the KV cache then
+  holds what a generation needs, not the model's whole context."""
+  m = config.model
+  length = -(-length // 64) * 64
+  if m.position == "learned" or m.family == "encoder" or length >= m.max_len:
+    return model, config
+  config = dataclasses.replace(config, model=dataclasses.replace(m, max_len=length))
+  return type(model)(config.model), config
+
+
+class Streamer:
+  """Shows a generation as it grows: the text of (prefix + new ids) is decoded anew at each
+  update and what was not shown yet goes to `on_text` (held back while it ends in a partial
+  UTF-8 character). With no prefix (a chat reply) leading whitespace is dropped."""
+
+  def __init__(self, tokenizer, prefix_ids, on_text: Callable[[str], None] | None):
+    self.tokenizer, self.prefix, self.on_text = tokenizer, [int(i) for i in prefix_ids], on_text
+    self.shown = ""
+
+  def _show(self, text: str) -> None:
+    if not self.prefix:
+      text = text.lstrip()
+    if self.on_text and text.startswith(self.shown) and len(text) > len(self.shown):
+      self.on_text(text[len(self.shown):])
+      self.shown = text
+
+  def update(self, new_ids) -> None:
+    text = self.tokenizer.decode(self.prefix + [int(i) for i in new_ids])
+    if not text.endswith("\ufffd"):
+      self._show(text)
+
+  def finish(self, text: str) -> None:
+    """The final text: whatever of it was not shown yet."""
+    self._show(text)

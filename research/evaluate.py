@@ -1,7 +1,8 @@
-"""Evaluate a trained workdir on a whole split.
+"""Evaluate a trained workdir on a whole split, or a pretrained model few-shot on a task.
 
   python -m research.evaluate --workdir=runs/gpt_shakespeare_char [--split=validation] [--step=N]
   python -m research.evaluate --workdir=runs/sst2_bert --predictions=runs/sst2_bert/dev.jsonl
+  python -m research.evaluate --pretrained=gemma3-270m --task=spa_eng [--shots=3 --limit=200]
 
 Prints the metrics of the workdir's objective (loss, perplexity, token accuracy over every token
 of the split) or task (its loss plus accuracy, SQuAD exact match/F1, sacrebleu BLEU with its
@@ -30,7 +31,14 @@ from research.config import UserError
 
 def define_flags() -> None:
   """The CLI's flags (defined only when run as a program: importing this module defines none)."""
-  flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
+  flags.DEFINE_string("workdir", None, "A training workdir.")
+  flags.DEFINE_string("pretrained", None, "Instead of --workdir: a named model (gemma3-270m), "
+                      "a GGUF file or a Hugging Face folder, evaluated few-shot on --task.")
+  flags.DEFINE_string("task", "", "With --pretrained: spa_eng, sst2, squad or scitldr.")
+  flags.DEFINE_integer("shots", None, "With --pretrained: solved examples in the prompt "
+                       "(default: the task's, research/fewshot.py).")
+  flags.DEFINE_integer("limit", 0, "With --pretrained: the first N examples of the split "
+                       "(0: all).")
   flags.DEFINE_string("split", "", "Split to evaluate (default: the config's eval split).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_string("output", "", "Where to write the JSON (default: WORKDIR/eval.json).")
@@ -104,6 +112,14 @@ def main(argv) -> None:
   f = flags.FLAGS
 
   def body():
+    if bool(f.workdir) == bool(f.pretrained):
+      raise UserError("pass one of --workdir=RUN (a training workdir) and --pretrained=MODEL "
+                      "with --task=NAME (few-shot)")
+    if f.pretrained:
+      return evaluate_pretrained()
+    if f.task or f.shots is not None or f.limit:
+      raise UserError("--task, --shots and --limit are for --pretrained (few-shot); a workdir "
+                      "is evaluated on its own task (pick the split with --split)")
     workdir = paths.workdir_path(f.workdir)
     paths.check_bucket(workdir)
     if not paths.is_url(workdir) and not workdir.is_dir():
@@ -128,6 +144,25 @@ def main(argv) -> None:
       if jax.process_index() == 0:
         paths.write_atomic(output, json.dumps(result, indent=2) + "\n")
     print(f"wrote {output}" + (f" and {f.predictions}" if f.predictions else ""), file=sys.stderr)
+
+  def evaluate_pretrained():
+    from research import fewshot  # pylint: disable=import-outside-toplevel
+    if not f.task:
+      raise UserError(f"--pretrained is evaluated few-shot on a task: add --task=NAME, one of "
+                      f"{sorted(fewshot.TASKS)}")
+    if f.step is not None:
+      raise UserError("--step is for a workdir's checkpoints; --pretrained has one set of weights")
+    for path, flag in ((f.output, "--output"), (f.predictions, "--predictions")):
+      if path:
+        paths.check_bucket(path)
+        check_output(paths.workdir_path(path), f"{flag} folder", flag)
+    result = fewshot.run(f.pretrained, f.task, split=f.split, shots=f.shots, limit=f.limit,
+                         predictions_file=f.predictions)
+    for key, value in result.items():
+      print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    if f.output:
+      paths.write_atomic(epath.Path(f.output), json.dumps(result, indent=2) + "\n")
+      print(f"wrote {f.output}", file=sys.stderr)
 
   train.run_cli(body)
 

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import sys
+from typing import Callable
 
-import flax.linen as nn
 import jax
 import numpy as np
 from absl import app, flags
@@ -34,8 +33,8 @@ from etils import epath
 
 from research import convert, decode, models, objectives
 from research.config import UserError
-from research.train import (check_utf8, parse_flags, quiet_logs, reject_positional_args,
-                            restore_params, run_cli)
+from research.train import (Interrupted, check_utf8, parse_flags, quiet_logs,
+                            reject_positional_args, restore_params, run_cli)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
 _PRETRAINED = flags.DEFINE_string(
@@ -50,51 +49,19 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Independent samples to pr
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
-def encode_with_specials(tokenizer, text: str, specials: list[str]) -> np.ndarray:
-  """Tokenizes text, turning each literal special-token marker (e.g. <mask>) into its id."""
-  present = [s for s in specials if s in text]
-  if not present:
-    return np.asarray(tokenizer.encode(text), np.int32)
-  pattern = "(" + "|".join(re.escape(s) for s in sorted(present, key=len, reverse=True)) + ")"
-  ids = []
-  for piece in re.split(pattern, text):
-    if piece in present:
-      ids.append(tokenizer.token_to_id(piece))
-    elif piece:
-      ids.extend(int(i) for i in tokenizer.encode(piece))
-  return np.asarray(ids, np.int32)
-
-
 def _until_eos(row: np.ndarray, start: int, eos_id: int) -> np.ndarray:
   """row cut before the first EOS at or after `start` (the generated part)."""
   hits = np.flatnonzero(row[start:] == eos_id)
   return row[:start + hits[0]] if hits.size else row
 
 
-def _begin_of_text(tokenizer) -> list[int]:
-  """The ids a Hugging Face tokenizer's template puts before a text (Gemma's <bos>, Llama 3's
-  <|begin_of_text|>; none for GPT-2): a decoder trained with them expects them."""
-  if getattr(tokenizer, "kind", "") != "hf":
-    return []
-  ids = [int(i) for i in tokenizer.encode("", add_special_tokens=True)]
-  return [i for i in ids if i != tokenizer.eos_id]
-
-
-def sized_for(model: nn.Module, config, length: int):
-  """(model, config) whose context is `length` positions, rounded up to 64, when that is less
-  than model.max_len and no parameter depends on it (rotary or no positions): the KV cache then
-  holds what a generation needs, not the model's whole context."""
-  m = config.model
-  length = -(-length // 64) * 64
-  if m.position == "learned" or m.family == "encoder" or length >= m.max_len:
-    return model, config
-  config = dataclasses.replace(config, model=dataclasses.replace(m, max_len=length))
-  return type(model)(config.model), config
-
-
 def generate_text(workdir: str | None, prompt: str, max_new_tokens: int,
                   sampling: decode.SamplingConfig, num_samples: int = 1, seed: int = 0,
-                  pretrained: str | None = None) -> list[str]:
+                  pretrained: str | None = None,
+                  on_text: Callable[[str], None] | None = None) -> list[str]:
+  """The texts of num_samples generations. A decoder's single sample streams to on_text as it
+  is written; Ctrl-C stops a decoder's generation and raises decode.Stopped with the texts so
+  far."""
   from research.data.tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
   if bool(workdir) == bool(pretrained):
     raise UserError("pass one of --workdir=RUN (a training workdir) and --pretrained=MODEL "
@@ -127,12 +94,12 @@ def generate_text(workdir: str | None, prompt: str, max_new_tokens: int,
                     "rather than writes text; use research.evaluate on it")
   family = config.model.family
   specials = list(objectives.required_special_tokens(config.objective))
-  ids = encode_with_specials(tokenizer, prompt, specials)
-  begin = np.asarray(_begin_of_text(tokenizer) if family == "decoder" else [], np.int32)
+  ids = decode.encode_with_specials(tokenizer, prompt, specials)
+  begin = np.asarray(decode.begin_of_text(tokenizer) if family == "decoder" else [], np.int32)
   if ids.size:
     ids = np.concatenate([begin, ids])
   if family != "encoder":
-    model, config = sized_for(model, config, ids.size + max_new_tokens + 1)
+    model, config = decode.sized_for(model, config, ids.size + max_new_tokens + 1)
   max_len = config.model.max_len
   if ids.size == 0:
     raise UserError("the prompt encodes to no tokens; pass a non-empty --prompt")
@@ -145,11 +112,32 @@ def generate_text(workdir: str | None, prompt: str, max_new_tokens: int,
   rng = jax.random.key(seed)
 
   if family == "decoder":
-    out = decode.generate(model, params, batch, max_new_tokens, rng, sampling,
-                          eos_id=tokenizer.eos_id,
-                          prefix_lm=config.objective.name == "prefix_lm")
-    return [tokenizer.decode(_until_eos(row, ids.size, tokenizer.eos_id)[begin.size:])
-            for row in out]
+    if ids.size >= max_len:
+      print(f"note: the prompt is {ids.size} tokens and the model's context {max_len}: it reads "
+            f"the most recent {max_len // 2} when it writes", file=sys.stderr)
+    elif ids.size + max_new_tokens > max_len:
+      print(f"note: prompt and new tokens ({ids.size} + {max_new_tokens}) pass the model's "
+            f"context of {max_len}: past it, each token sees at most the last {max_len} "
+            "(the window slides; Ctrl-C stops the generation)", file=sys.stderr)
+    streamer = decode.Streamer(tokenizer, ids[begin.size:],
+                               on_text if num_samples == 1 else None)
+    new: list[np.ndarray] = []
+    stopped = False
+    try:
+      for chunk in decode.stream(model, params, batch, max_new_tokens, rng, sampling,
+                                 eos_id=tokenizer.eos_id,
+                                 prefix_lm=config.objective.name == "prefix_lm"):
+        new.append(chunk)
+        streamer.update(_until_eos(np.concatenate(new, axis=1)[0], 0, tokenizer.eos_id))
+    except KeyboardInterrupt:
+      stopped = True
+    out = np.concatenate([batch, *new], axis=1)
+    texts = [tokenizer.decode(_until_eos(row, ids.size, tokenizer.eos_id)[begin.size:])
+             for row in out]
+    streamer.finish(texts[0])
+    if stopped:
+      raise decode.Stopped(texts)
+    return texts
 
   if family == "encoder":
     mask_id = tokenizer.token_to_id(objectives.MASK_TOKEN)
@@ -199,12 +187,27 @@ def main(argv) -> None:
   sampling = decode.SamplingConfig(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
 
   def body():
-    texts = generate_text(_WORKDIR.value, check_utf8(_PROMPT.value), _MAX_NEW.value, sampling,
-                          _NUM_SAMPLES.value, _SEED.value, pretrained=_PRETRAINED.value)
-    for i, text in enumerate(texts):
-      if len(texts) > 1:
-        print(f"--- sample {i} ---")
-      print(text)
+    streamed = []
+    show = lambda piece: (streamed.append(piece), print(piece, end="", flush=True))
+    try:
+      texts = generate_text(_WORKDIR.value, check_utf8(_PROMPT.value), _MAX_NEW.value,
+                            sampling, _NUM_SAMPLES.value, _SEED.value,
+                            pretrained=_PRETRAINED.value, on_text=show)
+    except decode.Stopped as e:
+      texts, stopped = e.texts, True
+    else:
+      stopped = False
+    if streamed:  # one sample, shown as it came
+      print()
+    else:
+      for i, text in enumerate(texts):
+        if len(texts) > 1:
+          print(f"--- sample {i} ---")
+        print(text)
+    if stopped:
+      print("note: interrupted (Ctrl-C); above is what was generated until then",
+            file=sys.stderr)
+      raise Interrupted()
 
   run_cli(body)
 

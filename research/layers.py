@@ -159,8 +159,17 @@ def dense_transposed(x: Array, weight: Array, operand_dtype=jnp.float32) -> Arra
   """x (..., C) @ weight.T for a weight stored (F, C): a tied output layer's embedding table.
   Its own gradient rule, so that every product of the three is a plain row-major one (through
   `dense` on `weight.T`, XLA folds the transposes into an orientation its CPU backend cannot run
-  with bfloat16 operands)."""
-  return _mm(x, _transposed(weight, operand_dtype), operand_dtype)
+  with bfloat16 operands).
+
+  A few rows (decoding: one token per sequence) go the other way round, weight @ x.T: then the
+  stored table is the product's row-major left operand, and only the small (F, M) result is
+  transposed, instead of a copy of the whole table (Gemma's: 262k x 640) at every step."""
+  x2 = x.reshape(-1, x.shape[-1])  # (M, C)
+  if 2 * x2.shape[0] <= x2.shape[1]:
+    out = _mm(weight, _transposed(x2, operand_dtype), operand_dtype).T  # (F, M) -> (M, F)
+  else:
+    out = _mm(x2, _transposed(weight, operand_dtype), operand_dtype)
+  return out.reshape(x.shape[:-1] + (weight.shape[0],))
 
 
 def _dense_transposed_fwd(x, weight, operand_dtype):

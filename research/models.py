@@ -258,13 +258,20 @@ class Decoder(nn.Module):
   def __call__(self, tokens: Array, *, positions: Array | None = None,
                segment_ids: Array | None = None, prefix_lengths: Array | None = None,
                prompt_lengths: Array | None = None, decode: bool = False,
-               deterministic: bool = True, return_hidden: bool = False) -> Array:
+               deterministic: bool = True, return_hidden: bool = False,
+               logits_at: Array | None = None) -> Array:
     """Logits (B, T, V); return_hidden: the final hidden states (B, T, E) instead, for a loss
-    that applies the output layer itself (objectives.chunked_token_cross_entropy)."""
+    that applies the output layer itself (objectives.chunked_token_cross_entropy). logits_at
+    (B, K): the logits (B, K, V) of those positions only (a prefill needs one per row, and with
+    a 262k-token vocabulary the output layer of every prompt position would cost most of it)."""
     embed, x = decoder_hidden(self, tokens, positions=positions, segment_ids=segment_ids,
                               prefix_lengths=prefix_lengths, prompt_lengths=prompt_lengths,
                               decode=decode, deterministic=deterministic)
-    return x if return_hidden else lm_head(self.config, embed, x)
+    if return_hidden:
+      return x
+    if logits_at is not None:
+      x = jnp.take_along_axis(x, logits_at[:, :, None], axis=1)  # (B, K, E)
+    return lm_head(self.config, embed, x)
 
   def prefill(self, prompts: Array, input_mask: Array, *, prefix_lm: bool = False,
               start_id: int = 0) -> Array:
@@ -273,9 +280,8 @@ class Decoder(nn.Module):
     bidirectionally, as a prefix-LM model was trained. (start_id: encoder-decoders only.)"""
     del start_id
     lengths = jnp.sum(input_mask, axis=1, dtype=jnp.int32)
-    logits = self(prompts, prompt_lengths=lengths, prefix_lengths=lengths if prefix_lm else None,
-                  decode=True)
-    return jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    return self(prompts, prompt_lengths=lengths, prefix_lengths=lengths if prefix_lm else None,
+                decode=True, logits_at=(lengths - 1)[:, None])[:, 0]
 
   def decode_step(self, tokens: Array) -> Array:
     """One token per row (B,) after the cache -> logits of the next (B, V)."""
