@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 from typing import Any
 
 import grain
@@ -24,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from research import lease as lease_lib
 from research import paths
 from research.config import UserError
 
@@ -57,6 +59,7 @@ class Checkpointer:
   def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, async_save: bool = True,
                read_only: bool = False):
     self.directory = checkpoint_dir(workdir)
+    self._read_only = read_only
     self._saving = None  # the step of the latest save started
     self._failed = False  # a save ran out of space (and was reported)
     if read_only:
@@ -68,8 +71,23 @@ class Checkpointer:
       options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=async_save,
                                              cleanup_tmp_directories=True)
+      self._note_saves_cut_short()
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "data", "config"))
+
+  def _note_saves_cut_short(self) -> None:
+    """Says which saves were cut short (a kill, a second Ctrl-C): their folders are removed as
+    the manager starts, and the run continues from the last complete step."""
+    folder = os.fspath(self.directory)
+    if paths.is_url(folder) or not os.path.isdir(folder) or jax.process_index() != 0:
+      return
+    cut = sorted({int(m.group(1)) for name in os.listdir(folder)
+                  if (m := re.match(r"(\d+)\.orbax-checkpoint-tmp", name))})
+    if cut:
+      steps = ", ".join(map(str, cut))
+      print(f"note: the save of step {steps} in {folder} was cut short (the run was stopped "
+            "during it); removing it, the run goes on from the last complete step",
+            file=sys.stderr)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -79,6 +97,7 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_iterator=None, config: dict | None = None,
            force: bool = False) -> bool:
+    self.check_lease()
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -164,7 +183,10 @@ class Checkpointer:
     """Restores the state onto the shardings in `abstract_state` (and the iterator in place),
     checking its tensors against the checksums written at save."""
     saved = self.check_format(step)
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    expected = saved.get(CHECKSUMS_KEY)
+    # Each tensor is read in the dtype it was saved in, so every checksum is compared; one the
+    # caller wants in another dtype is cast afterwards.
+    items = {"state": ocp.args.StandardRestore(_as_saved(abstract_state, expected))}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
@@ -175,15 +197,15 @@ class Checkpointer:
           f"({_first_line(e)}); it is corrupt, or was written with another model or optimizer "
           "configuration: use a new --workdir, or delete that step folder to resume from the "
           "one before") from e
-    self._verify(step, restored["state"], saved.get(CHECKSUMS_KEY))
-    return restored["state"]
+    self._verify(step, restored["state"], expected)
+    return _cast_like(restored["state"], abstract_state)
 
   def _verify(self, step: int, state: Any, expected: dict | None) -> None:
     """CheckpointError naming the first tensor whose bytes differ from those saved."""
     if not expected or jax.process_count() != 1:
       return  # a step saved before checksums, or by several processes
     for name, digest in state_checksums(state).items():
-      kind = lambda d: d.rsplit(":", 1)[0]  # a tensor restored into another dtype is cast
+      kind = lambda d: d.rsplit(":", 1)[0]  # (read in its saved dtype: see _as_saved)
       if name in expected and kind(expected[name]) == kind(digest) and expected[name] != digest:
         raise CheckpointError(
             f"checkpoint {self.directory / str(step)} changed on disk since it was saved: tensor "
@@ -215,9 +237,24 @@ class Checkpointer:
           "a new --workdir")
     return saved
 
+  def delete(self, step: int) -> None:
+    """Deletes a step folder (a step that must be trained again)."""
+    self._manager.delete(step)
+
   def reached_preemption(self, step: int) -> bool:
-    """True at JAX's multi-host preemption sync point (always False without jax.distributed)."""
+    """True at JAX's multi-host preemption sync point (always False without jax.distributed).
+    Called at every step: a run whose gs:// workdir was taken over stops here (check_lease)."""
+    self.check_lease()
     return self._manager.reached_preemption(step)
+
+  def check_lease(self) -> None:
+    """LeaseLost (one line) when this process held the lease of the workdir (on gs://) and
+    another run has taken it over: this run then writes no more checkpoints."""
+    if self._read_only:
+      return
+    lease = lease_lib.held(self.directory.parent)
+    if lease is not None:
+      lease.check()
 
   def wait(self) -> None:
     with self._disk_full_is_one_line(self._saving):
@@ -231,6 +268,38 @@ class Checkpointer:
     with self._disk_full_is_one_line(self._saving):
       self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _saved_dtype(record: str) -> np.dtype:
+  """The dtype of a state_checksums record ("bfloat16[4, 8]:<hex>")."""
+  return jax.numpy.dtype(record.split("[", 1)[0])
+
+
+def _as_saved(abstract: Any, expected: dict | None) -> Any:
+  """`abstract` with each leaf in the dtype the checksums record says it was saved in."""
+  if not expected or jax.process_count() != 1:
+    return abstract
+
+  def saved(path, leaf):
+    record = expected.get(jax.tree_util.keystr(path))
+    if record is None or not hasattr(leaf, "dtype"):
+      return leaf
+    dtype = _saved_dtype(record)
+    if dtype == leaf.dtype:
+      return leaf
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=leaf.sharding)
+    return np.zeros(np.shape(leaf), dtype)
+
+  return jax.tree_util.tree_map_with_path(saved, abstract)
+
+
+def _cast_like(state: Any, abstract: Any) -> Any:
+  """`state` with each leaf in the dtype `abstract` asks for (a no-op where they agree)."""
+  def cast(leaf, want):
+    dtype = getattr(want, "dtype", None)
+    return leaf if dtype is None or leaf.dtype == dtype else leaf.astype(dtype)
+  return jax.tree.map(cast, state, abstract)
 
 
 def state_checksums(state: Any) -> dict[str, str]:

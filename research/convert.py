@@ -128,21 +128,21 @@ def load_hf(directory: str | os.PathLike) -> tuple[Any, Any, Any, ExperimentConf
 def import_hf(directory: str | os.PathLike, workdir: str | os.PathLike
               ) -> tuple[ExperimentConfig, list[str]]:
   """Writes the workdir of a Hugging Face directory; returns its config and notes."""
-  # Imported here: train pulls in the optimizer and checkpoint machinery, not needed by load_hf.
-  from research import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   directory, workdir = epath.Path(directory), paths.workdir_path(workdir)
   paths.check_bucket(workdir)
   workdir_lib.check_writable(workdir)
-  if (workdir / "config.json").exists() or ckpt_lib.checkpoint_dir(workdir).exists():
-    raise hf.ConvertError(f"{workdir} already holds a workdir; import into a new --workdir")
+  _check_import_target(workdir)
   imported = hf.import_params(directory)  # all checks pass before anything is written
   tokenizer = _tokenizer_of(directory)
   notes = _import_notes(imported, tokenizer, directory)
   undo = workdir_lib.FailedStartUndo(workdir)  # an import cut short leaves nothing behind
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.lock(workdir, "research.convert --from_hf"):  # one writer at a time
+    undo = _start_import(workdir, undo)  # (refusing here removes nothing: not in the try)
     try:
-      return _write_import(directory, workdir, imported, tokenizer), notes
+      config = _write_import(directory, workdir, imported, tokenizer)
+      workdir_lib.finish_import(workdir)
+      return config, notes
     except BaseException:
       undo.undo()
       raise
@@ -169,12 +169,10 @@ def import_gguf(source: str | os.PathLike, workdir: str | os.PathLike
                 ) -> tuple[ExperimentConfig, list[str]]:
   """Writes the workdir of a GGUF file or named model; returns its config and notes. The file's
   vocabulary metadata is kept (IMPORT_DIR/gguf_vocab.json) for an export."""
-  from research import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   workdir = paths.workdir_path(workdir)
   paths.check_bucket(workdir)
   workdir_lib.check_writable(workdir)
-  if (workdir / "config.json").exists() or ckpt_lib.checkpoint_dir(workdir).exists():
-    raise hf.ConvertError(f"{workdir} already holds a workdir; import into a new --workdir")
+  _check_import_target(workdir)
   path = gguf_io.resolve(source)
   imported = gguf_io.import_gguf(path)  # all checks pass before anything is written
   notes = _import_notes(imported, imported.tokenizer, epath.Path(path))
@@ -183,12 +181,34 @@ def import_gguf(source: str | os.PathLike, workdir: str | os.PathLike
   undo = workdir_lib.FailedStartUndo(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.lock(workdir, "research.convert --from_gguf"):
+    undo = _start_import(workdir, undo)  # (refusing here removes nothing: not in the try)
     try:
-      return _write_import(epath.Path(path), workdir, imported, imported.tokenizer,
-                           {GGUF_VOCAB_FILE: json.dumps(vocab, ensure_ascii=False)}), notes
+      config = _write_import(epath.Path(path), workdir, imported, imported.tokenizer,
+                             {GGUF_VOCAB_FILE: json.dumps(vocab, ensure_ascii=False)})
+      workdir_lib.finish_import(workdir)
+      return config, notes
     except BaseException:
       undo.undo()
       raise
+
+
+def _check_import_target(workdir: epath.Path) -> None:
+  """ConvertError when `workdir` holds a run or a finished import; what an import killed
+  midway left is no run (it is removed, under the lock, by _start_import)."""
+  # Imported here: train pulls in the optimizer and checkpoint machinery, not needed by load_hf.
+  from research import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  if workdir_lib.unfinished_import(workdir):
+    return
+  if (workdir / "config.json").exists() or ckpt_lib.checkpoint_dir(workdir).exists():
+    raise hf.ConvertError(f"{workdir} already holds a workdir; import into a new --workdir")
+
+
+def _start_import(workdir: epath.Path,
+                  undo: workdir_lib.FailedStartUndo) -> workdir_lib.FailedStartUndo:
+  """Under the lock: a run that started meanwhile is refused, a killed import's leftovers are
+  removed, and this import is marked unfinished until its config.json is written."""
+  _check_import_target(workdir)
+  return workdir_lib.start_import(workdir, undo)
 
 
 def _write_import(directory: epath.Path, workdir: epath.Path, imported: hf.Imported,

@@ -5,8 +5,8 @@ A lock is `fcntl.flock` on a file, so the kernel releases it when its holder exi
 holder (pid, host, command) for the message a second writer gets.
 
 Limits: flock works between processes of one machine and on NFS (Linux >= 2.6.12 maps it to
-byte-range locks); a workdir on cloud storage (gs://) has no lock, since object stores offer no
-lock that a killed holder releases, so two runs must not share a gs:// workdir.
+byte-range locks). A workdir on cloud storage (gs://) has a lease instead (research/lease.py):
+object stores offer no lock that a killed holder releases.
 """
 
 from __future__ import annotations

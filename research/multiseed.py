@@ -246,11 +246,35 @@ def _init_fn(exp: train.Experiment) -> Callable:
 
 def _common_latest_step(checkpointers: list[ckpt_lib.Checkpointer]) -> int | None:
   steps = {c.latest_step() for c in checkpointers}
+  if len(steps) > 1 and _drop_a_round_cut_short(checkpointers):
+    steps = {c.latest_step() for c in checkpointers}
   if len(steps) > 1:
     found = ", ".join(f"{c.directory.parent}: {c.latest_step()}" for c in checkpointers)
     raise ConfigError(f"the seeds' workdirs hold checkpoints of different steps ({found}); "
                       "resume them with research.train one by one, or use new workdirs")
   return steps.pop()
+
+
+def _drop_a_round_cut_short(checkpointers: list[ckpt_lib.Checkpointer]) -> bool:
+  """The seeds save one after another: a run stopped among them (a second Ctrl-C, a kill)
+  leaves the newest step in some workdirs only. That step is deleted, with a note, so every
+  seed resumes from the last step all of them hold (training it again gives the same bytes).
+  Returns False, deleting nothing, for any other difference."""
+  held = [set(c.all_steps()) for c in checkpointers]
+  common = set.intersection(*held)
+  last = max(common) if common else -1
+  newer = {s for s in set().union(*held) if s > last}  # (older ones differ by garbage collection)
+  if len(newer) != 1:
+    return False
+  (cut,) = newer
+  for checkpointer, steps in zip(checkpointers, held):
+    if cut in steps:
+      checkpointer.delete(cut)
+  resumed = f"step {last}" if common else "the start"
+  print(f"note: the save of step {cut} was cut short among the seeds (some workdirs hold it, "
+        f"others not); deleted it where it was, and every seed resumes from {resumed}",
+        file=sys.stderr)
+  return True
 
 
 def _window_scalars(fetched: list[dict], seed_index: int) -> tuple[dict[str, float], int, int]:

@@ -93,8 +93,12 @@ def build_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
   # identity() when clipping is off keeps the state's structure, so a run can resume with
   # clipping switched on or off.
   clip = optax.clip_by_global_norm(opt.clip_norm) if opt.clip_norm > 0 else optax.identity()
+  # mu_dtype: Adam's first moment is float32 from the start. Left to optax, it is created in
+  # the parameters' dtype but takes the gradients' after one update (float32: train_step divides
+  # by a float32 count), so bfloat16 parameters saved a float32 moment that a resume, restoring
+  # into the created dtype, rounded to bfloat16.
   return optax.chain(clip, optax.adamw(
-      learning_rate_schedule(config), b1=opt.b1, b2=opt.b2, eps=opt.eps,
+      learning_rate_schedule(config), b1=opt.b1, b2=opt.b2, eps=opt.eps, mu_dtype=jnp.float32,
       weight_decay=opt.weight_decay, mask=functools.partial(weight_decay_mask, opt.decay_rule)))
 
 

@@ -1,6 +1,7 @@
 """What a workdir holds besides checkpoints, and the rules that keep it whole.
 
-- One writer at a time: `lock` (an OS file lock, see research/locks.py).
+- One writer at a time: `lock` (an OS file lock, see research/locks.py; on gs:// a lease, see
+  research/lease.py).
 - A start that fails writes nothing: `undo_failed_start` removes what the start created.
 - Resume checks the data: `data_record` is written at the start (`data.json`) and compared on
   every resume, so another corpus or tokenizer setting is refused instead of silently mixed.
@@ -16,11 +17,13 @@ import errno
 import json
 import os
 import shutil
+import sys
 from typing import Any, Iterator
 
 import jax
 from etils import epath
 
+from research import lease as lease_lib
 from research import locks, paths
 from research.config import ExperimentConfig, UserError
 
@@ -69,7 +72,7 @@ def check_writable(workdir: epath.Path, what: str = "--workdir") -> None:
 # What a training run writes at the top of its workdir: a command that reads the workdir
 # (research.evaluate) never writes over one of them, nor anything under its folders.
 OWN_FILES = ("config.json", HISTORY_FILE, DATA_FILE, PRECISION_FILE, "labels.json",
-             "metrics.jsonl", ".lock")
+             "metrics.jsonl", locks.LOCK_FILE, lease_lib.LEASE_FILE)
 OWN_FOLDERS = ("checkpoints", "tokenizer", "tensorboard", "data_cache")
 
 
@@ -113,11 +116,14 @@ def check_out_folder(path: str | os.PathLike, flag: str = "--out") -> None:
 @contextlib.contextmanager
 def lock(workdir: epath.Path, command: str) -> Iterator[None]:
   """The workdir's lock for the block, taken by process 0 only (the processes of one run
-  share a workdir)."""
+  share a workdir): an OS file lock on a local disk, a lease on cloud storage (research/lease.py;
+  a run whose lease was taken over stops at its next step)."""
   if jax.process_index() != 0:
     yield
     return
-  with locks.workdir_lock(workdir, command):
+  guard = (lease_lib.workdir_lease(workdir, command) if paths.is_url(workdir)
+           else locks.workdir_lock(workdir, command))
+  with guard:
     yield
 
 
@@ -154,12 +160,62 @@ class FailedStartUndo:
       return
     # The lock file too, when this start made it: a process waiting on it retries on the new
     # file (research/locks.py), so removing it while held is safe.
-    for name in sorted(_entries(self.workdir) - self.before, reverse=True):
+    # Not the lease of a gs:// workdir: the lease's own end deletes it (conditioned on its
+    # generation), and a thread renews it until then.
+    for name in sorted(_entries(self.workdir) - self.before - {lease_lib.LEASE_FILE},
+                       reverse=True):
       path = self.workdir / name
       if path.is_dir():
         path.rmtree(missing_ok=True)
       else:
         path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Imports (research.convert --from_hf / --from_gguf)
+# ---------------------------------------------------------------------------------------------
+
+IMPORT_MARKER = ".import-unfinished"  # in a workdir while an import writes it
+
+
+def unfinished_import(workdir: epath.Path) -> bool:
+  """True for a workdir that an import began and never finished (it was killed: a failing
+  import removes what it wrote); such a workdir holds no run."""
+  return (workdir / IMPORT_MARKER).exists() and not (workdir / "config.json").exists()
+
+
+def start_import(workdir: epath.Path, undo: FailedStartUndo) -> FailedStartUndo:
+  """Under the workdir's lock, before an import writes: removes what an import killed earlier
+  left (with a note), then marks this import unfinished until `finish_import`. Returns the undo
+  to use (the killed import's, when it left anything)."""
+  marker = workdir / IMPORT_MARKER
+  if unfinished_import(workdir):
+    try:
+      record = json.loads(marker.read_text())
+      before, existed = set(record["before"]), bool(record["existed"])
+    except (ValueError, KeyError, TypeError, OSError):  # cut short while written itself
+      before, existed = undo.before - {IMPORT_MARKER}, undo.existed
+    left = sorted(_entries(workdir) - before - {IMPORT_MARKER, locks.LOCK_FILE,
+                                                 lease_lib.LEASE_FILE}, reverse=True)
+    for name in left:
+      path = workdir / name
+      if path.is_dir():
+        path.rmtree(missing_ok=True)
+      else:
+        path.unlink(missing_ok=True)
+    marker.unlink(missing_ok=True)
+    print(f"note: an import into {workdir} was stopped before it finished; removed what it "
+          f"left ({', '.join(sorted(left)) or 'nothing'}) and importing again", file=sys.stderr)
+    undo = FailedStartUndo(workdir)
+    undo.before, undo.existed = before, existed
+  paths.write_atomic(marker, json.dumps({"before": sorted(undo.before),
+                                         "existed": undo.existed}))
+  return undo
+
+
+def finish_import(workdir: epath.Path) -> None:
+  """The import wrote its config.json (last): the workdir is whole."""
+  (workdir / IMPORT_MARKER).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------

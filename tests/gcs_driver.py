@@ -31,6 +31,9 @@ from xla_flags import cli_env  # pylint: disable=wrong-import-position
 BUCKET = "research-test"
 MISSING_BUCKET = "research-test-missing"
 STEPS = 12
+# A gs:// workdir's lease lasts this long unrenewed here (60 s by default): long enough that a
+# command started right after a SIGKILL still finds it held, short enough to wait out.
+LEASE_SECONDS = 20
 CONFIG = "configs/gpt_shakespeare_char.py"
 # tests/test_train.py's SHRINK: the same code path, seconds instead of minutes.
 SHRINK = {"model.num_layers": 1, "model.num_decoder_layers": 1, "model.embed_dim": 32,
@@ -79,6 +82,7 @@ def emulator_env(port: int) -> dict[str, str]:
       "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9",
       "GCE_METADATA_ROOT": "127.0.0.1:9",
       "GOOGLE_CLOUD_PROJECT": "research-test",
+      "RESEARCH_LEASE_SECONDS": str(LEASE_SECONDS),
       "CLOUDSDK_CONFIG": "/nonexistent-gcloud-config",  # no gcloud credentials of this machine
   })
   return env
@@ -104,10 +108,42 @@ def serve_emulator(port: int) -> None:
       response["x-goog-metageneration"] = str(obj["metageneration"])
 
   objects.download = download  # what objects.get calls for ?alt=media
+  replaced = {original: download}
+  # gcp-storage-emulator 2026.7.19 ignores ifGenerationMatch (no handler reads it): uploads and
+  # deletes conditioned on an object's generation get GCS's answer here, 412 when it differs
+  # (0: the object must not exist), checked and written under one lock.
+  from gcp_storage_emulator.exceptions import NotFound  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  precondition_lock = threading.Lock()
+
+  def conditional(handler):
+    def checked(request, response, storage, *args, **kwargs):
+      match = request.query.get("ifGenerationMatch")
+      if not match:
+        return handler(request, response, storage, *args, **kwargs)
+      name = (request.query["name"][0] if "name" in request.query
+              else request.params["object_id"])
+      with precondition_lock:
+        try:
+          current = str(storage.get_file_obj(request.params["bucket_name"], name)["generation"])
+        except NotFound:
+          current = "0"
+        if current != match[0]:
+          response.status = HTTPStatus.PRECONDITION_FAILED
+          response.json({"error": {"code": 412, "message": "At least one of the "
+                                   "pre-conditions you specified did not hold."}})
+          return None
+        return handler(request, response, storage, *args, **kwargs)
+    return checked
+
+  for name in ("insert", "delete"):
+    handler = getattr(objects, name)
+    replaced[handler] = conditional(handler)
+    setattr(objects, name, replaced[handler])
   for _, handlers in server.HANDLERS:
     for method, handler in list(handlers.items()):
-      if handler is original:
-        handlers[method] = download
+      if handler in replaced:
+        handlers[method] = replaced[handler]
   sys.exit(emulator_main(["start", "--host=127.0.0.1", f"--port={port}",
                           f"--default-bucket={BUCKET}", "--in-memory", "--quiet"]))
 
@@ -172,7 +208,85 @@ def train_killed_after_first_checkpoint(workdir: str, env: dict, fs,
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   steps = committed_steps(fs, workdir.removeprefix("gs://"))
-  return {"killed": proc.returncode == -signal.SIGKILL, "steps_at_kill": steps}
+  return {"killed": proc.returncode == -signal.SIGKILL, "steps_at_kill": steps, "pid": proc.pid}
+
+
+def wait_for_lease_to_expire(workdir: str) -> float:
+  """Sleeps until the lease of `workdir` has gone unrenewed for LEASE_SECONDS; returns the
+  seconds waited."""
+  from research import lease  # pylint: disable=import-outside-toplevel
+  store, started = lease.GcsStore(workdir), time.time()
+  while (current := store.read(lease.LEASE_FILE)) is not None:
+    left = current[2] + LEASE_SECONDS + 0.5 - time.time()
+    if left <= 0:
+      break
+    time.sleep(left)
+  return time.time() - started
+
+
+def take_lease(workdir: str) -> str:
+  """What taking the lease of `workdir` says now ("taken" when it is free)."""
+  from research import lease  # pylint: disable=import-outside-toplevel
+  from research.config import UserError  # pylint: disable=import-outside-toplevel
+  taker = lease.Lease(lease.GcsStore(workdir), workdir, "a test", LEASE_SECONDS)
+  try:
+    taker.acquire()
+  except UserError as e:
+    return str(e)
+  taker.release()
+  return "taken"
+
+
+def two_runs_on_one_workdir(env: dict, fs, log: pathlib.Path) -> dict:
+  """A second research.train on a gs:// workdir that a run is training: refused in one line,
+  the lease still the holder's. Then the lease is taken over (as a run would that found it
+  expired): the holder stops at its next step without writing a checkpoint."""
+  from research import lease  # pylint: disable=import-outside-toplevel
+  workdir = f"gs://{BUCKET}/leased"
+  args = [*TRAIN, f"--workdir={workdir}", "--config.train.checkpoint_every=100000"]
+  with open(log, "w", encoding="utf-8") as log_file:
+    holder = subprocess.Popen([sys.executable, *args, "--config.train.steps=100000"],
+                              cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+  out: dict = {}
+  deadline = time.time() + 240
+  while not fs.exists(f"{BUCKET}/leased/metrics.jsonl"):  # training: the lease is held
+    if holder.poll() is not None or time.time() > deadline:
+      holder.kill()
+      holder.wait()
+      return {"started": False, "stderr": log.read_text()[-4000:]}
+    time.sleep(0.2)
+    fs.invalidate_cache()
+  out["second"] = run([*args, "--config.train.steps=2"], env)
+  store = lease.GcsStore(workdir)
+  data, generation, _ = store.read(lease.LEASE_FILE)
+  out["holder_in_lease"] = json.loads(data)["pid"] == holder.pid
+  refused = {}
+  for name, match in (("create", 0), ("stale", generation - 1)):
+    try:
+      store.write(lease.LEASE_FILE, b"{}", match)
+      refused[name] = False
+    except lease.PreconditionFailed:
+      refused[name] = True
+  out["preconditions_refused"] = refused
+  thief = {"command": "research.train", "pid": 4242, "host": "elsewhere", "since": time.time(),
+           "seconds": LEASE_SECONDS, "token": "thief"}
+  for _ in range(10):  # the holder may renew between the read and the write
+    _, generation, _ = store.read(lease.LEASE_FILE)
+    try:
+      store.write(lease.LEASE_FILE, json.dumps(thief).encode(), generation)
+      break
+    except lease.PreconditionFailed:
+      continue
+  try:
+    holder.wait(timeout=120)
+  except subprocess.TimeoutExpired:
+    holder.kill()
+    holder.wait()
+  out["holder"] = {"returncode": holder.returncode, "stderr": log.read_text()[-4000:]}
+  out["lease_after"] = json.loads(store.read(lease.LEASE_FILE)[0])
+  out["checkpoints_after"] = committed_steps(fs, f"{BUCKET}/leased")
+  store.delete(lease.LEASE_FILE, store.read(lease.LEASE_FILE)[1])
+  return out
 
 
 def export_then_import(workdir: str, env: dict) -> dict:
@@ -269,10 +383,16 @@ def main(out_dir: str) -> None:
       # The uninterrupted reference (local), the killed run (gs://) and a missing bucket at once.
       straight = pool.submit(run, [*TRAIN, f"--workdir={local_dir}"], env)
       missing = pool.submit(run, [*TRAIN, f"--workdir=gs://{MISSING_BUCKET}/run"], env)
+      leased = pool.submit(two_runs_on_one_workdir, env, fs, out / "leased.log")
       results["killed"] = train_killed_after_first_checkpoint(run_dir, env, fs,
                                                               out / "killed.log")
-      results["resumed"] = run([*TRAIN, f"--workdir={run_dir}",
-                                f"--config.data.data_dir=gs://{BUCKET}/tfds"], env)
+      resume = [*TRAIN, f"--workdir={run_dir}", f"--config.data.data_dir=gs://{BUCKET}/tfds"]
+      # The killed run's lease has not expired yet: taking it is refused, naming the killed
+      # run (the CLI's line is checked in two_runs_on_one_workdir); once it has gone unrenewed
+      # for its duration, the same command takes it over.
+      results["too_soon"] = take_lease(run_dir)
+      results["lease_waited"] = wait_for_lease_to_expire(run_dir)
+      results["resumed"] = run(resume, env)
       results["straight"] = straight.result()
       results["missing_bucket"] = missing.result()
       results["missing_bucket"]["buckets_after"] = sorted(
@@ -293,6 +413,7 @@ def main(out_dir: str) -> None:
       results["params"] = {"gcs": params_digest(run_dir), "local": params_digest(local_dir)}
       for name, future in readers.items():
         results[name] = future.result()
+      results["leased"] = leased.result()
     results["losses"] = {"gcs": losses(fs.cat(f"{BUCKET}/run/metrics.jsonl").decode()),
                          "local": losses((out / "straight" / "metrics.jsonl").read_text())}
     results["eval_json"] = json.loads(fs.cat(f"{BUCKET}/run/eval.json"))

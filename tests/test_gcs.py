@@ -5,12 +5,14 @@ request can leave the machine whatever a cloud client tries), starts PyPI gcp-st
 127.0.0.1 and runs the CLIs on gs://research-test/...: a training run SIGKILLed after its first
 checkpoint and resumed with the same command (data.data_dir on gs:// too), research.generate,
 research.evaluate, research.convert --to_hf and --from_hf and a fine-tuning run
-(config.init_from) from that workdir, a data.files glob on gs://, and a training run on a
-bucket that does not exist. This test checks what it reports.
+(config.init_from) from that workdir, a data.files glob on gs://, a training run on a
+bucket that does not exist, and two runs on one workdir (the second refused by the first's
+lease; the first stopped when its lease is taken over). This test checks what it reports.
 
 The emulator (2026.7.19) sends no x-goog-generation header with object downloads, which
-tensorstore (orbax's arrays) needs to read anything back; the driver's launcher adds it
-(gcs_driver.serve_emulator). Everything else is the clients as they are.
+tensorstore (orbax's arrays) needs to read anything back, and ignores ifGenerationMatch, which
+workdir leases rely on (research/lease.py); the driver's launcher adds both as GCS documents
+them (gcs_driver.serve_emulator). Everything else is the clients as they are.
 """
 
 import importlib.util
@@ -53,10 +55,42 @@ def test_sigkilled_training_on_gcs_resumes_bit_identical(results):
   for run in ("resumed", "straight"):
     assert results[run]["returncode"] == 0, results[run]["stderr"]
   assert "resumed from gs://research-test/run/checkpoints/" in results["resumed"]["stderr"]
+  # The killed run's lease held the workdir until it expired; then the resume took it over.
+  assert results["too_soon"].startswith(
+      f"workdir gs://{gcs_driver.BUCKET}/run is in use by research.train (pid {killed['pid']} "), \
+      results["too_soon"]
+  assert results["lease_waited"] < gcs_driver.LEASE_SECONDS + 5
+  assert (f"note: workdir gs://{gcs_driver.BUCKET}/run was held by research.train (pid "
+          f"{killed['pid']} ") in results["resumed"]["stderr"]
+  assert "this run takes it over" in results["resumed"]["stderr"]
   assert results["params"]["gcs"] == results["params"]["local"]
   losses = results["losses"]
   assert sorted(map(int, losses["gcs"])) == list(range(1, gcs_driver.STEPS + 1))
   assert losses["gcs"] == losses["local"]
+
+
+def test_a_second_run_on_a_gcs_workdir_is_refused_and_a_taken_lease_stops_the_first(results):
+  leased = results["leased"]
+  assert leased.get("started", True), leased
+  second = leased["second"]
+  errors = [l for l in second["stderr"].splitlines() if l.startswith("error: ")]
+  assert second["returncode"] == 2 and len(errors) == 1, second["stderr"][-3000:]
+  assert "Traceback" not in second["stderr"], second["stderr"][-3000:]
+  assert errors[0].startswith(f"error: workdir gs://{gcs_driver.BUCKET}/leased is in use by "
+                              "research.train (pid "), errors[0]
+  assert "wait for it to finish or stop it, or use another --workdir" in errors[0]
+  assert leased["holder_in_lease"]  # the refused run left the holder's lease alone
+  # The emulator answers preconditions as GCS does (the driver adds them; see its docstring).
+  assert leased["preconditions_refused"] == {"create": True, "stale": True}
+  holder = leased["holder"]
+  errors = [l for l in holder["stderr"].splitlines() if l.startswith("error: ")]
+  assert holder["returncode"] == 2 and len(errors) == 1, holder["stderr"][-3000:]
+  assert "Traceback" not in holder["stderr"], holder["stderr"][-3000:]
+  assert errors[0].startswith(f"error: workdir gs://{gcs_driver.BUCKET}/leased was taken over "
+                              "by research.train (pid 4242 on host elsewhere"), errors[0]
+  assert "this run stopped without writing more" in errors[0]
+  assert leased["lease_after"]["token"] == "thief"  # the stopped run did not delete it
+  assert leased["checkpoints_after"] == []
 
 
 def test_gcs_workdir_holds_the_whole_run(results):
@@ -65,6 +99,7 @@ def test_gcs_workdir_holds_the_whole_run(results):
   for name in ("config.json", "metrics.jsonl", "tokenizer/manifest.json", "eval.json",
                f"checkpoints/{gcs_driver.STEPS}/commit_success.txt"):
     assert f"{run}/{name}" in objects, name
+  assert f"{run}/.lease" not in objects  # deleted by the run that held it last
   assert any(o.startswith(f"{run}/tensorboard/events.out.tfevents.") for o in objects)
   # data.data_dir=gs://: prepared locally, copied up (array_record writes local files only)
   assert any(o.startswith(f"{gcs_driver.BUCKET}/tfds/tiny_shakespeare_chunks/1.0.0/") and

@@ -22,6 +22,8 @@ import importlib
 import json
 import os
 import pathlib
+import shutil
+import sys
 import tempfile
 from typing import Any, Callable, Iterator
 
@@ -276,6 +278,7 @@ def prepare(make: Callable[[str], tfds.core.DatasetBuilder],
     with locks.build_lock(data_dir_, name):
       builder = make(data_dir_)
       if not builder.is_prepared():
+        _remove_unfinished(builder)
         builder.download_and_prepare()
     return builder
   with tempfile.TemporaryDirectory() as local:
@@ -285,6 +288,20 @@ def prepare(make: Callable[[str], tfds.core.DatasetBuilder],
     paths.copy_tree(epath.Path(staged.data_dir), epath.Path(data_dir_) / relative,
                     last=("dataset_info.json",))
   return make(data_dir_)
+
+
+def _remove_unfinished(builder: tfds.core.DatasetBuilder) -> None:
+  """Removes what a preparation stopped midway (killed) left: TFDS writes into a folder
+  `incomplete.XXXXXX_<version>` beside the version's and renames it when done, so such a folder
+  holds partial data that nothing reads or deletes. Called under the dataset's build lock, when
+  no other process is preparing it."""
+  version = pathlib.Path(os.fspath(builder.data_dir))
+  left = sorted(version.parent.glob(f"incomplete.*_{version.name}"))
+  for folder in left:
+    shutil.rmtree(folder, ignore_errors=True)
+  if left:
+    print(f"note: removed what an earlier preparation of {builder.name} left when it was "
+          f"stopped ({', '.join(f.name for f in left)}); preparing it again", file=sys.stderr)
 
 
 def prepared_builder(data_cfg: DataConfig) -> tfds.core.DatasetBuilder:
