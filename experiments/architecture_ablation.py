@@ -121,7 +121,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from experiments import ablation_corpus, ablation_pool, ablation_writeup
+from experiments import ablation_corpus, ablation_writeup
 from experiments import executor as executor_lib
 from experiments.ablation_pool import Progress, format_seconds
 from experiments.ablation_spec import (FINETUNES, T5_NAMES, T5_ORDER, TASKS, Plan, Results,
@@ -1001,6 +1001,51 @@ def ablation_settings(budgets: list[float], lr_sweep: list[float], tiny: bool) -
           "pretrain_data": TINY_DATA if tiny else CORPUS_DATA}
 
 
+# Chips whose cost per arm --dry_run states: research/flops.py's published bf16 peaks.
+COST_CHIPS = (("TPU v5e", "TPU v5 lite"), ("TPU v5p", "TPU v5"), ("TPU v6e", "TPU v6 lite"),
+              ("H100", "H100"))
+
+
+def finetune_flops(arm: str, task: str, tiny: bool, vocab_size: int) -> float:
+  """Training FLOPs of one fine-tuning run of the arm (research/flops.py): the task's config
+  and steps with the arm's architecture, as init_from gives it."""
+  from research import flops as flops_lib  # pylint: disable=import-outside-toplevel
+  from research import train  # pylint: disable=import-outside-toplevel
+  arm_model = ExperimentConfig.from_config_dict(pretrain_config_dict(arm, 0, tiny)).model
+  spec = FINETUNES[task]
+  config = load_config_file(str(REPO_ROOT / "configs" / spec.configs[arm_model.family]))
+  _set(config, {**spec.settings, **(spec.tiny if tiny else {})})
+  finetune = ExperimentConfig.from_config_dict(config)
+  model = dataclasses.replace(arm_model, vocab_size=vocab_size,
+                              **{k: getattr(finetune.model, k) for k in train.RUN_FIELDS})
+  finetune = dataclasses.replace(finetune, model=model)
+  return float(flops_lib.training_flops_per_step(finetune) * finetune.train.steps)
+
+
+def arm_cost(ablation: Ablation, arm: str) -> list[str]:
+  """What one arm costs: the training FLOPs of its runs at each budget (pretraining: the
+  budget by definition, the sweep's rates at the smallest; fine-tuning at the largest), and
+  the chip-hours they take at each COST_CHIPS chip's peak (divide by the MFU reached: the
+  report's MFU column; evaluation and compilation not counted)."""
+  from research import flops as flops_lib  # pylint: disable=import-outside-toplevel
+  plan = ablation.plans[arm]
+  vocab = plan.vocab_size or (ablation_corpus.VOCAB_SIZE if not ablation.tiny else 96)
+  lines = []
+  for budget in ablation.budgets:
+    runs = len(ablation.seeds) + (len(ablation.lr_sweep) - 1 if budget == ablation.sweep_budget
+                                  else 0)
+    flops = runs * budget
+    tasks = ablation.tasks_at(arm, budget)
+    flops += len(ablation.seeds) * sum(finetune_flops(arm, task, ablation.tiny, vocab)
+                                       for task in tasks)
+    hours = ", ".join(f"{flops / flops_lib.published_peak(kind) / 3600:.3g} on {name}"
+                      for name, kind in COST_CHIPS)
+    lines.append(f"  {arm} at {budget_tag(budget)}: {runs} pretraining run(s)"
+                 + (f", {len(ablation.seeds) * len(tasks)} fine-tuning run(s)" if tasks else "")
+                 + f": {flops:.3g} training FLOPs; chip-hours at peak: {hours}")
+  return lines
+
+
 def dry_run(out: epath.Path, arms: list[str], seeds: list[int], budgets: list[float],
             lr_sweep: list[float], tiny: bool,
             resources: executor_lib.Resources) -> list[str]:
@@ -1032,6 +1077,9 @@ def dry_run(out: epath.Path, arms: list[str], seeds: list[int], budgets: list[fl
                      f"{relative(out, path.parent / path.stem)}")
   lines.append(f"{count} runs ({sum(' to run' in line for line in lines)} to run), each asking "
                f"for {resources.describe()}; learning rates after the sweep are chosen by it")
+  lines.append("What an arm costs (research/flops.py; divide the chip-hours by the MFU reached):")
+  for arm in arms:
+    lines += arm_cost(ablation, arm)
   return lines
 
 

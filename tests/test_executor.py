@@ -30,14 +30,30 @@ TAG = "flops2.5e8"
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
-def ablation_cli(*args, env=None, wait=True):
-  command = [sys.executable, "-m", "experiments.architecture_ablation", *args]
-  environment = {**cli_env(), **LOOPBACK, **(env or {})}
-  if not wait:
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-  return subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True,
-                        timeout=600)
+def ablation_cli(*args, env=None):
+  return subprocess.run(_command(args), cwd=REPO_ROOT, env=_env(env), capture_output=True,
+                        text=True, timeout=600)
+
+
+def start_ablation(*args, stderr: pathlib.Path) -> subprocess.Popen:
+  """The driver started in the background, its output in `stderr` (a pipe left unread while
+  the test waits could fill and stall it)."""
+  with open(stderr, "w", encoding="utf-8") as f:
+    return subprocess.Popen(_command(args), cwd=REPO_ROOT, env=_env(None),
+                            stdout=subprocess.DEVNULL, stderr=f)
+
+
+def finish(process: subprocess.Popen, stderr: pathlib.Path) -> tuple[str, int]:
+  process.wait(timeout=600)
+  return stderr.read_text(), process.returncode
+
+
+def _command(args) -> list[str]:
+  return [sys.executable, "-m", "experiments.architecture_ablation", *args]
+
+
+def _env(extra) -> dict[str, str]:
+  return {**cli_env(), **LOOPBACK, **(extra or {})}
 
 
 def stage_values(out: pathlib.Path, tag: str = TAG, arm: str = "encoder_mlm") -> dict:
@@ -122,7 +138,10 @@ def test_dry_run_lists_the_runs_and_their_resources(tmp_path):
   lines = result.stdout.strip().splitlines()
   assert lines[0].startswith(f"encoder_mlm {TAG} lr0.004 pretrain@{TAG}: to run; 2 CPU, 1 GPU")
   assert lines[1].startswith(f"encoder_mlm {TAG} seed0 sst2: to run")
-  assert lines[-1].startswith("2 runs (2 to run)")
+  assert any(line.startswith("2 runs (2 to run), each asking for 2 CPU, 1 GPU")
+             for line in lines)
+  assert any(line.startswith(f"  encoder_mlm at {TAG}: 1 pretraining run(s), 1 fine-tuning run(s)")
+             and "chip-hours at peak" in line for line in lines)
   assert not (tmp_path / "out").exists()  # nothing written
 
 
@@ -174,15 +193,15 @@ def on_ray(cluster, tmp_path_factory):
   first has made the arm's plan: (OUT, [(stderr, exit status) of each])."""
   out = tmp_path_factory.mktemp("ray") / "out"
   flags = [f"--out={out}", *TINIEST, "--executor=ray", f"--ray_address={cluster.address}"]
+  logs = out.parent / "first.txt", out.parent / "second.txt"
   start = time.perf_counter()
-  first = ablation_cli(*flags, wait=False)
+  first = start_ablation(*flags, stderr=logs[0])
   deadline = time.time() + 300
   while not (out / "encoder_mlm" / "plan.json").exists() and first.poll() is None:
     assert time.time() < deadline
     time.sleep(0.2)
-  second = ablation_cli(*flags, wait=False)
-  drivers = [process.communicate(timeout=600)[1:] + (process.returncode,)
-             for process in (first, second)]
+  second = start_ablation(*flags, stderr=logs[1])
+  drivers = [finish(process, log) for process, log in zip((first, second), logs)]
   print(f"two Ray drivers: {time.perf_counter() - start:.0f} s")
   return out, drivers
 
@@ -208,20 +227,21 @@ def test_ctrl_c_cancels_the_ray_tasks_and_exits_130(on_ray, cluster, tmp_path):
   # programs as the tiniest ablation's: the compilation cache has them).
   out = tmp_path / "out"
   share_compilation_cache(on_ray[0], out)
-  driver = ablation_cli(f"--out={out}", "--tiny", "--arms=encoder_mlm", "--budgets=5e10",
-                        "--seeds=0", "--checkpoint_every=100", "--executor=ray",
-                        f"--ray_address={cluster.address}", wait=False)
+  stderr = tmp_path / "driver.txt"
+  driver = start_ablation(f"--out={out}", "--tiny", "--arms=encoder_mlm", "--budgets=5e10",
+                          "--seeds=0", "--checkpoint_every=100", "--executor=ray",
+                          f"--ray_address={cluster.address}", stderr=stderr)
   workdir = None
   deadline = time.time() + 300
   while time.time() < deadline and workdir is None and driver.poll() is None:
     found = list((out / "encoder_mlm").glob("flops*/lr*/pretrain/checkpoints/100"))
     workdir = found[0].parents[1] if found else None
     time.sleep(0.1)
-  assert workdir is not None, driver.communicate()[1][-3000:]
+  assert workdir is not None, finish(driver, stderr)[0][-3000:]
   driver.send_signal(signal.SIGINT)
-  _, stderr = driver.communicate(timeout=300)
-  assert driver.returncode == 130, stderr[-3000:]
-  assert "stopping: the running runs checkpoint and stop" in stderr
+  output, returncode = finish(driver, stderr)
+  assert returncode == 130, output[-3000:]
+  assert "stopping: the running runs checkpoint and stop" in output
   assert not pathlib.Path(str(workdir) + ".run.json").exists()  # not finished
   assert not (workdir.parent / "pretrain.json").exists()
   assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.orbax-checkpoint-tmp*"))
@@ -252,8 +272,9 @@ def test_a_killed_node_reruns_its_arm_elsewhere_from_its_checkpoint(on_ray, clus
   assert ablation_cli(f"--out={local}", *flags, "--workers=2").returncode == 0
   out = tmp_path / "out"
   share_compilation_cache(on_ray[0], out)
-  driver = ablation_cli(f"--out={out}", *flags, "--executor=ray",
-                        f"--ray_address={cluster.address}", wait=False)
+  stderr = tmp_path / "driver.txt"
+  driver = start_ablation(f"--out={out}", *flags, "--executor=ray",
+                          f"--ray_address={cluster.address}", stderr=stderr)
   deadline = time.time() + 300
   log = None
   while time.time() < deadline and driver.poll() is None:
@@ -262,14 +283,14 @@ def test_a_killed_node_reruns_its_arm_elsewhere_from_its_checkpoint(on_ray, clus
       log = pathlib.Path(str(found[0].parents[1]) + ".log")
       break
     time.sleep(0.1)
-  assert log is not None, driver.communicate()[1][-3000:]
+  assert log is not None, finish(driver, stderr)[0][-3000:]
   ray_nodes = lambda: [line.split("Ray node ")[1].split(",")[0]
                        for line in log.read_text().splitlines() if "Ray node" in line]
   node = next(n for n in cluster.worker_nodes if n.node_id == ray_nodes()[-1])
   cluster.remove_node(node, allow_graceful=False)
-  _, stderr = driver.communicate(timeout=600)
+  output, returncode = finish(driver, stderr)
   cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")  # for any test after this one
-  assert driver.returncode == 0, stderr[-3000:]
+  assert returncode == 0, output[-3000:]
   nodes = ray_nodes()
   assert len(nodes) == 2 and nodes[0] != nodes[1], nodes  # retried on the other node
   assert "resumed from" in log.read_text()
