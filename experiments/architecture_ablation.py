@@ -675,8 +675,9 @@ class Ablation:
 
   def run_of(self, name: str, config: ExperimentConfig,
              workdir: epath.Path) -> executor_lib.Run:
-    return executor_lib.Run(name, config.to_dict(), os.fspath(workdir), self.resources,
-                            os.fspath(self.out))
+    config_dict = config.to_dict()
+    return executor_lib.Run(name, config_dict, os.fspath(workdir),
+                            self.resources.for_config(config_dict), os.fspath(self.out))
 
   def stage(self, name: str, config: ExperimentConfig, workdir: epath.Path) -> StageRun:
     """One run to its last step, through the executor when there is one (FloatingPointError,

@@ -112,6 +112,22 @@ class Resources:
           {f"TPU-{self.tpu}-head": 1} if self.tpu else {})}
     return options
 
+  def for_config(self, config: dict) -> "Resources":
+    """These resources with the device count that a config's mesh names (every axis sized, no
+    -1): a run sharded over 4 devices asks for 4 GPUs or 4 TPU chips when it asks for any."""
+    mesh = config.get("mesh", {})
+    sizes = [int(mesh.get(axis, 1)) for axis in ("data", "fsdp", "tensor")]
+    devices = 1
+    for size in sizes:
+      devices *= size
+    if min(sizes) < 1 or devices <= 1:
+      return self
+    if self.gpus:
+      return dataclasses.replace(self, gpus=max(self.gpus, devices))
+    if self.tpu_chips:
+      return dataclasses.replace(self, tpu_chips=max(self.tpu_chips, devices))
+    return self
+
   def describe(self) -> str:
     parts = [f"{self.cpus:g} CPU"]
     if self.gpus:

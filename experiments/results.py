@@ -272,9 +272,11 @@ def run_row(row: Row, seed: int, out: pathlib.Path, progress: Progress,
   if executor is None:
     run_command(train, directory / "log.txt", on_wait)
   else:  # the same config resolved here, trained where the executor puts it
-    run = executor_lib.Run(f"{row.name} seed{seed}", executor_lib.config_with_overrides(
+    config = executor_lib.config_with_overrides(
         REPO_ROOT / "configs" / row.config, [o.removeprefix("--config.") for o in overrides]
-    ).to_dict(), str(workdir), resources, root=str(out),
+    ).to_dict()
+    run = executor_lib.Run(f"{row.name} seed{seed}", config, str(workdir),
+                           resources.for_config(config), root=str(out),
                            overrides=tuple(o.removeprefix("--config.").split("=")[0]
                                            for o in overrides))
     outcome = executor.run(run)

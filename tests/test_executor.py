@@ -92,6 +92,11 @@ def test_resources_ask_ray_for_cores_gpus_and_tpu_hosts():
                                                                          "num_gpus": 1.0}
   assert executor_lib.parse_resources("tpu=v4-8,tpu_chips=4").ray_options() == {
       "num_cpus": 1.0, "num_gpus": 0.0, "resources": {"TPU": 4, "TPU-v4-8-head": 1}}
+  # A config whose mesh names 4 devices asks for 4 of the accelerator asked for.
+  four = {"mesh": {"data": 2, "fsdp": 2, "tensor": 1}}
+  assert executor_lib.Resources(gpus=1).for_config(four).gpus == 4
+  assert executor_lib.Resources(tpu="v4-8", tpu_chips=1).for_config(four).tpu_chips == 4
+  assert executor_lib.Resources(gpus=1).for_config({"mesh": {"data": -1}}).gpus == 1
   for bad, message in [("gpu=1", "cannot read 'gpu=1'"), ("cpus=x", "not a number"),
                        ("tpu=v4-8", "needs tpu_chips"), ("cpus=-1", "must not be negative")]:
     with pytest.raises(UserError, match=message):
@@ -123,45 +128,84 @@ open({str(run.marker)!r}, "w").write(json.dumps({{"id": {run.id!r}, "result": {{
   assert executor_lib.execute(other).status == "config_error"
 
 
-def test_the_default_path_imports_no_ray():
-  code = ("import sys; from experiments import architecture_ablation, results, executor; "
-          "architecture_ablation.define_flags(); print('ray' in sys.modules)")
-  out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=cli_env(),
-                       capture_output=True, text=True, check=True)
-  assert out.stdout.strip() == "False"
+def test_results_rows_resolve_their_readme_overrides():
+  # experiments.results hands the executor the config its README command would train.
+  path = REPO_ROOT / "configs" / "gpt_shakespeare_char.py"
+  config = executor_lib.config_with_overrides(path, [
+      "train.seed=3", "optimizer.learning_rate=5e-5", "train.async_checkpoints=false",
+      "model.attention=xla"])
+  assert (config.train.seed, config.optimizer.learning_rate) == (3, 5e-5)
+  assert config.train.async_checkpoints is False and config.model.attention == "xla"
+  for bad, message in [("train.sede=3", "has no config key train.sede"),
+                       ("train.steps=many", "'many' is no int"),
+                       ("train.async_checkpoints=maybe", "is no bool")]:
+    with pytest.raises(UserError, match=message):
+      executor_lib.config_with_overrides(path, [bad])
 
 
-def test_dry_run_lists_the_runs_and_their_resources(tmp_path):
-  result = ablation_cli(f"--out={tmp_path / 'out'}", *TINIEST, "--dry_run",
-                        "--run_resources=cpus=2,gpus=1")
+def test_dry_run_lists_the_runs_and_their_resources_and_imports_no_ray(tmp_path):
+  # The default path (the local executor) never imports Ray: not the drivers, not a dry run.
+  out = tmp_path / "out"
+  code = f"""
+import sys
+from absl import flags
+from experiments import architecture_ablation, results, executor
+architecture_ablation.define_flags()
+flags.FLAGS(["x", "--out={out}", *{TINIEST!r}, "--dry_run", "--run_resources=cpus=2,gpus=1"])
+try:
+  architecture_ablation.main(["x"])
+except SystemExit as e:
+  assert not e.code, e.code
+print("ray imported:", "ray" in sys.modules)
+"""
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=cli_env(),
+                          capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-2000:]
   lines = result.stdout.strip().splitlines()
+  assert lines[-1] == "ray imported: False"
   assert lines[0].startswith(f"encoder_mlm {TAG} lr0.004 pretrain@{TAG}: to run; 2 CPU, 1 GPU")
   assert lines[1].startswith(f"encoder_mlm {TAG} seed0 sst2: to run")
   assert any(line.startswith("2 runs (2 to run), each asking for 2 CPU, 1 GPU")
              for line in lines)
   assert any(line.startswith(f"  encoder_mlm at {TAG}: 1 pretraining run(s), 1 fine-tuning run(s)")
              and "chip-hours at peak" in line for line in lines)
-  assert not (tmp_path / "out").exists()  # nothing written
+  assert not out.exists()  # nothing written
 
 
-def test_the_local_pool_reports_a_config_error_once(tmp_path):
+def test_a_config_error_is_reported_once(tmp_path):
   # A config that research.train refuses (exit status 2 on the command line) ends as
-  # "config_error" at its first try, named in the board's line with its log; a pool's worker
-  # process serves the next run after it.
+  # "config_error" at its first try, named in the board's line with its log. (In this process:
+  # the pool's worker processes are the --tiny ablation's, tests/test_ablation.py.)
   from research.config import load_config_file  # pylint: disable=import-outside-toplevel
   config = load_config_file(str(REPO_ROOT / "configs" / "gpt_shakespeare_char.py")).to_dict()
   config["data"]["seq_len"] = 10**6  # longer than the model's positions
   lines = []
   board = executor_lib.Board(log=lines.append)
-  with executor_lib.LocalPool(2, board, env={"XLA_FLAGS": cli_env()["XLA_FLAGS"]}) as pool:
+  with executor_lib.LocalPool(1, board) as pool:
     bad = executor_lib.Run("bad", config, str(tmp_path / "bad"))
     outcome = pool.run(bad)
   assert outcome.status == "config_error" and outcome.error
   assert sum("bad: config_error" in line for line in lines) == 1, lines
   assert str(bad.log) in lines[-1] and "[runs 0/0 done, 0 running, 1 failed" in lines[-1]
-  assert "error:" in bad.log.read_text()
-  assert not bad.marker.exists()
+  assert not bad.marker.exists() and not (tmp_path / "bad").exists()
+
+
+def test_ctrl_c_stops_the_executor_once():
+  stopped = []
+
+  class Stub(executor_lib.Executor):
+    def stop(self):
+      stopped.append(True)
+
+  previous = signal.getsignal(signal.SIGINT)
+  with executor_lib.StopOnSignal(Stub()) as stop:
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C while the runs checkpoint: no second stop
+    deadline = time.time() + 5
+    while not stopped and time.time() < deadline:
+      time.sleep(0.01)
+  assert stopped == [True] and stop.signal == signal.SIGINT
+  assert signal.getsignal(signal.SIGINT) is previous
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,6 +266,7 @@ def test_two_drivers_on_ray_train_each_run_once(on_ray):
   assert (out / "report.md").exists() and stage_values(out)["sst2"] is not None
 
 
+@pytest.mark.slow
 def test_ctrl_c_cancels_the_ray_tasks_and_exits_130(on_ray, cluster, tmp_path):
   # A run long enough to be stopped in its middle: 1,000 steps, a checkpoint every 100 (the same
   # programs as the tiniest ablation's: the compilation cache has them).
