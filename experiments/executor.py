@@ -490,7 +490,7 @@ class Board:
     bits = f"[runs {self.done}/{self.total} done, {len(self.running)} running"
     if self.failed:
       bits += f", {self.failed} failed"
-    left = self.total - self.done - self.failed
+    left = max(0, self.total - self.done - self.failed)
     estimate = ""
     if left and self.seconds:
       at_once = max(1, len(self.running))

@@ -347,6 +347,8 @@ def run(out: pathlib.Path, names: list[str], seeds: list[int],
   todo = [(row, seed) for row in order_rows(names) for seed in seeds
           if not (out / row.name / f"seed{seed}" / "result.json").exists()]
   progress = Progress(todo)
+  if executor is not None:
+    executor.board.expect(len(todo))
   for row, seed in todo:
     started = time.monotonic()
     record = run_row(row, seed, out, progress, executor, resources)
