@@ -44,7 +44,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import errno
 import fcntl
 import hashlib
 import json
