@@ -134,7 +134,10 @@ def generate_text(workdir: str | None, prompt: str, max_new_tokens: int,
     out = np.concatenate([batch, *new], axis=1)
     texts = [tokenizer.decode(_until_eos(row, ids.size, tokenizer.eos_id)[begin.size:])
              for row in out]
-    streamer.finish(texts[0])
+    try:
+      streamer.finish(texts[0])
+    except KeyboardInterrupt:
+      stopped = True
     if stopped:
       raise decode.Stopped(texts)
     return texts
