@@ -332,7 +332,13 @@ def _lease(run: Run, on_wait: Callable[[str], None] | None, poll_s: float) -> It
   """The claim of a gs:// run: research/lease.py's lease (writes conditioned on the object's
   generation; taken over once its holder stopped renewing it) on the prefix <workdir>.claim/,
   waited for while another process holds it."""
-  from research import lease as lease_lib  # pylint: disable=import-outside-toplevel
+  try:
+    from research import lease as lease_lib  # pylint: disable=import-outside-toplevel
+  except ImportError:  # a checkout from before research/lease.py: unclaimed, as before
+    if on_wait:
+      on_wait(f"{run.name}: no lease on gs:// in this checkout; the run is not claimed")
+    yield
+    return
   from research.locks import WorkdirInUse  # pylint: disable=import-outside-toplevel
   said = False
   with contextlib.ExitStack() as stack:
