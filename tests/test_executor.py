@@ -343,3 +343,28 @@ def test_a_killed_node_reruns_its_arm_elsewhere_from_its_checkpoint(on_ray, clus
       "resumed"]
   # Exact resume: the arm's numbers are those of the run that was never stopped.
   assert stage_values(out, "flops5e10") == stage_values(local, "flops5e10")
+
+
+@pytest.mark.slow
+def test_results_rows_through_the_executor_match_their_readme_commands(tmp_path, monkeypatch):
+  # experiments.results trains a row through the executor (a fresh worker process per run, as
+  # its README command would): the same numbers as the command itself, a row that starts from
+  # another's weights included.
+  from experiments import results  # pylint: disable=import-outside-toplevel
+  tiny = ("model.num_layers=1", "model.embed_dim=32", "model.num_heads=2", "model.mlp_dim=64",
+          "data.seq_len=32", "data.batch_size=4", "train.steps=3", "train.eval_every=3",
+          "train.checkpoint_every=3", "train.eval_batches=1", "train.log_every=1",
+          "optimizer.warmup_steps=1")
+  first = results.Row("tiny", "pretraining", "gpt_shakespeare_char.py", "tiny GPT",
+                      (results.LOSS,), overrides=tiny)
+  second = results.Row("tiny_more", "pretraining", "gpt_shakespeare_char.py", "continued",
+                       (results.LOSS,), overrides=tiny, after="tiny")
+  monkeypatch.setattr(results, "ROWS", {"tiny": first, "tiny_more": second})
+  monkeypatch.setenv("XLA_FLAGS", cli_env()["XLA_FLAGS"])
+  commands = results.run(tmp_path / "commands", ["tiny_more"], [0])
+  pool = executor_lib.LocalPool(1, in_process=False, runs_per_process=1)
+  with pool:
+    executed = results.run(tmp_path / "executor", ["tiny_more"], [0], pool)
+  metrics = lambda written: {row: seeds["0"]["metrics"] for row, seeds in written["rows"].items()}
+  assert metrics(executed) == metrics(commands)
+  assert (tmp_path / "executor" / "tiny_more" / "seed0" / "workdir.run.json").exists()
