@@ -56,6 +56,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from typing import Any, Callable, Iterator
 
 if __package__ in (None, ""):  # run as a file: make the repository importable
@@ -428,6 +429,9 @@ def execute(run: Run, log_to_file: bool = True) -> Outcome:
         except UserError as e:  # research.train's exit status 2: a config error, not retried
           print(f"error: {e}", flush=True)
           return Outcome("config_error", error=str(e), host=host)
+        except Exception:  # the traceback into the run's log; the outcome says "failed"
+          traceback.print_exc()
+          raise
       reached = _last_checkpoint(workdir)
       if reached != config.train.steps:  # SIGTERM: checkpointed and returned before the end
         return Outcome("interrupted", error=f"stopped at step {reached} of "
