@@ -158,8 +158,9 @@ def test_a_bfloat16_run_resumes_bit_identically(tmp_path):
   reader = checkpoint.Checkpointer(workdir, read_only=True)
   straight = reader.restore_config(4)[checkpoint.CHECKSUMS_KEY]
   # Adam's first moment is saved float32 and comes back float32 (it was rounded to bfloat16).
-  assert all(v.startswith("float32") for k, v in straight.items() if ".mu[" in k), straight
-  assert any(v.startswith("bfloat16") for k, v in straight.items() if ".params[" in k)
+  moments = [v for k, v in straight.items() if ".mu[" in k]
+  assert moments and all(v.startswith("float32") for v in moments), straight
+  assert any(v.startswith("bfloat16") for k, v in straight.items() if k.startswith(".params["))
   shutil.rmtree(workdir / "checkpoints" / "4")
   train.train_and_evaluate(config, workdir)  # resumes at step 2
   resumed = checkpoint.Checkpointer(workdir, read_only=True).restore_config(4)
