@@ -208,6 +208,56 @@ def test_ctrl_c_stops_the_executor_once():
   assert signal.getsignal(signal.SIGINT) is previous
 
 
+def test_the_ablation_records_what_its_runs_end_as(tmp_path):
+  # What the executor answers becomes the ablation's records: a finished run a record, a
+  # diverged seed a failure without one (a rerun tries it again), a config error a failure
+  # reported once and no record; a sweep with a failed rate chooses no rate.
+  from experiments import architecture_ablation as ablation  # pylint: disable=import-outside-toplevel
+  from experiments.ablation_pool import Progress  # pylint: disable=import-outside-toplevel
+  from experiments.ablation_spec import Plan, seed_dir  # pylint: disable=import-outside-toplevel
+
+  class Answers(executor_lib.Executor):
+    def __init__(self, answer):
+      super().__init__(executor_lib.Board(log=lambda line: None))
+      self.answer, self.runs = answer, []
+
+    def submit(self, run):
+      self.runs.append(run)
+      future = executor_lib.concurrent.futures.Future()
+      future.set_result(self.answer(run))
+      return future
+
+  plan = Plan(arm="decoder_lm", family="decoder", objective="causal_lm", parameters=1,
+              vocab_size=68, flops_per_step=10**10, batch_size=16, seq_len=128,
+              learning_rate=2e-3, diff=(), data_order="same")
+  by_seed = {0: executor_lib.Outcome("done", {"eval/loss": 2.5}, 4.0),
+             1: executor_lib.Outcome("diverged", error="loss is nan at step 3"),
+             2: executor_lib.Outcome("config_error", error="data.seq_len too long")}
+  answers = Answers(lambda run: by_seed[run.config["train"]["seed"]])
+  run = ablation.Ablation(tmp_path, ["decoder_lm"], [1e11, 1e12], [0, 1, 2], [1.0], True,
+                          {"decoder_lm": plan}, executor=answers)
+  lines = []
+  failed = run.run_budget("decoder_lm", 1e12, 2e-3, Progress([], {}), lines.append)
+  # Every seed's pretraining at once, then the finished seed's fine-tunings.
+  assert [r.name for r in answers.runs] == [
+      *(f"decoder_lm flops1e12 seed{s} pretrain" for s in (0, 1, 2)),
+      "decoder_lm flops1e12 seed0 sst2", "decoder_lm flops1e12 seed0 spa_eng"]
+  assert failed[0] == "decoder_lm flops1e12 seed1: loss is nan at step 3"
+  assert failed[1].startswith("decoder_lm flops1e12 seed2: config error: data.seq_len too long")
+  assert str(tmp_path / "decoder_lm" / "flops1e12" / "seed2" / "pretrain.log") in failed[1]
+  assert len(failed) == 2
+  assert json.loads((seed_dir(tmp_path, "decoder_lm", 1e12, 0) / "result.json").read_text())[
+      "pretrain"]["eval_loss"] == 2.5
+  for seed in (1, 2):
+    assert not (seed_dir(tmp_path, "decoder_lm", 1e12, seed) / "pretrain.json").exists()
+  # The sweep: its one rate's run failed, so no rate is chosen and no budget runs.
+  answers.answer = lambda run: executor_lib.Outcome("failed", error="worker exited")
+  assert run.run_arm_at("decoder_lm", 1e11, Progress([], {}), lines.append) == [
+      "decoder_lm: the sweep did not finish (failed: worker exited (log: "
+      f"{tmp_path}/decoder_lm/flops1e11/lr0.002/pretrain.log))"]
+  assert not (tmp_path / "decoder_lm" / "lr.json").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Ray: a cluster of two nodes in this process
 # ---------------------------------------------------------------------------------------------
