@@ -267,6 +267,7 @@ def test_the_ablation_records_what_its_runs_end_as(tmp_path):
 def cluster():
   """A head node that takes no runs (its loss would end the cluster) and two nodes of one CPU
   each, all on loopback."""
+  saved = {key: os.environ.get(key) for key in LOOPBACK}
   os.environ.update(LOOPBACK)
   from ray.cluster_utils import Cluster  # pylint: disable=import-outside-toplevel
   start = time.perf_counter()
@@ -279,6 +280,11 @@ def cluster():
   print(f"Ray cluster up in {time.perf_counter() - start:.1f} s")
   yield cluster
   cluster.shutdown()
+  for key, value in saved.items():
+    if value is None:
+      os.environ.pop(key, None)
+    else:
+      os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
