@@ -40,10 +40,9 @@ PEERS = pathlib.Path(__file__).resolve().with_name("pretrained_peers.py")
 
 def load(source: str, dtype: str, context: int):
   """(model, params, config) with params in `dtype` and max_len = context."""
-  _, params, _, config = convert.load_pretrained(source)
+  _, params, _, config = convert.load_pretrained(source, dtype)
   model_cfg = dataclasses.replace(config.model, max_len=context, param_dtype=dtype,
                                   matmul_dtype=dtype, activation_dtype="float32")
-  params = jax.tree.map(lambda x: jnp.asarray(x, layers.dtype(dtype)), params)
   return models.build_model(model_cfg), params, model_cfg
 
 

@@ -38,6 +38,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from etils import epath
+from flax import traverse_util
 
 from research import gguf_io, hf, models, paths
 from research import workdir as workdir_lib
@@ -148,21 +149,31 @@ def import_hf(directory: str | os.PathLike, workdir: str | os.PathLike
       raise
 
 
-def load_gguf(source: str | os.PathLike) -> tuple[Any, Any, Any, ExperimentConfig]:
-  """(model, params, tokenizer or None, config) of a GGUF file or named model, in memory."""
-  imported = gguf_io.import_gguf(source)
+def load_gguf(source: str | os.PathLike, dtype: str = "float32"
+              ) -> tuple[Any, Any, Any, ExperimentConfig]:
+  """(model, params, tokenizer or None, config) of a GGUF file or named model, in memory;
+  matrices in `dtype` (float32 or bfloat16: model.param_dtype says which)."""
+  imported = gguf_io.import_gguf(source, dtype=dtype)
   _print_notes(_import_notes(imported, imported.tokenizer, epath.Path(str(source))))
   config = experiment_config(imported.model_config, imported.tokenizer)
-  params = jax.tree.map(jnp.asarray, imported.params)
-  return models.build_model(config.model), params, imported.tokenizer, config
+  config = dataclasses.replace(config, model=dataclasses.replace(config.model, param_dtype=dtype))
+  tokenizer = imported.tokenizer
+  flat = traverse_util.flatten_dict(imported.params, sep="/")
+  del imported  # each numpy array goes once it is on the device: one copy of the model
+  params = {}
+  for key in list(flat):
+    params[key] = jnp.asarray(flat.pop(key))
+  params = traverse_util.unflatten_dict(params, sep="/")
+  return models.build_model(config.model), params, tokenizer, config
 
 
-def load_pretrained(source: str | os.PathLike) -> tuple[Any, Any, Any, ExperimentConfig]:
+def load_pretrained(source: str | os.PathLike, dtype: str = "float32"
+                    ) -> tuple[Any, Any, Any, ExperimentConfig]:
   """load_hf for a Hugging Face directory, load_gguf for a GGUF file or a named model: the
-  user names a model, never its format."""
+  user names a model, never its format. dtype: of a GGUF load's matrices."""
   if epath.Path(str(source)).is_dir():
     return load_hf(source)
-  return load_gguf(source)
+  return load_gguf(source, dtype)
 
 
 def import_gguf(source: str | os.PathLike, workdir: str | os.PathLike
