@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 import jax  # pylint: disable=wrong-import-position
 
-from research import bench, flops, models, train  # pylint: disable=wrong-import-position
+from research import bench, cli, flops, models, train  # pylint: disable=wrong-import-position
 from research.config import ConfigError, ExperimentConfig  # pylint: disable=wrong-import-position
 
 VOCAB = 32768
@@ -121,8 +121,8 @@ def format_rows(results: list[dict]) -> str:
 
 def main(argv) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
-  train.quiet_logs()
-  train.reject_positional_args(argv)
+  cli.quiet_logs()
+  cli.reject_positional_args(argv)
   f = flags.FLAGS
 
   def body():
@@ -149,7 +149,7 @@ def main(argv) -> None:
     if f.out:
       pathlib.Path(f.out).write_text(json.dumps(results, indent=2, default=float) + "\n")
 
-  train.run_cli(body)
+  cli.run_cli(body)
 
 
 def define_flags() -> None:
@@ -168,4 +168,4 @@ def define_flags() -> None:
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main, flags_parser=train.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1124,9 +1124,9 @@ def parse_positive(flag: str, values: list[str], what: str) -> list[float]:
 
 def main(argv) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
-  from research import train  # pylint: disable=import-outside-toplevel
-  train.quiet_logs()
-  train.reject_positional_args(argv)
+  from research import cli, train  # pylint: disable=import-outside-toplevel
+  cli.quiet_logs()
+  cli.reject_positional_args(argv)
   f = flags.FLAGS
 
   def body():
@@ -1187,12 +1187,12 @@ def main(argv) -> None:
     print(f"report: {epath.Path(f.out) / 'report.md'} ({len(outcome['results'].runs)} "
           f"arm-budget-seed results, {format_seconds(time.perf_counter() - start)})")
     if outcome["interrupted"]:  # Ctrl-C, SIGTERM: what finished is written, the rest resumes
-      raise train.Interrupted()
+      raise cli.Interrupted()
     if outcome["failed"]:
       raise UserError(f"{len(outcome['failed'])} run(s) failed (listed in the report); rerun "
                       "the command to retry them")
 
-  train.run_cli(body)
+  cli.run_cli(body)
 
 
 def define_flags() -> None:
@@ -1225,6 +1225,6 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
-  from research import train as _train  # pylint: disable=g-import-not-at-top
+  from research import cli  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main, flags_parser=_train.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -403,7 +403,7 @@ def _output_to(log: epath.Path | None) -> Iterator[None]:
 def execute(run: Run, log_to_file: bool = True) -> Outcome:
   """Claims, trains (or resumes) and evaluates the run, and writes its marker; what the worker
   processes of every backend call. Never raises for a run's own failure: that is the outcome."""
-  from research import train  # pylint: disable=import-outside-toplevel
+  from research import cli, train  # pylint: disable=import-outside-toplevel
   from research.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
   host = socket.gethostname()
   say = lambda line: print(f"[executor] {line}", file=sys.stderr, flush=True)
@@ -421,7 +421,7 @@ def execute(run: Run, log_to_file: bool = True) -> Outcome:
           start = time.perf_counter()
           result = train.train_and_evaluate(config, run.workdir, run.overrides)
           seconds = time.perf_counter() - start
-        except train.Interrupted:
+        except cli.Interrupted:
           return Outcome("interrupted", host=host)
         except FloatingPointError as e:
           print(f"error: {e}", flush=True)
@@ -731,8 +731,8 @@ class LocalPool(Executor):
 def serve() -> None:
   """A LocalPool worker process: reads runs (JSON lines) on stdin, runs each, answers its
   Outcome (a JSON line) on stdout. The runs' own output goes to their logs."""
-  from research import train  # pylint: disable=import-outside-toplevel
-  train.quiet_logs()
+  from research import cli  # pylint: disable=import-outside-toplevel
+  cli.quiet_logs()
   answers = os.fdopen(os.dup(1), "w")
   os.dup2(2, 1)  # a stray print never mixes into the answers
   idle = lambda *_: sys.exit(0)  # between runs: nothing to checkpoint

@@ -490,8 +490,8 @@ def define_flags() -> None:
 
 
 def main(argv) -> None:
-  from research import train  # pylint: disable=import-outside-toplevel
-  train.reject_positional_args(argv)
+  from research import cli, train  # pylint: disable=import-outside-toplevel
+  cli.reject_positional_args(argv)
   f = flags.FLAGS
 
   def body():
@@ -540,7 +540,7 @@ def main(argv) -> None:
     if f.publish:
       print(f"published to {publish(out)}", file=sys.stderr)
 
-  train.run_cli(body)
+  cli.run_cli(body)
 
 
 if __name__ == "__main__":

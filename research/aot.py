@@ -40,7 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research import bench, decode, flops, paths, sharding, train
+from research import bench, cli, decode, flops, paths, sharding, train
 from research.hlo import Costs, global_flops
 from research.checkpoint import abstract_like
 from research.config import ConfigError, ExperimentConfig, UserError
@@ -537,8 +537,8 @@ def libtpu_args_of_config(config_file: str) -> str:
 def main(argv) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  train.quiet_logs()
-  train.reject_positional_args(argv)
+  cli.quiet_logs()
+  cli.reject_positional_args(argv)
   f = flags.FLAGS
 
   def body():
@@ -564,7 +564,7 @@ def main(argv) -> None:
     if problem:
       raise UserError(problem)
 
-  train.run_cli(body)
+  cli.run_cli(body)
 
 
 def define_flags() -> None:
@@ -584,4 +584,4 @@ def define_flags() -> None:
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main, flags_parser=train.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import decode, flops, layers, models, sharding, train
+from research import cli, decode, flops, layers, models, sharding, train
 from research.config import ConfigError, ExperimentConfig
 
 Array = jax.Array
@@ -512,8 +512,8 @@ def define_flags() -> None:
 
 def main(argv) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
-  train.quiet_logs()
-  train.reject_positional_args(argv)
+  cli.quiet_logs()
+  cli.reject_positional_args(argv)
   f = flags.FLAGS
 
   def body():
@@ -527,10 +527,10 @@ def main(argv) -> None:
       pathlib.Path(f.out).write_text(json.dumps(result, indent=2, default=float) + "\n")
       print(f"wrote {f.out}", file=sys.stderr)
 
-  train.run_cli(body)
+  cli.run_cli(body)
 
 
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main, flags_parser=train.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -25,11 +25,13 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from research import convert, decode, kinds, models, train
+from research import cli, convert, decode, kinds, models
 from research.config import UserError
 from research.data.tokenizers import load_tokenizer
 from research.decode import Streamer, begin_of_text, encode_with_specials, sized_for
 from research.kinds.instruction import ChatTemplate, Instruction, chat_template
+from research.load import load_experiment_config, restore_params
+from research.train_state import build_model_and_loss
 
 
 def define_flags() -> None:
@@ -59,12 +61,12 @@ class Chat:
       if tokenizer is None:
         raise UserError(f"--pretrained={pretrained} has no tokenizer, so it cannot read text")
     else:
-      config = train.load_experiment_config(workdir)
+      config = load_experiment_config(workdir)
     if config.model.family != "decoder":
       raise UserError(f"{source} holds a {config.model.family} model; chat needs a decoder "
                       "(e.g. one fine-tuned with configs/alpaca_gpt.py)")
     if not pretrained:
-      model = train.build_model_and_loss(config)[0]  # checked before the checkpoint is read
+      model = build_model_and_loss(config)[0]  # checked before the checkpoint is read
       if not isinstance(model, models.Decoder):
         raise UserError(f"{workdir} holds a {config.task.name} {type(model).__name__}, which "
                         "scores text rather than writes it; chat needs a decoder language "
@@ -84,7 +86,7 @@ class Chat:
             "conversation in Gemma's turn markers but was not trained to follow them; a LoRA "
             "chat workdir (README) answers better", file=sys.stderr)
     else:
-      config, model, params = train.restore_params(workdir, config)
+      config, model, params = restore_params(workdir, config)
       tokenizer = load_tokenizer(epath.Path(workdir) / "tokenizer")
       if not config.task.name or kinds.kind_class(config) is not Instruction:
         print(f"note: {workdir} was not instruction-tuned, so it continues the chat text "
@@ -161,8 +163,8 @@ class Chat:
 
 
 def main(argv) -> None:
-  train.quiet_logs()
-  train.reject_positional_args(argv)
+  cli.quiet_logs()
+  cli.reject_positional_args(argv)
   f = flags.FLAGS
   show = lambda piece: print(piece, end="", flush=True)
 
@@ -175,7 +177,7 @@ def main(argv) -> None:
       raise UserError("chat reads its messages from the terminal, and stdin is closed; pass "
                       "--prompt=TEXT to ask one question")
     if f.prompt is not None:
-      train.check_utf8(f.prompt)
+      cli.check_utf8(f.prompt)
       if not f.prompt.strip():
         raise UserError("--prompt is empty; ask something")
     chat = Chat(f.workdir, f.max_new_tokens,
@@ -187,14 +189,14 @@ def main(argv) -> None:
       except decode.Stopped:
         print(file=sys.stdout)
         print("note: interrupted (Ctrl-C); the reply so far is above", file=sys.stderr)
-        raise train.Interrupted() from None
+        raise cli.Interrupted() from None
       print()
       return
     print("Chatting with", f.workdir or f.pretrained, "(/reset forgets, /quit leaves; Ctrl-C "
           "stops a reply)", file=sys.stderr)
     while True:
       try:
-        message = train.check_utf8(input("you> "), "the message").strip()
+        message = cli.check_utf8(input("you> "), "the message").strip()
       except (EOFError, KeyboardInterrupt):
         print(file=sys.stderr)
         return
@@ -215,9 +217,9 @@ def main(argv) -> None:
           print(" [stopped]", end="")
         print(flush=True)
 
-  train.run_cli(body)
+  cli.run_cli(body)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=train.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

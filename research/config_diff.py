@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from research import cli
 from research.config import ExperimentConfig, UserError, load_config_file
 
 
@@ -47,8 +48,6 @@ def diff_files(path_a: str, path_b: str) -> list[tuple[str, Any, Any]]:
 
 
 def main(argv: list[str]) -> None:
-  from research import train  # pylint: disable=import-outside-toplevel
-
   def body():
     if len(argv) != 3:
       raise UserError(f"expected two config files, got {len(argv) - 1}; usage: "
@@ -56,10 +55,9 @@ def main(argv: list[str]) -> None:
     for line in format_diff(diff_files(argv[1], argv[2])):
       print(line)
 
-  train.run_cli(body)
+  cli.run_cli(body)
 
 
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
-  from research import train as _train  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=_train.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -37,12 +37,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from absl import app, flags
 from etils import epath
 from flax import traverse_util
 
-from research import gguf_io, hf, models, paths
+from research import checkpoint as ckpt_lib
+from research import cli, gguf_io, hf, models, paths
 from research import workdir as workdir_lib
-from research.config import ExperimentConfig, ModelConfig, UserError
+from research.config import ExperimentConfig, UserError
+from research.data import tokenizers
+# experiment_config: importable from here too, as before.
+from research.load import (experiment_config, load_experiment_config, pretrained_kind,
+                           restore_params, tokenizer_of)
+from research.train_state import TrainState, build_optimizer
 
 IMPORT_DIR = "hf_import"  # inside an imported workdir: the original files an export reuses
 GGUF_VOCAB_FILE = "gguf_vocab.json"  # in IMPORT_DIR: a GGUF file's tokenizer.* metadata
@@ -50,43 +57,6 @@ GGUF_VOCAB_FILE = "gguf_vocab.json"  # in IMPORT_DIR: a GGUF file's tokenizer.* 
 _SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 # Entries of config.json that transformers derives from others on loading.
 _DERIVED_KEYS = ("dense_act_fn", "is_gated_act")
-_OBJECTIVES = {"decoder": "causal_lm", "encoder": "masked_lm", "encoder_decoder": "span_corruption"}
-
-
-def _count_sentinels(tokenizer) -> int:
-  """How many of <extra_id_0>, <extra_id_1>, ... the tokenizer holds (T5's span sentinels)."""
-  count = 0
-  while count < 10_000:
-    try:
-      tokenizer.token_to_id(f"<extra_id_{count}>")
-    except UserError:
-      break
-    count += 1
-  return count
-
-
-def experiment_config(model_config: ModelConfig, tokenizer=None,
-                      tokenizer_path: str = "") -> ExperimentConfig:
-  """The workdir config of an imported model: the family's pretraining objective and the
-  default data (Tiny Shakespeare) read with the checkpoint's own tokenizer."""
-  family = model_config.family
-  objective: dict[str, Any] = {"name": _OBJECTIVES[family]}
-  if family == "encoder_decoder":
-    sentinels = _count_sentinels(tokenizer) if tokenizer is not None else 0
-    objective = {"name": "span_corruption", "num_sentinels": sentinels} if sentinels else {
-        "name": "prefix_lm"}
-  return ExperimentConfig.from_config_dict({
-      "model": dataclasses.asdict(model_config),
-      # batch 8: divisible by the data axis of 1, 2, 4 or 8 devices
-      "data": {"tokenizer": "hf", "tokenizer_path": tokenizer_path,
-               "seq_len": min(64, model_config.max_len), "batch_size": 8},
-      "objective": objective})
-
-
-def _tokenizer_of(directory: epath.Path):
-  from research.data.tokenizers import HFTokenizer  # pylint: disable=import-outside-toplevel
-  text = hf.read_tokenizer_json(directory)
-  return HFTokenizer(text) if text is not None else None
 
 
 def _print_notes(notes: list[str]) -> None:
@@ -119,7 +89,7 @@ def load_hf(directory: str | os.PathLike) -> tuple[Any, Any, Any, ExperimentConf
   """
   directory = epath.Path(directory)
   imported = hf.import_params(directory)
-  tokenizer = _tokenizer_of(directory)
+  tokenizer = tokenizer_of(directory)
   _print_notes(_import_notes(imported, tokenizer, directory))
   config = experiment_config(imported.model_config, tokenizer)
   params = jax.tree.map(jnp.asarray, imported.params)
@@ -134,7 +104,7 @@ def import_hf(directory: str | os.PathLike, workdir: str | os.PathLike
   workdir_lib.check_writable(workdir)
   _check_import_target(workdir)
   imported = hf.import_params(directory)  # all checks pass before anything is written
-  tokenizer = _tokenizer_of(directory)
+  tokenizer = tokenizer_of(directory)
   notes = _import_notes(imported, tokenizer, directory)
   undo = workdir_lib.FailedStartUndo(workdir)  # an import cut short leaves nothing behind
   workdir.mkdir(parents=True, exist_ok=True)
@@ -207,7 +177,6 @@ def _check_import_target(workdir: epath.Path) -> None:
   """ConvertError when `workdir` holds a run or a finished import; what an import killed
   midway left is no run (it is removed, under the lock, by _start_import)."""
   # Imported here: train pulls in the optimizer and checkpoint machinery, not needed by load_hf.
-  from research import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   if workdir_lib.unfinished_import(workdir):
     return
   if (workdir / "config.json").exists() or ckpt_lib.checkpoint_dir(workdir).exists():
@@ -226,8 +195,6 @@ def _write_import(directory: epath.Path, workdir: epath.Path, imported: hf.Impor
                   tokenizer, extra: dict[str, str] | None = None) -> ExperimentConfig:
   """The files of an imported workdir: tokenizer, a checkpoint of step 0, the original side
   files (and `extra`: name -> text, into IMPORT_DIR), and config.json last."""
-  from research import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-  from research import train  # pylint: disable=import-outside-toplevel
   tokenizer_path = ""
   if tokenizer is not None:
     tokenizer.save(workdir / "tokenizer")
@@ -235,8 +202,8 @@ def _write_import(directory: epath.Path, workdir: epath.Path, imported: hf.Impor
     tokenizer_path = str(workdir / "tokenizer" / manifest["tokenizer_file"])
   config = experiment_config(imported.model_config, tokenizer, tokenizer_path)
   params = jax.tree.map(jnp.asarray, imported.params)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                           opt_state=train.build_optimizer(config).init(params))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=build_optimizer(config).init(params))
   checkpointer = ckpt_lib.Checkpointer(workdir, async_save=False)
   try:
     checkpointer.save(0, state, None, config.to_dict(), force=True)
@@ -278,8 +245,6 @@ def export_hf(workdir: str | os.PathLike, out: str | os.PathLike, overwrite: boo
   """Writes the latest checkpoint of a workdir as a Hugging Face directory; returns notes.
   dtype: of the written weights (float32 | bfloat16); max_shard_mb > 0: shards of at most
   that many MiB (model-0000k-of-0000n.safetensors + model.safetensors.index.json)."""
-  from research import train  # pylint: disable=import-outside-toplevel
-  from research.data import tokenizers  # pylint: disable=import-outside-toplevel
   workdir, out = paths.workdir_path(workdir), paths.workdir_path(out)
   if out == workdir:
     raise hf.ConvertError("--to_hf must name a directory other than --workdir (both hold a "
@@ -287,7 +252,7 @@ def export_hf(workdir: str | os.PathLike, out: str | os.PathLike, overwrite: boo
   paths.check_bucket(out)
   _check_export_target(out, overwrite)
   workdir_lib.check_writable(out, "--to_hf")
-  config, _, params = train.restore_params(workdir)  # a LoRA workdir's: merged into its base
+  config, _, params = restore_params(workdir)  # a LoRA workdir's: merged into its base
   tokenizer = None
   if (workdir / "tokenizer" / tokenizers.MANIFEST).is_file():
     tokenizer = tokenizers.load_tokenizer(workdir / "tokenizer")
@@ -324,8 +289,6 @@ def export_gguf(workdir: str | os.PathLike, out: str | os.PathLike, dtype: str =
                 overwrite: bool = False) -> list[str]:
   """Writes the latest checkpoint of a workdir as one GGUF file (f32 | f16 | bf16 matrices) with
   its vocabulary: a GGUF import's own, else the workdir's byte-level BPE tokenizer.json."""
-  from research import train  # pylint: disable=import-outside-toplevel
-  from research.data import tokenizers  # pylint: disable=import-outside-toplevel
   workdir, out = paths.workdir_path(workdir), epath.Path(out)
   if paths.is_url(out):
     raise hf.ConvertError(f"--to_gguf={out}: write the file locally, then copy it")
@@ -333,7 +296,7 @@ def export_gguf(workdir: str | os.PathLike, out: str | os.PathLike, dtype: str =
     raise hf.ConvertError(f"--to_gguf={out} is a directory; name the .gguf file to write")
   if out.exists() and not overwrite:
     raise hf.ConvertError(f"--to_gguf={out} exists; pass --overwrite to replace it")
-  config, _, params = train.restore_params(workdir)  # a LoRA workdir's: merged into its base
+  config, _, params = restore_params(workdir)  # a LoRA workdir's: merged into its base
   notes = []
   originals = original_files(workdir, config)
   vocab_file = originals / GGUF_VOCAB_FILE if originals else None
@@ -365,27 +328,25 @@ def original_files(workdir: epath.Path, config: ExperimentConfig) -> epath.Path 
   side files, gguf_vocab.json): an imported workdir's IMPORT_DIR; for a run started from a
   pretrained model (init_from, a LoRA workdir's base) that model's: a workdir's own, a Hugging
   Face folder itself. None when there is none."""
-  from research import train  # pylint: disable=import-outside-toplevel
   if (workdir / IMPORT_DIR).is_dir():
     return workdir / IMPORT_DIR
-  if not config.init_from or train.pretrained_kind(config.init_from) not in ("workdir", "hf"):
+  if not config.init_from or pretrained_kind(config.init_from) not in ("workdir", "hf"):
     return None
   source = epath.Path(config.init_from)
-  if train.pretrained_kind(config.init_from) == "hf":
+  if pretrained_kind(config.init_from) == "hf":
     return source
-  return original_files(source, train.load_experiment_config(source))
+  return original_files(source, load_experiment_config(source))
 
 
 def _gguf_source(config: ExperimentConfig, depth: int = 0) -> str | None:
   """The GGUF file or named model a run started from (through init_from workdirs), if any."""
-  from research import train  # pylint: disable=import-outside-toplevel
   if not config.init_from or depth > 8:
     return None
-  kind = train.pretrained_kind(config.init_from)
+  kind = pretrained_kind(config.init_from)
   if kind in ("gguf", "named"):
     return config.init_from
   if kind == "workdir":
-    return _gguf_source(train.load_experiment_config(config.init_from), depth + 1)
+    return _gguf_source(load_experiment_config(config.init_from), depth + 1)
   return None
 
 
@@ -395,10 +356,8 @@ def _gguf_source(config: ExperimentConfig, depth: int = 0) -> str | None:
 
 
 def main(argv) -> None:
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from research import train  # pylint: disable=import-outside-toplevel
-  train.quiet_logs()
-  train.reject_positional_args(argv)
+  cli.quiet_logs()
+  cli.reject_positional_args(argv)
   flags_ = flags.FLAGS
 
   def body():
@@ -428,11 +387,10 @@ def main(argv) -> None:
       print(f"exported {workdir} to {paths.workdir_path(to_hf)}")
     _print_notes(notes)
 
-  train.run_cli(body)
+  cli.run_cli(body)
 
 
 def define_flags() -> None:
-  from absl import flags  # pylint: disable=import-outside-toplevel
   flags.DEFINE_string("from_hf", "", "A Hugging Face model directory to import into --workdir.")
   flags.DEFINE_string("to_hf", "", "A directory to write --workdir into, in Hugging Face layout.")
   flags.DEFINE_string("from_gguf", "", "A GGUF file, or a named model (" + ", ".join(
@@ -451,7 +409,5 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from research.train import parse_flags  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

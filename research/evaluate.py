@@ -25,9 +25,11 @@ from absl import app, flags
 from etils import epath
 
 from research import checkpoint as ckpt_lib
-from research import paths, train
+from research import cli, paths
 from research import workdir as workdir_lib
 from research.config import UserError
+from research.experiment import build_experiment, evaluate_split, make_eval_fn
+from research.load import load_experiment_config
 
 def define_flags() -> None:
   """The CLI's flags (defined only when run as a program: importing this module defines none)."""
@@ -48,22 +50,22 @@ def define_flags() -> None:
 def evaluate_workdir(workdir: str, split: str = "", step: int | None = None,
                      predictions: str = "") -> dict:
   """Metrics of a workdir's checkpoint on a whole split (a task's predictions to a file)."""
-  config = train.load_experiment_config(workdir)
+  config = load_experiment_config(workdir)
   if split:
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, eval_split=split))
   if predictions and not config.task.name:
     raise UserError("--predictions is for a fine-tuning task's workdir; this one pretrains")
-  exp = train.build_experiment(config, workdir)
+  exp = build_experiment(config, workdir)
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
   step = step if step is not None else checkpointer.latest_step()
   if step is None or step not in checkpointer.all_steps():
     raise UserError(f"no checkpoint {'' if step is None else step} in {checkpointer.directory}; "
                     f"available steps: {checkpointer.all_steps()}")
-  _, eval_fn = train.make_step_fns(exp)
+  eval_fn = make_eval_fn(exp)
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(exp.config.rules):
     state = checkpointer.restore(step, ckpt_lib.abstract_like(exp.abstract_state, exp.shardings))
-    metrics = train.evaluate_split(exp, eval_fn, state.params, task_examples=0,
-                                   predictions_file=predictions or None)
+    metrics = evaluate_split(exp, eval_fn, state.params, task_examples=0,
+                             predictions_file=predictions or None)
   what = ({"task": _task_name(exp.config)} if exp.is_task
           else {"objective": exp.config.objective.name})
   return {"step": step, "split": exp.config.data.eval_split, **what,
@@ -106,8 +108,8 @@ def _task_name(config) -> str:
 
 
 def main(argv) -> None:
-  train.quiet_logs()
-  train.reject_positional_args(argv)
+  cli.quiet_logs()
+  cli.reject_positional_args(argv)
 
   f = flags.FLAGS
 
@@ -164,9 +166,9 @@ def main(argv) -> None:
       paths.write_atomic(epath.Path(f.output), json.dumps(result, indent=2) + "\n")
       print(f"wrote {f.output}", file=sys.stderr)
 
-  train.run_cli(body)
+  cli.run_cli(body)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=train.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

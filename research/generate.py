@@ -32,9 +32,10 @@ from absl import app, flags
 from etils import epath
 
 from research import convert, decode, models, objectives
+from research.cli import (Interrupted, check_utf8, parse_flags, quiet_logs,
+                          reject_positional_args, run_cli)
 from research.config import UserError
-from research.train import (Interrupted, check_utf8, parse_flags, quiet_logs,
-                            reject_positional_args, restore_params, run_cli)
+from research.load import restore_params
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
 _PRETRAINED = flags.DEFINE_string(

@@ -42,7 +42,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from research import checkpoint as ckpt_lib
 from research import flops as flops_lib
 from research import metrics as metrics_lib
-from research import paths, sharding, train
+from research import cli, paths, sharding, train
 from research import workdir as workdir_lib
 from research.config import ConfigError, ExperimentConfig
 
@@ -358,7 +358,7 @@ def _train_loop(program: SeedProgram, exps: list[train.Experiment], state: train
         bar.write(f"{'interrupted' if preemption.signal == signal.SIGINT else 'preempted'}: "
                   f"checkpoints of step {done} written; rerun the same call to continue")
         if preemption.signal == signal.SIGINT:
-          raise train.Interrupted
+          raise cli.Interrupted
         break
   finally:
     preemption.close()

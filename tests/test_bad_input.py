@@ -298,7 +298,7 @@ def test_chat_refuses_a_task_classifier_and_notes_a_model_not_instruction_tuned(
 
 def test_flag_errors_keep_their_quotes_and_drop_embedded_tracebacks():
   from absl import flags  # pylint: disable=import-outside-toplevel
-  from research.train import _flag_error_text  # pylint: disable=import-outside-toplevel
+  from research.cli import _flag_error_text  # pylint: disable=import-outside-toplevel
   # ml_collections: a KeyError (repr'ed by str()) inside an AttributeError.
   wrapped = AttributeError(KeyError("'num_layerz'\nDid you mean \"num_layers\" instead of "
                                     "\"num_layerz\"?"))
@@ -351,7 +351,7 @@ def test_noise_of_a_failed_restore_or_save_is_dropped():
   retrieved', coroutines dropped with their error) is filtered; other records are kept."""
   import logging  # pylint: disable=import-outside-toplevel
   import os  # pylint: disable=import-outside-toplevel
-  from research.train import _drop_reported_records  # pylint: disable=import-outside-toplevel
+  from research.cli import _drop_reported_records  # pylint: disable=import-outside-toplevel
   namespace = {}
   exec(compile("def read():\n  raise ValueError('Requested shape: (32,) is not compatible')",
                os.path.join(os.sep, "site-packages", "orbax", "serialization.py"), "exec"),
@@ -376,12 +376,12 @@ def test_noise_of_a_failed_restore_or_save_is_dropped():
 def test_unraisable_noise_of_tensorstore_and_orbax_is_dropped():
   import os  # pylint: disable=import-outside-toplevel
   import types  # pylint: disable=import-outside-toplevel
-  from research import train  # pylint: disable=import-outside-toplevel
+  from research import cli  # pylint: disable=import-outside-toplevel
   seen = []
   saved = sys.excepthook, sys.unraisablehook
   sys.unraisablehook = seen.append
   try:
-    train._quiet_closed_loop_errors()
+    cli._quiet_closed_loop_errors()
     namespace = {}
     exec(compile("async def read():\n  pass",
                  os.path.join(os.sep, "site-packages", "orbax", "serialization.py"), "exec"),
