@@ -45,12 +45,18 @@ def dtype(name: str):
 
 
 @functools.cache
-def _cpu_has_amx_bf16() -> bool:
+def _cpu_has_native_bf16() -> bool:
+  """Whether this CPU multiplies bfloat16 natively: AMX tiles (Intel, amx_bf16) or AVX-512
+  bf16 dot products (AMD Zen 4/5, Intel Cooper Lake+, avx512_bf16)."""
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
-      return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+      for line in f:
+        if line.startswith("flags"):
+          flags = set(line.split(":", 1)[-1].split())
+          return bool(flags & {"amx_bf16", "avx512_bf16"})
   except OSError:
-    return False
+    pass
+  return False
 
 
 def target_platform() -> str:
@@ -65,13 +71,13 @@ def target_platform() -> str:
 
 def resolve_matmul_dtype(name: str, platform: str | None = None) -> str:
   """The dtype a precision-policy entry names; "auto" is "bfloat16" where bf16 products run
-  natively and faster than f32 (GPUs, TPUs, CPUs with AMX: 1.4-1.9x on the 2-core machines
-  here), "float32" elsewhere (an AVX2-only CPU measured 1.4x slower with emulated bf16).
+  natively (GPUs, TPUs, CPUs with AMX or AVX-512 bf16), "float32" elsewhere (AVX2 only: bf16
+  is emulated there, and slower). Measured figures: benchmarks/README.md.
   platform: the target's (default: target_platform())."""
   if name != "auto":
     return name
   platform = platform or target_platform()
-  if platform in ("gpu", "cuda", "rocm", "tpu") or (platform == "cpu" and _cpu_has_amx_bf16()):
+  if platform in ("gpu", "cuda", "rocm", "tpu") or (platform == "cpu" and _cpu_has_native_bf16()):
     return "bfloat16"
   return "float32"
 

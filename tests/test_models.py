@@ -101,12 +101,12 @@ def test_bf16_matmul_policy_is_close_to_float32():
   assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
 
 
-@pytest.mark.parametrize("backend, amx, want", [
+@pytest.mark.parametrize("backend, native, want", [
     ("cpu", False, "float32"), ("cpu", True, "bfloat16"), ("gpu", False, "bfloat16"),
     ("tpu", False, "bfloat16")])
-def test_auto_matmul_dtype_follows_the_hardware(monkeypatch, backend, amx, want):
+def test_auto_matmul_dtype_follows_the_hardware(monkeypatch, backend, native, want):
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
-  monkeypatch.setattr(layers, "_cpu_has_amx_bf16", lambda: amx)
+  monkeypatch.setattr(layers, "_cpu_has_native_bf16", lambda: native)
   assert layers.resolve_matmul_dtype("auto") == want
   assert layers.dtype("auto") == jnp.dtype(want)
   assert layers.resolve_matmul_dtype("float32") == "float32"  # explicit names stay as they are
@@ -233,3 +233,15 @@ def test_beam_search_sorts_beams_and_ends_them_at_eos():
   assert tokens[0, 0, 0] == eos and lengths[0, 0] == 1
   # its score is just log p(EOS | prompt): nothing was added after the beam ended
   np.testing.assert_allclose(scores[0, 0], jax.nn.log_softmax(first[0])[eos], rtol=1e-5)
+
+
+@pytest.mark.parametrize("flags, native", [
+    ("fpu avx2 avx512f avx512_bf16 avx512_vnni", True), ("fpu avx2 amx_bf16 amx_tile", True),
+    ("fpu avx2 avx512f avx512bw", False), ("fpu avx2", False)])
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path, flags, native):
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\n")
+  real_open = open
+  monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
+      cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+  assert layers._cpu_has_native_bf16.__wrapped__() is native  # pylint: disable=protected-access
