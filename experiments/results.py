@@ -1,10 +1,20 @@
-"""The README's results tables, regenerated: each row's config trained (and evaluated) for every
-seed, with the machine, the precision policy and the library versions it ran with.
+"""The results tables, regenerated per kind of machine: each row's config trained (and
+evaluated) for every seed, with the machine (CPU model and ISA: AMX, AVX-512+bf16, AVX2, or the
+accelerator), the precision policy and the library versions it ran with.
 
-  python -m experiments.results --out=runs/results [--only=ROW,...] [--seeds=0,1,2]
-  python -m experiments.results --out=runs/results --publish  # experiments/results_published/<tag>/
-  python -m experiments.results --readme                        # README tables from those files
-  python -m experiments.results --list                          # the rows
+  python -m experiments.results --seeds=0,1,2                  # the task rows, on this machine
+  python -m experiments.results --seeds=0,1,2 --only=sst2_minilm
+  python -m experiments.results --only=all                     # every row (see --list)
+  python -m experiments.results --only=sst2_minilm --steps=20  # the machinery in minutes
+  python -m experiments.results --readme     # docs/results.md and the README's table again
+
+The task rows (GOALS: sst2_bert, sst2_minilm, spa_eng_t5_continued, squad_minilm) are judged
+against their goals on the mean of 3 seeds of one kind of machine; a goal met or missed is
+stated per kind. --out defaults to runs/results/<machine tag>; a full run is then filed under
+experiments/results_published/<tag>/ (merged with the rows measured there before) and
+docs/results.md (every kind so far, and the figures recorded by hand before this runner, in
+experiments/results_published/earlier.json) and the README's generated block are rewritten.
+Runs shortened by --steps are never filed.
 
 A row is a README command: `research.train` on a repository config with
 `--config.train.seed=K` (plus `research.evaluate` on the row's split for a fine-tuning task).
@@ -18,11 +28,10 @@ and resumes an interrupted one from its last checkpoint (research.train resumes 
 Rows that start from another row's weights (`spa_eng_t5_continued` from `spa_eng_t5`, the same
 seed) run it first; the MiniLM rows import all-MiniLM-L6-v2 once, into OUT/minilm.
 
---publish copies OUT/results.json and results.md to experiments/results_published/<machine
-tag>/ (e.g. intel-avx512, intel-amx, amd-avx2: the tag names the CPU kind, since the same seed
-gives other figures on another kind; research/machine.py) and rewrites the README's tables
-from them.
-tests/test_results.py fails when the README's tables differ from the committed files.
+The machine tag (intel-avx512, intel-amx, amd-avx512, amd-avx2, ...; research/machine.py)
+names the CPU kind, since the same seed gives other figures on another kind.
+tests/test_results.py fails when docs/results.md or the README's table differ from the
+committed files.
 
 Per row results.md gives the metric as mean ± sd over the seeds (sample sd), each seed's
 figure, the steps, the wall time per seed (training + evaluation), and the resolved precision
@@ -94,6 +103,14 @@ BLEU = Metric("bleu", "test BLEU", digits=2)
 ROUGE = (Metric("rouge1", "ROUGE-1", digits=2), Metric("rouge2", "ROUGE-2", digits=2),
          Metric("rougeL", "ROUGE-L", digits=2))
 SQUAD = (Metric("exact_match", "EM", digits=2), Metric("f1", "F1", digits=2))
+
+# The rows whose goals the project set; judged on the 3-seed mean of each kind of machine.
+GOALS = {"sst2_bert": (ACCURACY, 0.80, "SST-2 from scratch"),
+         "sst2_minilm": (ACCURACY, 0.85, "SST-2, MiniLM fine-tuned"),
+         "spa_eng_t5_continued": (BLEU, 20.0, "Spanish → English"),
+         "squad_minilm": (SQUAD[1], 45.0, "SQuAD, MiniLM fine-tuned")}
+TASK_ROWS = tuple(GOALS)
+GOAL_SEEDS = 3
 
 ROWS = {row.name: row for row in (
     Row("gpt_shakespeare_char", "pretraining", "gpt_shakespeare_char.py",
@@ -243,14 +260,24 @@ def ensure_minilm(out: pathlib.Path) -> pathlib.Path:
   return workdir
 
 
+def shortened_overrides(steps: int) -> tuple[str, ...]:
+  """--steps=N: every row trains N steps, evaluated and checkpointed at the last one. This
+  proves the machinery in minutes; its figures are no results and are never published."""
+  return (f"train.steps={steps}", f"train.eval_every={steps}",
+          f"train.checkpoint_every={steps}", f"optimizer.warmup_steps={max(1, steps // 10)}")
+
+
 def run_row(row: Row, seed: int, out: pathlib.Path, progress: Progress,
             executor: executor_lib.Executor | None = None,
-            resources: executor_lib.Resources = executor_lib.Resources()) -> dict:
-  """Trains (and evaluates) one row for one seed; returns its record."""
+            resources: executor_lib.Resources = executor_lib.Resources(),
+            steps: int = 0) -> dict:
+  """Trains (and evaluates) one row for one seed; returns its record. steps > 0 shortens the
+  row's training to that many steps (shortened_overrides)."""
   directory = out / row.name / f"seed{seed}"
   workdir = directory / "workdir"
   directory.mkdir(parents=True, exist_ok=True)
-  overrides = [f"--config.train.seed={seed}"] + [f"--config.{o}" for o in row.overrides]
+  overrides = [f"--config.train.seed={seed}"] + [
+      f"--config.{o}" for o in row.overrides + (shortened_overrides(steps) if steps else ())]
   if row.after:
     overrides.append(f"--config.init_from={out / row.after / f'seed{seed}' / 'workdir'}")
   elif row.minilm:
@@ -308,6 +335,7 @@ def run_row(row: Row, seed: int, out: pathlib.Path, progress: Progress,
       "metrics": {m.key: metrics[m.key] for m in row.metrics},
       "extra": {k: v for k, v in metrics.items() if isinstance(v, str)},  # e.g. BLEU signature
       "train_seconds": train_seconds, "eval_seconds": eval_seconds, "resumed": resumed,
+      "shortened_to_steps": steps or None,
       "cores": os.cpu_count(),
       "load_average": round(float(np.median(loads)), 1),  # 1-minute, sampled each minute
       "precision": {k: precision[-1][k] for k in ("matmul_dtype", "activation_dtype")},
@@ -334,7 +362,7 @@ def order_rows(names: list[str]) -> list[Row]:
 
 def run(out: pathlib.Path, names: list[str], seeds: list[int],
         executor: executor_lib.Executor | None = None,
-        resources: executor_lib.Resources = executor_lib.Resources()) -> dict:
+        resources: executor_lib.Resources = executor_lib.Resources(), steps: int = 0) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   results_path = out / "results.json"
   results = read_json(results_path) if results_path.exists() else {"rows": {}}
@@ -343,7 +371,13 @@ def run(out: pathlib.Path, names: list[str], seeds: list[int],
     raise UserError(f"{out} holds results measured on {results['machine']['tag']} "
                     f"({machine_lib.summary(results['machine'])}); this is {machine['tag']}: "
                     "use another --out, since figures of two kinds of machine do not mix")
+  if results["rows"] and results.get("shortened_to_steps") != (steps or None):
+    held = results.get("shortened_to_steps")
+    raise UserError(f"{out} holds {f'runs shortened to {held} steps' if held else 'full runs'}"
+                    f"; this is {f'--steps={steps}' if steps else 'a full run'}: use another "
+                    "--out")
   results["machine"] = machine
+  results["shortened_to_steps"] = steps or None
   todo = [(row, seed) for row in order_rows(names) for seed in seeds
           if not (out / row.name / f"seed{seed}" / "result.json").exists()]
   progress = Progress(todo)
@@ -351,7 +385,7 @@ def run(out: pathlib.Path, names: list[str], seeds: list[int],
     executor.board.expect(len(todo))
   for row, seed in todo:
     started = time.monotonic()
-    record = run_row(row, seed, out, progress, executor, resources)
+    record = run_row(row, seed, out, progress, executor, resources, steps)
     write_json(out / row.name / f"seed{seed}" / "result.json", record)
     progress.finished(row, time.monotonic() - started)
   for row in ROWS.values():  # every finished row and seed in OUT, this run's and earlier ones'
@@ -418,9 +452,121 @@ def render_tables(results: dict) -> str:
 
 
 def render(results: dict) -> str:
+  shortened = results.get("shortened_to_steps")
+  warning = (f"**Shortened by --steps={shortened}: these figures show that the runner works; "
+             "they are no results and are never published.**\n\n" if shortened else "")
   return (f"# Results ({results['machine']['tag']})\n\nWritten by `python -m "
-          f"experiments.results`; the README's tables are copied from here.\n\n"
+          f"experiments.results`; docs/results.md gathers every kind.\n\n{warning}"
           + render_tables(results))
+
+
+DOCS = REPO_ROOT / "docs" / "results.md"
+EARLIER = COMMITTED / "earlier.json"
+
+
+def isa(machine: dict) -> str:
+  """The instruction set that decides matmul speed and precision: AMX, AVX-512+bf16, AVX-512,
+  AVX2, or the accelerator."""
+  if machine.get("accelerator"):
+    return machine["accelerator"]
+  if machine.get("isa"):  # earlier.json names it directly
+    return machine["isa"]
+  kind = machine["cpu_kind"]
+  return f"{kind}+bf16" if kind == "AVX-512" and "avx512_bf16" in machine["cpu_flags"] else kind
+
+
+def measured_kinds() -> dict[str, dict]:
+  """{machine tag: results.json} of every kind filed under experiments/results_published/."""
+  return {path.parent.name: read_json(path) for path in sorted(COMMITTED.glob("*/results.json"))}
+
+
+def earlier_figures() -> dict:
+  return read_json(EARLIER) if EARLIER.exists() else {"kinds": {}, "rows": []}
+
+
+def goal_verdict(values: list[float], threshold: float, digits: int) -> str:
+  """A goal is judged on the mean of GOAL_SEEDS seeds or more; fewer seeds are reported, not
+  judged."""
+  figure = mean_sd(values, digits)
+  if len(values) < GOAL_SEEDS:
+    side = "at or above" if np.mean(values) >= threshold else "below"
+    return (f"{figure} ({len(values)} seed{'s' if len(values) > 1 else ''}, {side} the goal: "
+            f"not judged, {GOAL_SEEDS} needed)")
+  return f"{figure}: **{'met' if np.mean(values) >= threshold else 'missed'}**"
+
+
+def goal_values(results: dict, row: str, key: str) -> list[float]:
+  return [record["metrics"][key] for _, record in
+          sorted(results["rows"].get(row, {}).items(), key=lambda item: int(item[0]))]
+
+
+def goals_table() -> str:
+  """Each goal against every kind of machine measured so far: the mean over seeds, and met or
+  missed where 3 seeds (or more) ran there. Runs and hand-recorded earlier figures."""
+  kinds = measured_kinds()
+  earlier = earlier_figures()
+  columns = [(tag, f"{tag} ({isa(results['machine'])})") for tag, results in kinds.items()]
+  columns += [(tag, f"{tag} ({kind['isa']}, earlier, by hand)")
+              for tag, kind in earlier["kinds"].items() if tag not in kinds]
+  lines = ["| goal | " + " | ".join(label for _, label in columns) + " |",
+           "|---|" + "---|" * len(columns)]
+  for row, (metric, threshold, what) in GOALS.items():
+    cells = []
+    for tag, _ in columns:
+      values = goal_values(kinds[tag], row, metric.key) if tag in kinds else []
+      if not values:
+        values = [v for e in earlier["rows"] if e["row"] == row and e["kind"] == tag
+                  for v in e["metrics"][metric.key]]
+      cells.append(goal_verdict(values, threshold, metric.digits) if values else "not run")
+    lines.append(f"| {what}: [`{row}`](configs/{ROWS[row].config}) {metric.label} ≥ "
+                 f"{threshold:.{metric.digits if threshold < 1 else 0}f} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def earlier_table() -> str:
+  earlier = earlier_figures()
+  lines = [earlier["about"], "",
+           "| row | kind | figure (each seed) | seeds | steps × batch | wall | precision | note |",
+           "|---|---|---|---|---|---|---|---|"]
+  for entry in earlier["rows"]:
+    row = ROWS[entry["row"]]
+    figures = "; ".join(
+        f"{m.label} " + ", ".join(f"{v:.{m.digits}f}" for v in entry["metrics"][m.key])
+        for m in row.metrics if m.key in entry["metrics"])
+    kind = entry["kind"] + ("" if entry["kind_stated"] else " (assumed)")
+    lines.append(f"| [`{row.name}`](../configs/{row.config}) | {kind} | {figures} | "
+                 f"{', '.join(map(str, entry['seeds']))} | {entry['steps']} | {entry['wall']} | "
+                 f"{entry['precision']} | {entry['note']} |")
+  return "\n".join(lines) + "\n"
+
+
+def render_docs() -> str:
+  """docs/results.md: the goals per kind, every kind's tables, and the earlier figures."""
+  parts = ["# Results per kind of machine", "",
+           "Written by `python -m experiments.results` from `experiments/results_published/` "
+           "(rerun `python -m experiments.results --readme` after editing those files; "
+           "`tests/test_results.py` fails when this file differs). The same seed gives other "
+           "figures on another kind of machine (`matmul_dtype=auto` and XLA's kernels differ "
+           "with the instruction set), so each kind has its own tables, and a goal is judged "
+           f"on the mean of {GOAL_SEEDS} seeds on the kind where they ran.", "",
+           "Run on this machine (its kind is detected; finished rows are skipped, an "
+           "interrupted one resumes):", "", "```bash",
+           "python -m experiments.results --seeds=0,1,2                    # the task rows below",
+           "python -m experiments.results --seeds=0,1,2 --only=sst2_minilm # one row",
+           "python -m experiments.results --only=all                       # every row",
+           "```", "", "## Task goals", "",
+           goals_table().replace("](configs/", "](../configs/").rstrip()]
+  for tag, results in measured_kinds().items():
+    parts += ["", f"## {tag}: {isa(results['machine'])}", "",
+              render_tables(results).replace("](configs/", "](../configs/").rstrip()]
+  parts += ["", "## Earlier figures, recorded by hand", "", earlier_table().rstrip()]
+  return "\n".join(parts) + "\n"
+
+
+def readme_table() -> str:
+  """The README's generated block: the goals per kind, and where the rest is."""
+  return (goals_table() + "\nEvery row on every kind, with seeds, steps, wall times and "
+          "precision: [docs/results.md](docs/results.md).\n")
 
 
 BEGIN = "<!-- results: {} -->"
@@ -439,16 +585,26 @@ def readme_blocks(text: str) -> list[tuple[str, int, int]]:
   return blocks
 
 
+def block_text(name: str) -> str:
+  """A generated README block: `docs/results.md` (the goals per kind) or a kind's
+  results.json (its tables)."""
+  if name == "docs/results.md":
+    return readme_table()
+  return render_tables(read_json(REPO_ROOT / name))
+
+
 def readme_with_tables(text: str) -> str:
-  """The README's text with each generated block made from its committed results.json."""
+  """The README's text with each generated block made anew."""
   for name, start, end in reversed(readme_blocks(text)):
-    results = read_json(REPO_ROOT / name)
-    text = text[:start] + render_tables(results) + text[end:]
+    text = text[:start] + block_text(name) + text[end:]
   return text
 
 
 def publish(out: pathlib.Path) -> pathlib.Path:
   results = read_json(out / "results.json")
+  if results.get("shortened_to_steps"):
+    raise UserError(f"{out} holds runs shortened to {results['shortened_to_steps']} steps: "
+                    "only full runs are published")
   target = COMMITTED / results["machine"]["tag"]
   target.mkdir(parents=True, exist_ok=True)
   if (target / "results.json").exists():  # keep rows measured earlier on this kind of machine
@@ -464,6 +620,11 @@ def publish(out: pathlib.Path) -> pathlib.Path:
 
 
 def update_readme() -> None:
+  """Rewrites docs/results.md and the README's generated blocks from the committed files."""
+  DOCS.parent.mkdir(exist_ok=True)
+  if not DOCS.exists() or DOCS.read_text() != render_docs():
+    DOCS.write_text(render_docs())
+    print(f"rewrote {DOCS}", file=sys.stderr)
   text = README.read_text()
   new = readme_with_tables(text)
   if new != text:
@@ -477,12 +638,17 @@ def update_readme() -> None:
 
 
 def define_flags() -> None:
-  flags.DEFINE_string("out", "", "Folder of the runs and of results.json / results.md.")
-  flags.DEFINE_list("only", [], f"Rows to run (default: all {len(ROWS)}; see --list).")
+  flags.DEFINE_string("out", "", "Folder of the runs and of results.json / results.md (default: "
+                      "runs/results/<machine tag>, e.g. runs/results/amd-avx512).")
+  flags.DEFINE_list("only", list(TASK_ROWS), "Rows to run (default: the task rows whose goals "
+                    f"are judged, {', '.join(TASK_ROWS)}; 'all': all {len(ROWS)}; see --list).")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds, each a run of every row.")
-  flags.DEFINE_bool("publish", False, "Copy OUT's results into experiments/results_published/"
-                    "<machine tag>/ and rewrite the README's tables (after running what is "
-                    "asked).")
+  flags.DEFINE_integer("steps", 0, "Shorten every row to this many training steps: proves the "
+                       "machinery in minutes; such runs are never published (default: the "
+                       "configs' own steps).")
+  flags.DEFINE_bool("publish", True, "After the runs, file OUT's results under "
+                    "experiments/results_published/<machine tag>/ and rewrite docs/results.md "
+                    "and the README's table (--nopublish: OUT only).")
   flags.DEFINE_bool("readme", False, "Only rewrite the README's tables from the committed "
                     "results files.")
   flags.DEFINE_bool("list", False, "Print the rows and exit.")
@@ -503,10 +669,10 @@ def main(argv) -> None:
     if f.readme:
       update_readme()
       return
-    if not f.out:
-      raise UserError("--out is required: the folder for the runs and results "
-                      "(e.g. --out=runs/results)")
-    unknown = [name for name in f.only if name not in ROWS]
+    if f.steps < 0:
+      raise UserError(f"--steps={f.steps}: give a number of steps > 0, or 0 for the configs' own")
+    names = list(ROWS) if list(f.only) == ["all"] else list(f.only)
+    unknown = [name for name in names if name not in ROWS]
     if unknown:
       raise UserError(f"unknown row(s) {', '.join(unknown)} in --only; the rows are: "
                       f"{', '.join(ROWS)}")
@@ -515,29 +681,33 @@ def main(argv) -> None:
     except ValueError:
       raise UserError(f"--seeds={','.join(f.seeds)}: give integers, e.g. --seeds=0,1,2") \
           from None
-    out = pathlib.Path(f.out).absolute()
+    tag = machine_lib.describe()["tag"]
+    out = pathlib.Path(f.out or REPO_ROOT / "runs" / "results" /
+                       (f"{tag}-steps{f.steps}" if f.steps else tag)).absolute()
     from research import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
     workdir_lib.check_out_folder(out)  # a file or a training workdir: one line, nothing written
     resources = executor_lib.parse_resources(f.run_resources)
     if f.dry_run:
-      for row in order_rows(list(f.only) or list(ROWS)):
+      for row in order_rows(names):
         for seed in seeds:
           state = ("finished" if (out / row.name / f"seed{seed}" / "result.json").exists()
                    else "to run")
           print(f"{row.name} seed{seed}: {state}; {resources.describe()}; "
                 f"{row.name}/seed{seed}/workdir")
       return
-    if f.only or not f.publish or not (out / "results.json").exists():
-      # One row at a time, each in a fresh process as its README command would be: the
-      # tables' wall times are those of a run alone on its machine.
-      executor = (executor_lib.LocalPool(1, in_process=False, runs_per_process=1)
-                  if f.executor == "local" else executor_lib.RayExecutor(f.ray_address))
-      try:
-        with executor_lib.StopOnSignal(executor):
-          run(out, list(f.only) or list(ROWS), seeds, executor, resources)
-      finally:
-        executor.close()
-    if f.publish:
+    # One row at a time, each in a fresh process as its README command would be: the
+    # tables' wall times are those of a run alone on its machine.
+    executor = (executor_lib.LocalPool(1, in_process=False, runs_per_process=1)
+                if f.executor == "local" else executor_lib.RayExecutor(f.ray_address))
+    try:
+      with executor_lib.StopOnSignal(executor):
+        run(out, names, seeds, executor, resources, f.steps)
+    finally:
+      executor.close()
+    if f.publish and f.steps:
+      print(f"note: runs shortened by --steps={f.steps} are not published; their figures are "
+            f"in {out / 'results.md'}", file=sys.stderr)
+    elif f.publish:
       print(f"published to {publish(out)}", file=sys.stderr)
 
   cli.run_cli(body)
