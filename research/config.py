@@ -71,8 +71,9 @@ class ModelConfig:
   # Operands of matmuls (results always accumulate in float32); "auto": bfloat16 where the
   # hardware multiplies it natively (GPU, TPU, CPUs with AMX), float32 elsewhere.
   matmul_dtype: str = "float32"
-  # Scale options. On a CPU, scanned layers cost 1.12-1.19x the unscanned step at the 10.7M GPT
-  # shape (stacked residuals; README, Performance), 1.03-1.21x with remat="dots_saveable".
+  # Scale options. On a CPU a scanned step is slower than an unscanned one (the scan stacks every
+  # layer's residuals; figures and command: benchmarks/README.md, "Scanned layers"); scanning is
+  # for compile time on big models, best with remat="dots_saveable".
   scan_layers: bool = False
   remat: str = "none"  # none | full | dots_saveable
   # Decoder losses: logits only at the positions that carry loss, this many positions of each
