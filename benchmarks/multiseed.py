@@ -36,6 +36,7 @@ import numpy as np
 from research import aot, bench, flops, multiseed, sharding, train
 from research.config import ExperimentConfig, load_config_file
 from research.hlo import Costs, global_flops
+from research.train_state import state_initializer
 
 # The character vocabulary of Tiny Shakespeare (68), plus span corruption's 100 sentinels.
 VOCAB = {"decoder_lm": 68, "encdec_span": 168}
@@ -56,7 +57,7 @@ def cpu_row(arm: str, num_seeds: int, rounds: int) -> dict:
   single_step, _ = train.make_step_fns(exp)
   local = [bench.synthetic_batch(cfg, seed=s) for s in seeds]
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(cfg.rules):
-    init = multiseed._init_fn(exp)  # pylint: disable=protected-access
+    init = state_initializer(exp.model, exp.tx, exp.config, exp.shardings)
     singles = [init(jax.random.key(s)) for s in seeds]
     stacked = program.stack(singles)
     batches = [sharding.shard_batch(b, exp.mesh, cfg.rules) for b in local]

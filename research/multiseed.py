@@ -8,7 +8,9 @@ as the ablation runner sets them) exactly as `research.train.train_and_evaluate`
 the same initialisation, data order, objective noise and dropout keys, so the same losses. The
 K training states are stacked along a new leading axis and one `jax.vmap` of research.train's
 `train_step` updates them all; on an accelerator that a small model leaves mostly idle, K seeds
-cost little more than one. Evaluation is vmapped the same way.
+cost little more than one. Evaluation is vmapped the same way. The loop around the step is
+research.train's own (`train.train_loop`): the same schedule, metrics, checkpoints, evaluation,
+preemption and non-finite handling, with a program that steps K seeds at once.
 
 Each workdir receives what research.train writes for a run (tokenizer, data.json, config.json,
 metrics.jsonl, TensorBoard events and orbax checkpoints of that seed alone), so fine-tuning
@@ -28,9 +30,7 @@ import contextlib
 import dataclasses
 import functools
 import os
-import signal
 import sys
-import time
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -40,11 +40,11 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from research import checkpoint as ckpt_lib
-from research import flops as flops_lib
 from research import metrics as metrics_lib
-from research import cli, paths, sharding, train
+from research import paths, sharding, train
 from research import workdir as workdir_lib
 from research.config import ConfigError, ExperimentConfig
+from research.train_state import state_initializer
 
 
 def seed_config(config: ExperimentConfig, seed: int) -> ExperimentConfig:
@@ -98,7 +98,9 @@ def _stacked(tree_of_shardings: Any) -> Any:
 @dataclasses.dataclass
 class SeedProgram:
   """research.train's train and eval steps for `num_seeds` seeds of one experiment, vmapped over
-  a leading seed axis of the state, the batch and the seeds (arrays of train.seed values)."""
+  a leading seed axis of the state, the batch and the seeds (arrays of train.seed values).
+  With `exps` (each seed's experiment) it is a program of train.train_loop, as train.OneRun
+  is for one run."""
 
   exp: train.Experiment  # any one seed's: model, optimizer and shardings are every seed's
   num_seeds: int
@@ -107,6 +109,7 @@ class SeedProgram:
   seed_sharding: NamedSharding  # of per-seed values: the seeds, metrics
   step: Callable  # (state, batch, seeds) -> (state, metrics), state donated
   evaluate: Callable  # (params, batch) -> sums
+  exps: Sequence[train.Experiment] = ()  # each seed's (its data and objective noise)
 
   @property
   def abstract_state(self) -> train.TrainState:
@@ -134,8 +137,24 @@ class SeedProgram:
     return {k: jax.device_put(np.stack([b[k] for b in local_batches]), self.batch_sharding)
             for k in local_batches[0]}
 
+  # What train.train_loop asks of a program.
 
-def build_program(exp: train.Experiment, num_seeds: int) -> SeedProgram:
+  def advance(self, state: train.TrainState, local_batches: Sequence[dict]):
+    seeds = self.seed_array([e.config.train.seed for e in self.exps])
+    return self.step(state, self.shard_batch(local_batches), seeds)
+
+  def seed_metrics(self, metrics: dict, index: int) -> dict:
+    return {k: v[index] for k, v in metrics.items()}
+
+  def states(self, state: train.TrainState) -> list[train.TrainState]:
+    return self.unstack(state)
+
+  def evaluations(self, params: Any, max_batches: int) -> list[dict[str, Any]]:
+    return evaluate_seeds(self, self.exps, params, max_batches)
+
+
+def build_program(exp: train.Experiment, num_seeds: int,
+                  exps: Sequence[train.Experiment] = ()) -> SeedProgram:
   cfg = exp.config
   shardings = _stacked(exp.shardings)
   batch_sharding = _stacked(sharding.batch_sharding(exp.mesh, cfg.rules))
@@ -153,7 +172,8 @@ def build_program(exp: train.Experiment, num_seeds: int) -> SeedProgram:
   eval_fn = jax.jit(jax.vmap(functools.partial(train.eval_step, model=exp.model,
                                                loss_fn=exp.loss_fn)),
                     in_shardings=(shardings.params, batch_sharding), out_shardings=per_seed)
-  return SeedProgram(exp, num_seeds, shardings, batch_sharding, per_seed, step_fn, eval_fn)
+  return SeedProgram(exp, num_seeds, shardings, batch_sharding, per_seed, step_fn, eval_fn,
+                     tuple(exps))
 
 
 def evaluate_seeds(program: SeedProgram, exps: Sequence[train.Experiment], params: Any,
@@ -212,11 +232,12 @@ def _start_and_train(configs: list[ExperimentConfig], dirs: list,
   try:
     iters = [iter(e.train_batches()) for e in exps]
     latest = _common_latest_step(checkpointers)
-    program = build_program(exps[0], len(exps))
+    program = build_program(exps[0], len(exps), exps)
     with jax.set_mesh(exps[0].mesh), nn.logical_axis_rules(cfg.rules):
       if latest is None:
         # One compiled init called with each seed's key: each seed's research.train init.
-        init = _init_fn(exps[0])
+        exp = exps[0]
+        init = state_initializer(exp.model, exp.tx, exp.config, exp.shardings)
         states = [init(jax.random.key(e.config.train.seed)) for e in exps]
       else:
         target = ckpt_lib.abstract_like(exps[0].abstract_state, exps[0].shardings)
@@ -227,21 +248,11 @@ def _start_and_train(configs: list[ExperimentConfig], dirs: list,
       for exp, workdir, record, undo in zip(exps, dirs, records, undos):
         train.record_start(workdir, exp.config, record, latest)
         undo.started()
-      return _train_loop(program, exps, state, iters, checkpointers, dirs)
+      runs = [train.Run(e, w, it, c) for e, w, it, c in zip(exps, dirs, iters, checkpointers)]
+      return train.train_loop(program, runs, state)
   finally:
     for checkpointer in checkpointers:
       checkpointer.close()
-
-
-def _init_fn(exp: train.Experiment) -> Callable:
-  """research.train.create_state's program, compiled once for every seed's key."""
-
-  def init(rng):
-    params = nn.unbox(train.init_params(exp.model, exp.config, rng))
-    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                            opt_state=exp.tx.init(params))
-
-  return jax.jit(init, out_shardings=exp.shardings)
 
 
 def _common_latest_step(checkpointers: list[ckpt_lib.Checkpointer]) -> int | None:
@@ -275,94 +286,3 @@ def _drop_a_round_cut_short(checkpointers: list[ckpt_lib.Checkpointer]) -> bool:
         f"others not); deleted it where it was, and every seed resumes from {resumed}",
         file=sys.stderr)
   return True
-
-
-def _window_scalars(fetched: list[dict], seed_index: int) -> tuple[dict[str, float], int, int]:
-  """(summed metrics, index of the first non-finite step or -1, skipped steps) of one seed."""
-  mine = [{k: v[seed_index] for k, v in m.items()} for m in fetched]
-  sums = None
-  for m in mine:
-    sums = metrics_lib.add_sums(sums, {k: v for k, v in m.items() if k.endswith("_sum")})
-  bad = [i for i, m in enumerate(mine) if m["nonfinite"]]
-  return (dict(metrics_lib.summarize(sums, prefix="train/"),
-               **{"train/grad_norm": float(mine[-1]["grad_norm"])}),
-          bad[0] if bad else -1, len(bad))
-
-
-def _train_loop(program: SeedProgram, exps: list[train.Experiment], state: train.TrainState,
-                iters: list, checkpointers: list[ckpt_lib.Checkpointer],
-                dirs: list) -> list[dict[str, float]]:
-  cfg = exps[0].config
-  k = len(exps)
-  total_steps = cfg.train.steps
-  start = int(jax.device_get(state.step[0]))
-  seeds = program.seed_array([e.config.train.seed for e in exps])
-  writers = [metrics_lib.MetricWriter(w, start_step=start) for w in dirs]
-  tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
-  flops_per_step = flops_lib.training_flops_per_step(cfg)
-  peak_flops, _ = flops_lib.peak_flops(cfg)
-  schedule = train.learning_rate_schedule(cfg)
-  bar = train._progress(total_steps, start)  # pylint: disable=protected-access
-  preemption = train.PreemptionWatcher()
-  skipped = [0] * k
-  pending, started = [], time.perf_counter()
-  finals: list[dict] = [{} for _ in exps]
-  if start >= total_steps:
-    print(f"the seeds are at step {start}, train.steps={total_steps}: nothing to train; "
-          "evaluating the checkpoints", file=sys.stderr)
-    finals = evaluate_seeds(program, exps, state.params, cfg.train.eval_batches)
-  try:
-    for step in range(start, total_steps):
-      batch = program.shard_batch([next(it) for it in iters])
-      state, metrics = program.step(state, batch, seeds)
-      done = step + 1
-      pending.append(metrics)
-      preempted = preemption.should_stop(done, checkpointers[0])
-      save = done % cfg.train.checkpoint_every == 0 or done == total_steps or preempted
-      if done % cfg.train.log_every == 0 or save:  # a checkpoint follows only checked steps
-        fetched, n = jax.device_get(pending), len(pending)
-        elapsed = time.perf_counter() - started
-        pending, started = [], time.perf_counter()
-        for i, (exp, writer) in enumerate(zip(exps, writers)):
-          scalars, first_bad, bad = _window_scalars(fetched, i)
-          if first_bad >= 0 and cfg.train.nonfinite == "stop":
-            raise FloatingPointError(
-                f"non-finite loss or gradient at step {done - n + first_bad + 1} of seed "
-                f"{exp.config.train.seed}; stopped, every seed's latest checkpoint is intact. "
-                "Lower the learning rate, or set --config.train.nonfinite=skip")
-          skipped[i] += bad
-          scalars.update({"train/learning_rate": float(schedule(step)),
-                          "train/skipped_steps": skipped[i],
-                          "train/tokens_per_second": n * tokens_per_step / elapsed,
-                          "train/steps_per_second": n / elapsed,
-                          "train/model_flops_per_second": n * flops_per_step / elapsed,
-                          "train/mfu": n * flops_per_step / elapsed / peak_flops,
-                          "train/seeds_per_program": k})
-          writer.write(done, scalars)
-        bar.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}", seeds=k,
-                        refresh=False)
-      bar.update(1)
-      if (cfg.train.eval_every and done % cfg.train.eval_every == 0) or done == total_steps:
-        finals = evaluate_seeds(program, exps, state.params, cfg.train.eval_batches)
-        for writer, final in zip(writers, finals):
-          writer.write(done, {k_: v for k_, v in final.items() if isinstance(v, (int, float))})
-        bar.write(f"step {done}: eval/loss per seed " +
-                  ", ".join(f"{f.get('eval/loss', float('nan')):.4f}" for f in finals))
-        started = time.perf_counter()  # evaluation time is not training throughput
-      if save:
-        for exp, checkpointer, it, one in zip(exps, checkpointers, iters, program.unstack(state)):
-          checkpointer.save(done, one, it, exp.config.to_dict(), force=True)
-      if preempted:
-        for checkpointer in checkpointers:
-          checkpointer.wait()
-        bar.write(f"{'interrupted' if preemption.signal == signal.SIGINT else 'preempted'}: "
-                  f"checkpoints of step {done} written; rerun the same call to continue")
-        if preemption.signal == signal.SIGINT:
-          raise cli.Interrupted
-        break
-  finally:
-    preemption.close()
-    bar.close()
-    for writer in writers:
-      writer.close()
-  return finals

@@ -11,6 +11,7 @@ research/load.py (reading workdirs) and research/cli.py (flags and `error:` line
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import json
@@ -18,11 +19,12 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from absl import app, flags
 from etils import epath
@@ -226,7 +228,7 @@ def _start_and_train(config: ExperimentConfig, workdir: epath.Path,
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints,
                                        async_save=cfg.train.async_checkpoints)
   train_iter = iter(exp.train_batches())
-  step_fn, eval_fn = make_step_fns(exp)
+  program = OneRun(exp)  # (with LoRA it loads the frozen base)
   latest = checkpointer.latest_step()
   # Read before entering the run's mesh: restore_params builds a one-device mesh of its own.
   # (LoRA's base was loaded by make_step_fns; the state holds only what trains.)
@@ -250,7 +252,7 @@ def _start_and_train(config: ExperimentConfig, workdir: epath.Path,
       record_start(workdir, cfg, data_record, latest)
     undo.started()
     try:
-      result = _train_loop(exp, state, train_iter, step_fn, eval_fn, checkpointer, workdir)
+      (result,) = train_loop(program, [Run(exp, workdir, train_iter, checkpointer)], state)
     finally:
       checkpointer.close()  # waits for an asynchronous save in flight, even on an error
   return result
@@ -310,92 +312,156 @@ class PreemptionWatcher:
 
 
 class MetricsWindow:
-  """Per-step metrics kept on device and fetched once per log interval (the only host sync)."""
+  """Per-step metrics kept on device and fetched once per log interval (the only host sync).
+  A program of K seeds gives each step's metrics a leading seed axis; `program.seed_metrics`
+  takes one seed's out."""
 
-  def __init__(self):
+  def __init__(self, num_runs: int = 1):
     self.pending: list[tuple[int, dict]] = []
     self.started = time.perf_counter()
-    self.skipped_total = 0
+    self.skipped = [0] * num_runs  # non-finite steps skipped so far, per run
 
   def add(self, step: int, metrics: dict) -> None:
     self.pending.append((step, metrics))
 
-  def flush(self, checkpointer: ckpt_lib.Checkpointer, stop_on_nonfinite: bool):
-    """(summed metrics, steps, seconds) of the window; raises on a non-finite step if asked."""
+  def flush(self, program, runs: list[Run], stop_on_nonfinite: bool):
+    """([(summed metrics, last step's metrics)] per run, steps, seconds) of the window; raises
+    on a non-finite step if asked."""
     fetched = jax.device_get([m for _, m in self.pending])
     steps = [s for s, _ in self.pending]
     elapsed = time.perf_counter() - self.started
     self.pending, self.started = [], time.perf_counter()
-    for step, m in zip(steps, fetched):
-      if m["nonfinite"] and stop_on_nonfinite:
-        latest = checkpointer.latest_step()
-        kept = (f"the latest checkpoint (step {latest}) is intact" if latest is not None
-                else "no checkpoint had been written")
-        raise FloatingPointError(
-            f"non-finite loss or gradient at step {step}; stopped, {kept}. Lower the learning "
-            "rate, or set --config.train.nonfinite=skip to skip such steps")
-    self.skipped_total += int(sum(m["nonfinite"] for m in fetched))
-    sums = None
-    for m in fetched:
-      sums = metrics_lib.add_sums(sums, {k: v for k, v in m.items() if k.endswith("_sum")})
-    return sums, fetched, len(steps), elapsed
+    per_run = []
+    for i, run in enumerate(runs):
+      mine = [program.seed_metrics(m, i) for m in fetched]
+      for step, m in zip(steps, mine):
+        if m["nonfinite"] and stop_on_nonfinite:
+          latest = run.checkpointer.latest_step()
+          kept = (f"the latest checkpoint (step {latest}) is intact" if latest is not None
+                  else "no checkpoint had been written")
+          seed = f" of seed {run.exp.config.train.seed}" if len(runs) > 1 else ""
+          raise FloatingPointError(
+              f"non-finite loss or gradient at step {step}{seed}; stopped, {kept}. Lower the "
+              "learning rate, or set --config.train.nonfinite=skip to skip such steps")
+      self.skipped[i] += int(sum(m["nonfinite"] for m in mine))
+      sums = None
+      for m in mine:
+        sums = metrics_lib.add_sums(sums, {k: v for k, v in m.items() if k.endswith("_sum")})
+      per_run.append((sums, mine[-1]))
+    return per_run, len(steps), elapsed
 
 
-def _train_loop(exp: Experiment, state: TrainState, train_iter: Iterator, step_fn, eval_fn,
-                checkpointer: ckpt_lib.Checkpointer, workdir: epath.Path) -> dict[str, float]:
-  cfg = exp.config
+@dataclasses.dataclass
+class Run:
+  """One run's share of the training loop: its experiment, its checkpointable iterator of
+  training batches, its checkpoints and its workdir (metrics.jsonl, TensorBoard)."""
+  exp: Experiment
+  workdir: epath.Path
+  batches: Iterator
+  checkpointer: ckpt_lib.Checkpointer
+
+
+class OneRun:
+  """The program of one run: make_step_fns' jitted step and evaluation, called as the loop
+  calls a program of several seeds (research/multiseed.py's SeedProgram): a batch per run in,
+  metrics, states and evaluations per run out."""
+
+  def __init__(self, exp: Experiment):
+    self.exp = exp
+    self.step_fn, self.eval_fn = make_step_fns(exp)
+
+  def advance(self, state: TrainState, local_batches: list[dict]) -> tuple[TrainState, dict]:
+    (local_batch,) = local_batches
+    return self.step_fn(state, sharding.shard_batch(local_batch, self.exp.mesh,
+                                                     self.exp.config.rules))
+
+  def seed_metrics(self, metrics: dict, index: int) -> dict:
+    del index
+    return metrics
+
+  def states(self, state: TrainState) -> list[TrainState]:
+    return [state]
+
+  def evaluations(self, params: Any, max_batches: int) -> list[dict[str, Any]]:
+    return [evaluate_split(self.exp, self.eval_fn, params, max_batches)]
+
+
+def _eval_line(final: dict[str, Any]) -> str:
+  return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in final.items())
+
+
+def train_loop(program, runs: list[Run], state: TrainState) -> list[dict[str, Any]]:
+  """Trains `state` from its step to train.steps, logging, checkpointing and evaluating each run
+  as research.train does; returns each run's final evaluation. One run (OneRun), or K seeds of
+  one config whose states `program` stacks (research/multiseed.py): the same loop."""
+  cfg = runs[0].exp.config
+  num_runs = len(runs)
   total_steps = cfg.train.steps
-  start = int(jax.device_get(state.step))
-  writer = metrics_lib.MetricWriter(workdir, start_step=start)  # drops records after `start`
+  start = int(np.asarray(jax.device_get(state.step)).flat[0])
+  # Each writer drops the records after `start` that a run stopped before its checkpoint wrote.
+  writers = [metrics_lib.MetricWriter(run.workdir, start_step=start) for run in runs]
   tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
   # Model FLOPs utilisation: analytic FLOPs of a step over the peak (measured once on CPUs).
-  flops_per_step = flops_lib.training_flops_per_step(cfg, getattr(exp.data, "row_lengths", None))
+  flops_per_step = flops_lib.training_flops_per_step(
+      cfg, getattr(runs[0].exp.data, "row_lengths", None))
   peak_flops, _ = flops_lib.peak_flops(cfg)
   schedule = learning_rate_schedule(cfg)
   stop_on_nonfinite = cfg.train.nonfinite == "stop"
   bar = _progress(total_steps, start)
-  window = MetricsWindow()
+  window = MetricsWindow(num_runs)
   preemption = PreemptionWatcher()
-  final: dict[str, float] = {}
+  several = num_runs > 1
+  finals: list[dict[str, Any]] = [{} for _ in runs]
   if start >= total_steps:
-    print(f"the run is at step {start}, train.steps={total_steps}: nothing to train; "
-          "evaluating the checkpoint (raise train.steps to train on)", file=sys.stderr)
-    final = evaluate_split(exp, eval_fn, state.params, cfg.train.eval_batches)
+    print(f"{f'the {num_runs} seeds are' if several else 'the run is'} at step {start}, "
+          f"train.steps={total_steps}: nothing to train; evaluating the checkpoint"
+          f"{'s' if several else ''} (raise train.steps to train on)", file=sys.stderr)
+    finals = program.evaluations(state.params, cfg.train.eval_batches)
   done = start
   try:
     for step in range(start, total_steps):
-      batch = sharding.shard_batch(next(train_iter), exp.mesh, cfg.rules)
-      state, step_metrics = step_fn(state, batch)
+      state, step_metrics = program.advance(state, [next(run.batches) for run in runs])
       done = step + 1
       window.add(done, step_metrics)
-      preempted = preemption.should_stop(done, checkpointer)
+      preempted = preemption.should_stop(done, runs[0].checkpointer)
       save = done % cfg.train.checkpoint_every == 0 or done == total_steps or preempted
       if done % cfg.train.log_every == 0 or save:  # a checkpoint follows only checked steps
-        sums, fetched, n, elapsed = window.flush(checkpointer, stop_on_nonfinite)
-        scalars = metrics_lib.summarize(sums, prefix="train/")
-        scalars.update({"train/grad_norm": float(fetched[-1]["grad_norm"]),
-                        "train/learning_rate": float(schedule(step)),
-                        "train/skipped_steps": window.skipped_total,
-                        "train/tokens_per_second": n * tokens_per_step / elapsed,
-                        "train/steps_per_second": n / elapsed,
-                        "train/model_flops_per_second": n * flops_per_step / elapsed,
-                        "train/mfu": n * flops_per_step / elapsed / peak_flops})
-        writer.write(done, scalars)
+        per_run, n, elapsed = window.flush(program, runs, stop_on_nonfinite)
+        for i, ((sums, last), writer) in enumerate(zip(per_run, writers)):
+          scalars = metrics_lib.summarize(sums, prefix="train/")
+          # Throughput counts this run's tokens; with K seeds a program does K times as many.
+          scalars.update({"train/grad_norm": float(last["grad_norm"]),
+                          "train/learning_rate": float(schedule(step)),
+                          "train/skipped_steps": window.skipped[i],
+                          "train/tokens_per_second": n * tokens_per_step / elapsed,
+                          "train/steps_per_second": n / elapsed,
+                          "train/model_flops_per_second": n * flops_per_step / elapsed,
+                          "train/mfu": n * flops_per_step / elapsed / peak_flops})
+          if several:
+            scalars["train/seeds_per_program"] = num_runs
+          writer.write(done, scalars)
         bar.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}",
-                        tok_s=f"{scalars['train/tokens_per_second']:,.0f}", refresh=False)
+                        tok_s=f"{scalars['train/tokens_per_second']:,.0f}",
+                        **({"seeds": num_runs} if several else {}), refresh=False)
       bar.update(1)
       if save:  # before the evaluation: a failing evaluation never costs the step's checkpoint
-        checkpointer.save(done, state, train_iter, cfg.to_dict(), force=True)
+        for run, one in zip(runs, program.states(state)):
+          run.checkpointer.save(done, one, run.batches, run.exp.config.to_dict(), force=True)
       if (cfg.train.eval_every and done % cfg.train.eval_every == 0) or done == total_steps:
-        final = evaluate_split(exp, eval_fn, state.params, cfg.train.eval_batches)
-        writer.write(done, {k: v for k, v in final.items() if isinstance(v, (int, float))})
-        bar.write(f"step {done}: " + ", ".join(
-            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in final.items()))
+        finals = program.evaluations(state.params, cfg.train.eval_batches)
+        for writer, final in zip(writers, finals):
+          writer.write(done, {k: v for k, v in final.items() if isinstance(v, (int, float))})
+        bar.write(f"step {done}: " + "; ".join(
+            (f"seed {run.exp.config.train.seed}: " if several else "") + _eval_line(final)
+            for run, final in zip(runs, finals)))
         window.started = time.perf_counter()  # evaluation time is not training throughput
       if preempted:
-        checkpointer.wait()
+        for run in runs:
+          run.checkpointer.wait()
         bar.write(f"{'interrupted' if preemption.signal == signal.SIGINT else 'preempted'}: "
-                  f"checkpoint of step {done} written; rerun the same command to continue")
+                  f"checkpoint{'s' if several else ''} of step {done} written; rerun the same "
+                  "command to continue")
         if preemption.signal == signal.SIGINT:
           raise cli.Interrupted
         break
@@ -404,18 +470,19 @@ def _train_loop(exp: Experiment, state: TrainState, train_iter: Iterator, step_f
       raise
     # A log write found the disk full (often filled by a checkpoint saving in the background):
     # one line naming the save that failed, or the step, and the last complete checkpoint.
-    raise checkpointer.disk_full(e, done) from None
+    raise runs[0].checkpointer.disk_full(e, done) from None
   finally:
     failing = sys.exc_info()[1]
     preemption.close()
     bar.close()
-    try:
-      writer.close()
-    except OSError:
-      if failing is None:
-        raise
-      # The loop's own error says what went wrong (a full disk fails the last flush too).
-  return final
+    for writer in writers:
+      try:
+        writer.close()
+      except OSError:
+        if failing is None:
+          raise
+        # The loop's own error says what went wrong (a full disk fails the last flush too).
+  return finals
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +496,10 @@ def main(argv) -> None:
   flags_ = flags.FLAGS
 
   def body():
-    config = ExperimentConfig.from_config_dict(flags_.config)  # checked before any device work
+    notes = []  # entries derived from the rest of the config, a line each
+    config = ExperimentConfig.from_config_dict(flags_.config, notes)  # before any device work
+    for note in notes:
+      print(note, file=sys.stderr)
     cli.initialize_distributed(flags_.coordinator_address, flags_.num_processes,
                                flags_.process_id, flags_.distributed)
     train_and_evaluate(config, flags_.workdir,

@@ -119,14 +119,21 @@ def state_shardings(model: nn.Module, tx: optax.GradientTransformation,
   return abstract, shardings
 
 
-def create_state(model, tx, config: ExperimentConfig, shardings: TrainState, rng) -> TrainState:
-  """Initialises parameters and optimizer state directly on their shards."""
+def state_initializer(model, tx, config: ExperimentConfig,
+                      shardings: TrainState) -> Callable[[Array], TrainState]:
+  """init(rng) -> a fresh state, parameters and optimizer state initialised directly on their
+  shards; compiled once for every key it is called with (research/multiseed.py's seeds)."""
 
   def init(rng):
     params = nn.unbox(init_trainable(model, config, rng))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-  return jax.jit(init, out_shardings=shardings)(rng)
+  return jax.jit(init, out_shardings=shardings)
+
+
+def create_state(model, tx, config: ExperimentConfig, shardings: TrainState, rng) -> TrainState:
+  """Initialises parameters and optimizer state directly on their shards."""
+  return state_initializer(model, tx, config, shardings)(rng)
 
 
 def build_model_and_loss(config: ExperimentConfig, tokenizer=None):

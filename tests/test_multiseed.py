@@ -13,6 +13,7 @@ import pytest
 from research import bench, multiseed, train
 from research.config import ConfigError, ExperimentConfig, load_config_file
 from research.paths import REPO_ROOT
+from research.train_state import state_initializer
 
 ARMS = {"decoder": "experiments/ablation/decoder_lm.py",
         "encoder_decoder": "experiments/ablation/encdec_span.py"}
@@ -112,7 +113,7 @@ def test_init_stack_and_unstack_are_each_seeds_own_bit_for_bit():
   exp = bench.synthetic_experiment(config)
   program = multiseed.build_program(exp, len(SEEDS))
   with jax.set_mesh(exp.mesh):
-    init = multiseed._init_fn(exp)  # pylint: disable=protected-access
+    init = state_initializer(exp.model, exp.tx, exp.config, exp.shardings)
     states = [init(jax.random.key(s)) for s in SEEDS]
     back = program.unstack(program.stack(states))
     alone = train.create_state(exp.model, exp.tx, config, exp.shardings, jax.random.key(SEEDS[1]))
