@@ -239,11 +239,22 @@ def test_every_path_the_readme_names_exists(readme_text, commands):
           if not (REPO_ROOT / script).exists():
             missing.append(f"{script} (in: {line.strip()})")
   for link in re.findall(r"\]\(([^)\s]+)\)", readme_text):
-    if re.match(r"^[a-z]+:", link) or link.startswith("#"):
+    if re.match(r"^[a-z]+:", link):
       continue
-    if not glob.glob(str(REPO_ROOT / link.split("#", 1)[0])):
+    path, _, anchor = link.partition("#")
+    target = REPO_ROOT / path if path else README
+    if path and not glob.glob(str(target)):
       missing.append(f"link {link}")
+    elif anchor and target.suffix == ".md" and anchor not in _anchors(target.read_text()):
+      missing.append(f"link {link} (no such heading)")
   assert not missing, "missing: " + "; ".join(missing)
+
+
+def _anchors(markdown: str) -> set[str]:
+  """The anchors GitHub gives a file's headings: lower case, punctuation dropped, spaces -."""
+  headings = re.findall(r"^#+\s+(.*?)\s*$", re.sub(r"^```.*?^```", "", markdown, flags=re.M | re.S),
+                        re.M)
+  return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
 
 
 def test_readme_is_a_page_a_user_reads():
