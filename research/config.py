@@ -306,9 +306,17 @@ class ExperimentConfig:
   init_from: str = ""
 
   @classmethod
-  def from_config_dict(cls, config: ml_collections.ConfigDict | dict) -> "ExperimentConfig":
-    """Builds and validates the typed config; raises ConfigError naming the bad entry."""
+  def from_config_dict(cls, config: ml_collections.ConfigDict | dict,
+                       notes: list[str] | None = None) -> "ExperimentConfig":
+    """Builds and validates the typed config; raises ConfigError naming the bad entry.
+
+    With `notes` (a list: what a new run's command line gives), entries left at a default that
+    the rest of the config contradicts are derived from it first (derive_defaults), one note
+    line each appended to `notes`. A saved config (a workdir's) is taken as it is."""
     raw = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    if notes is not None:
+      raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+      notes.extend(derive_defaults(raw))
     unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
       raise ConfigError(f"unknown config section(s) {sorted(unknown)}; "
@@ -404,6 +412,46 @@ FAMILY_OBJECTIVES = {
     "encoder": ("masked_lm",),
     "encoder_decoder": ("span_corruption", "prefix_lm", "ul2"),
 }
+
+
+def derive_defaults(raw: dict[str, Any]) -> list[str]:
+  """Sets, in the raw config dict, the entries a user would otherwise have to know to set;
+  returns one note line per entry set. Only an entry still at its default is derived, and a
+  run from init_from takes its architecture from the pretrained model instead.
+
+  - A classification task from the user's files with two text fields on an encoder: token
+    types (sentence A / B embeddings), model.num_token_types=2.
+  - data.seq_len above model.max_len: max_len follows it (the position table, or the longest
+    context a decoder decodes with), where that was the only reason to stop.
+  (The SentencePiece vocabulary a small corpus can fill is derived when it is trained:
+  research/data/tokenizers.py.)"""
+  def get(section: str, key: str):
+    default = getattr(_SECTION_TYPES[section](), key)
+    return raw.get(section, {}).get(key, default)
+
+  def put(section: str, key: str, value) -> None:
+    raw.setdefault(section, {})[key] = value
+
+  notes = []
+  if raw.get("init_from"):
+    return notes
+  fields = [f.strip() for f in str(get("task", "text_fields")).split(",") if f.strip()]
+  if (get("model", "family") == "encoder" and get("task", "train_files")
+      and get("task", "kind") == "classification" and len(fields) == 2
+      and get("model", "num_token_types") == 0):
+    put("model", "num_token_types", 2)
+    notes.append(f"note: task.text_fields={','.join(fields)} is a sentence pair: "
+                 "model.num_token_types=2 (sentence A / B embeddings); set "
+                 "model.num_token_types to choose")
+  seq_len, max_len = get("data", "seq_len"), get("model", "max_len")
+  # Where validate() would stop: a learned position table, or a decoder's pretraining context.
+  stops = get("model", "position") == "learned" or (
+      get("model", "family") != "encoder" and not get("task", "name"))
+  if stops and isinstance(seq_len, int) and isinstance(max_len, int) and seq_len > max_len > 0:
+    put("model", "max_len", seq_len)
+    notes.append(f"note: data.seq_len={seq_len} is longer than model.max_len={max_len}: "
+                 f"model.max_len={seq_len}; set model.max_len to choose")
+  return notes
 
 
 def validate(config: ExperimentConfig) -> None:

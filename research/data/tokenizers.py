@@ -17,7 +17,9 @@ import io
 import json
 import os
 import pathlib
+import re
 import shutil
+import sys
 import tempfile
 from typing import Any, ClassVar, Iterable
 
@@ -126,6 +128,44 @@ class CharTokenizer(Tokenizer):
     return {"special_tokens": list(self.special_tokens), "chars": self.chars}
 
 
+def _fitting_vocab_size(message: str) -> int | None:
+  """The size SentencePiece's error names: "... Please set it to a value <= 4217." (too many
+  pieces for the corpus) or "... smaller than required_chars. 100 vs 282." (too few)."""
+  if match := re.search(r"set it to a value <= (\d+)", message):
+    return int(match.group(1))
+  if match := re.search(r"smaller than required_chars\. \d+ vs (\d+)", message):
+    return int(match.group(1))
+  return None
+
+
+class _KeptTexts:
+  """The training texts, iterable again when a retrain needs them: kept while they are small
+  (a corpus too small for its vocabulary is), else passed through once (complete=False)."""
+
+  LIMIT_CHARS = 64 * 2**20
+
+  def __init__(self, texts: Iterable[str]):
+    self._texts = iter(texts)
+    self._kept: list[str] = []
+    self._chars = 0
+    self.complete = True
+    self._read = False
+
+  def __iter__(self):
+    if self._read:  # a second pass: only what was kept
+      yield from self._kept
+      return
+    self._read = True
+    for text in self._texts:
+      if self.complete:
+        self._chars += len(text)
+        if self._chars > self.LIMIT_CHARS:
+          self.complete, self._kept = False, []
+        else:
+          self._kept.append(text)
+      yield text
+
+
 class SentencePieceTokenizer(Tokenizer):
   """A SentencePiece model (ids 0/1/2 = pad/eos/unk, byte fallback: any text round-trips)."""
 
@@ -147,7 +187,36 @@ class SentencePieceTokenizer(Tokenizer):
   @classmethod
   def train(cls, texts: Iterable[str], vocab_size: int,
             extra_special_tokens: Iterable[str] = ()) -> SentencePieceTokenizer:
-    """Trains a unigram model on the lines of `texts`, in-process."""
+    """Trains a unigram model on the lines of `texts`, in-process. A corpus too small for
+    `vocab_size` pieces gets the largest vocabulary it fills (too large for it: the smallest
+    that holds its characters with byte fallback), with a note line on stderr."""
+    extra_special_tokens = list(extra_special_tokens)
+    kept = _KeptTexts(texts)
+    size = vocab_size
+    for _ in range(3):  # SentencePiece's bound is an estimate: a second try may lower it again
+      try:
+        model = cls._train_proto(kept, size, extra_special_tokens)
+      except RuntimeError as e:
+        fitting = _fitting_vocab_size(str(e))
+        if fitting is None or fitting == size or not kept.complete:
+          hint = ("the corpus is too small for data.vocab_size={}: lower data.vocab_size"
+                  if "too high" in str(e) else "with byte fallback the vocabulary needs more "
+                  "than 256 + #characters entries, so raise data.vocab_size (it was {})")
+          raise DataError(f"SentencePiece training failed: {e}; " + hint.format(size)) from None
+        size = fitting
+        continue
+      if size != vocab_size:
+        reason = "fill at most" if size < vocab_size else "need at least"
+        print(f"note: the tokenizer's training texts {reason} {size} SentencePiece pieces: "
+              f"trained with {size} instead of data.vocab_size={vocab_size}",
+              file=sys.stderr)
+      return cls(model)
+    raise DataError(f"SentencePiece training found no vocabulary size that fits the corpus "
+                    f"(tried {vocab_size} down to {size}); set data.vocab_size")
+
+  @staticmethod
+  def _train_proto(texts: Iterable[str], vocab_size: int,
+                   extra_special_tokens: list[str]) -> bytes:
     import sentencepiece  # pylint: disable=g-import-not-at-top
 
     def sentences():
@@ -157,30 +226,22 @@ class SentencePieceTokenizer(Tokenizer):
             yield line[start:start + _MAX_PIECE_CHARS]
 
     model = io.BytesIO()
-    try:
-      sentencepiece.SentencePieceTrainer.train(
-          sentence_iterator=sentences(), model_writer=model, vocab_size=vocab_size,
-          model_type="unigram", character_coverage=1.0, byte_fallback=True,
-          pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-          pad_piece=SPECIAL_TOKENS[0], eos_piece=SPECIAL_TOKENS[1], unk_piece=SPECIAL_TOKENS[2],
-          control_symbols=list(extra_special_tokens),
-          # Text must round-trip exactly for an LM: no normalisation, whitespace kept, and the
-          # newline (absent from the line-split training data) is a piece of its own.
-          normalization_rule_name="identity", remove_extra_whitespaces=False,
-          add_dummy_prefix=False, allow_whitespace_only_pieces=True,
-          user_defined_symbols=["\n"],
-          # Training time grows with the input: sample at most this many sentences.
-          input_sentence_size=MAX_SENTENCEPIECE_SENTENCES, shuffle_input_sentence=True,
-          max_sentence_length=4 * _MAX_PIECE_CHARS, num_threads=min(os.cpu_count() or 1, 16),
-          minloglevel=2)
-    except RuntimeError as e:
-      if "too high" in str(e):  # "Vocabulary size too high (N). Please set it to a value <= M."
-        raise DataError(f"SentencePiece training failed: {e}; the corpus is too small for "
-                        f"data.vocab_size={vocab_size}: lower data.vocab_size") from None
-      raise DataError(f"SentencePiece training failed: {e}; with byte fallback the vocabulary "
-                       "needs more than 256 + #characters entries, so raise data.vocab_size"
-                       ) from None
-    return cls(model.getvalue())
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=sentences(), model_writer=model, vocab_size=vocab_size,
+        model_type="unigram", character_coverage=1.0, byte_fallback=True,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        pad_piece=SPECIAL_TOKENS[0], eos_piece=SPECIAL_TOKENS[1], unk_piece=SPECIAL_TOKENS[2],
+        control_symbols=extra_special_tokens,
+        # Text must round-trip exactly for an LM: no normalisation, whitespace kept, and the
+        # newline (absent from the line-split training data) is a piece of its own.
+        normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=False, allow_whitespace_only_pieces=True,
+        user_defined_symbols=["\n"],
+        # Training time grows with the input: sample at most this many sentences.
+        input_sentence_size=MAX_SENTENCEPIECE_SENTENCES, shuffle_input_sentence=True,
+        max_sentence_length=4 * _MAX_PIECE_CHARS, num_threads=min(os.cpu_count() or 1, 16),
+        minloglevel=2)
+    return model.getvalue()
 
   @property
   def vocab_size(self) -> int:
