@@ -215,10 +215,10 @@ def text_bits(model: nn.Module, params, tokenizer, texts: Sequence[str], seq_len
   eos = tokenizer.eos_id
   stream = np.concatenate([[eos]] + [np.append(tokenizer.encode(t), eos) for t in texts])
   stream = stream.astype(np.int32)
-  family = model.config.family
-  if family == "encoder":
+  family = models.family_of(model.config)
+  if not family.generates:
     raise ValueError("an encoder (masked LM) gives no left-to-right probabilities")
-  loss = jax.jit(lambda p, batch: objectives.LOSSES[family](model, p, batch))
+  loss = jax.jit(lambda p, batch: objectives.LOSSES[family.name](model, p, batch))
   windows = scoring_windows(len(stream), seq_len)
   width, nats, scored = seq_len + 1, 0.0, 0.0
   padded = np.append(stream, np.full(width, tokenizer.pad_id, np.int32))
@@ -228,7 +228,7 @@ def text_bits(model: nn.Module, params, tokenizer, texts: Sequence[str], seq_len
     starts, prefix = (np.array(c) for c in zip(*chunk))
     rows = padded[np.minimum(starts, len(stream))[:, None] + np.arange(width)]  # (B, W)
     real = (starts[:, None] + np.arange(width)) < len(stream)
-    if family == "decoder":
+    if family.decoder_only:
       batch = _decoder_batch(rows, prefix, real)
       if not prefix_lm:
         del batch["prefix_lengths"]  # a causal LM reads its context causally

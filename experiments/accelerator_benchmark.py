@@ -70,7 +70,7 @@ def make_config(family: str, size: str, *, tiny: bool = False, batch_size: int =
                     activation_dtype=activation, matmul_dtype=precision,
                     scan_layers=scan_layers, remat=remat, attention="auto",
                     **FAMILY_STYLE[family]),
-      "objective": dict(name="causal_lm" if family == "decoder" else "span_corruption"),
+      "objective": dict(name=models.FAMILIES[family].objective),
       "data": dict(seq_len=seq_len, batch_size=batch_size or per_device * jax.device_count()),
       "optimizer": dict(learning_rate=1e-4, warmup_steps=10),
       "mesh": dict(data=-1, fsdp=1, tensor=1),

@@ -40,7 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research import bench, cli, decode, flops, paths, sharding, train
+from research import bench, cli, decode, flops, models, paths, sharding, train
 from research.hlo import Costs, global_flops
 from research.checkpoint import abstract_like
 from research.config import ConfigError, ExperimentConfig, UserError
@@ -210,7 +210,7 @@ def _batch_axis_spec(mesh, config: ExperimentConfig, leaf, batch: int):
 
 
 def is_generative(config: ExperimentConfig) -> bool:
-  if config.model.family == "encoder":
+  if not models.family_of(config.model).generates:
     return False
   if config.task.name:
     from research import tasks  # pylint: disable=import-outside-toplevel
@@ -349,8 +349,7 @@ def roofline(costs: Costs, model_flops: float | None, chip: Chip, per_chip: floa
 
 def _layer_counts(config: ExperimentConfig) -> tuple[int, int]:
   m = config.model
-  dec = (m.num_decoder_layers or m.num_layers) if m.family == "encoder_decoder" else 0
-  return m.num_layers, dec
+  return m.num_layers, models.family_of(m).decoder_layers(m)
 
 
 def _with_layers(config: ExperimentConfig, enc: int, dec: int) -> ExperimentConfig:

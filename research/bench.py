@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import cli, decode, flops, layers, models, sharding, train
+from research import cli, decode, flops, layers, models, objectives, sharding, tasks, train
 from research.config import ConfigError, ExperimentConfig
 
 Array = jax.Array
@@ -69,14 +69,8 @@ def synthetic_batch(config: ExperimentConfig, seed: int = 0,
   b = (batch_size or config.data.batch_size) // jax.process_count()
   input_len, target_len = flops.sequence_lengths(config)
   ids = lambda n: rng.integers(0, config.model.vocab_size, (b, n), dtype=np.int32)
-  ones = lambda n: np.ones((b, n), np.float32)
-  family, task = config.model.family, config.task.name
-  if family == "encoder_decoder":
-    return {"encoder_inputs": ids(input_len), "encoder_mask": np.ones((b, input_len), bool),
-            "decoder_inputs": ids(target_len), "targets": ids(target_len),
-            "weights": ones(target_len)}
-  if task:  # research/tasks.py's collated formats
-    from research import tasks  # pylint: disable=import-outside-toplevel
+  family, task = models.family_of(config.model), config.task.name
+  if task and not family.seq2seq:  # research/tasks.py's collated formats
     fmt = tasks.format_name(config)
     if fmt == "classify":
       return {"inputs": ids(input_len), "input_mask": np.ones((b, input_len), bool),
@@ -87,11 +81,9 @@ def synthetic_batch(config: ExperimentConfig, seed: int = 0,
       return {"inputs": ids(input_len), "input_mask": np.ones((b, input_len), bool),
               "token_types": np.zeros((b, input_len), np.int32), "starts": span(), "ends": span(),
               "weights": np.ones((b,), np.float32)}
-  out = {"inputs": ids(input_len), "targets": ids(input_len), "weights": ones(input_len)}
-  if family == "encoder":
-    out["input_mask"] = np.ones((b, input_len), bool)
-    out["weights"] = (rng.random((b, input_len)) < config.objective.mask_rate).astype(np.float32)
-  elif config.objective.name == "prefix_lm" and not task:
+  out = family.random_batch(rng, b, input_len, target_len, config.model.vocab_size,
+                            config.objective.mask_rate)
+  if family.decoder_only and not task and objectives.objective_of(config.objective).prefix:
     out["prefix_lengths"] = rng.integers(1, input_len, (b,), dtype=np.int32)
   return out
 
@@ -309,12 +301,12 @@ def bench_decode(config: ExperimentConfig, params: Any, new_tokens: int = 256,
   """Greedy new tokens/s with the KV cache and with full recomputation. The model's max_len is
   raised to hold prompt + new tokens (a learned position table is zero-padded to match).
   None for the encoder family, which fills masks in one pass."""
-  family = config.model.family
-  if family == "encoder":
+  family = models.family_of(config.model)
+  if not family.generates:
     return None
   if new_tokens <= 0:
     raise ConfigError(f"--decode_tokens={new_tokens} must be positive")
-  seq2seq = family == "encoder_decoder"
+  seq2seq = family.seq2seq
   needed = new_tokens if seq2seq else prompt_len + new_tokens
   model_cfg = dataclasses.replace(config.model, max_len=max(config.model.max_len, needed),
                                   dropout_rate=0.0, remat="none")
@@ -339,7 +331,7 @@ def bench_decode(config: ExperimentConfig, params: Any, new_tokens: int = 256,
   recompute_first, recompute_s, recompute_tokens = _timed(recompute, repeats)
   generated = batch_size * new_tokens
   return {
-      "family": family, "batch": batch_size, "input_len": input_len, "new_tokens": new_tokens,
+      "family": family.name, "batch": batch_size, "input_len": input_len, "new_tokens": new_tokens,
       "max_len": model_cfg.max_len,
       "cached_tokens_per_s": generated / cached_s,
       "recompute_tokens_per_s": generated / recompute_s,

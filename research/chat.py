@@ -62,7 +62,7 @@ class Chat:
         raise UserError(f"--pretrained={pretrained} has no tokenizer, so it cannot read text")
     else:
       config = load_experiment_config(workdir)
-    if config.model.family != "decoder":
+    if not models.family_of(config.model).decoder_only:
       raise UserError(f"{source} holds a {config.model.family} model; chat needs a decoder "
                       "(e.g. one fine-tuned with configs/alpaca_gpt.py)")
     if not pretrained:

@@ -307,7 +307,7 @@ def beam_search(model: nn.Module, params: Any, inputs: np.ndarray, beam_size: in
   length-normalised log-probability. A beam ends at its EOS: later positions hold EOS and
   add nothing to its score; its length counts the tokens up to and including that EOS.
   """
-  seq2seq = model.config.family == "encoder_decoder"
+  seq2seq = models.family_of(model.config).seq2seq
   inputs = np.asarray(inputs, np.int32)
   if not seq2seq and inputs.shape[1] + max_new_tokens > model.config.max_len:
     raise ValueError(f"prompt ({inputs.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
@@ -360,7 +360,7 @@ def sized_for(model: nn.Module, config, length: int):
   holds what a generation needs, not the model's whole context."""
   m = config.model
   length = -(-length // 64) * 64
-  if m.position == "learned" or m.family == "encoder" or length >= m.max_len:
+  if m.position == "learned" or not models.family_of(m).generates or length >= m.max_len:
     return model, config
   config = dataclasses.replace(config, model=dataclasses.replace(m, max_len=length))
   return type(model)(config.model), config

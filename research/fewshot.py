@@ -26,7 +26,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import numpy as np
 
-from research import decode, metrics
+from research import decode, metrics, models
 from research.config import UserError
 
 DEMO_TOKENS = 320  # longest demonstration, in tokens: keeps k-shot prompts of SQuAD/SciTLDR short
@@ -181,7 +181,7 @@ def run(source: str, task_name: str, *, split: str = "", shots: int | None = Non
     raise UserError(f"--limit={limit} must be >= 0 (0: the whole split)")
   task = TASKS[task_name]
   model, params, tokenizer, config = convert.load_pretrained(source)
-  if tokenizer is None or config.model.family != "decoder":
+  if tokenizer is None or not models.family_of(config.model).decoder_only:
     raise UserError(f"--pretrained={source} is not a decoder language model with a tokenizer; "
                     "few-shot evaluation prompts a decoder")
   data_dir = corpora.data_dir(DataConfig())

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import objectives
+from research import models, objectives
 from research.config import ConfigError, ExperimentConfig, ModelConfig
 from research.layers import cache_size, layer_window, resolve_matmul_dtype
 
@@ -120,7 +120,7 @@ def forward_flops(model: ModelConfig, input_len: int, target_len: int = 0, *,
                       "FLOPs of the resolved config (train.build_experiment(...).config) or set "
                       "model.vocab_size")
   head = head or PRETRAINING_HEAD[model.family]
-  if model.family == "encoder_decoder":
+  if models.family_of(model).seq2seq:
     target_len = target_len or input_len
     encoder = stack_flops(model, model.num_layers, input_len)
     decoder = stack_flops(model, model.num_decoder_layers or model.num_layers, target_len,
@@ -151,7 +151,7 @@ def sequence_lengths(config: ExperimentConfig) -> tuple[int, int]:
   sizes them from its data: tasks.TaskData.row_lengths).
   """
   seq_len = config.data.seq_len
-  if config.model.family != "encoder_decoder":
+  if not models.family_of(config.model).seq2seq:
     return seq_len, 0
   if config.task.name:
     input_len, target_len = config.task.max_input_len or seq_len, config.task.max_target_len
@@ -159,9 +159,8 @@ def sequence_lengths(config: ExperimentConfig) -> tuple[int, int]:
       rows = max(seq_len, input_len)
       return rows, -(-target_len * rows // input_len)
     return input_len, target_len
-  if config.objective.name == "span_corruption":
-    return seq_len, objectives.span_corruption_target_length(seq_len, config.objective)
-  return seq_len, seq_len
+  objective = objectives.objective_of(config.objective)
+  return seq_len, objective.decoder_length(seq_len, config.objective)
 
 
 def training_head(config: ExperimentConfig) -> str:
@@ -204,8 +203,9 @@ def decode_step_flops(config: ExperimentConfig, batch_size: int) -> int:
   projections = 2 * e * n * h + 2 * 2 * e * k * h + 2 * n * h * e
   per_layer = projections + mlp_flops(m, 1)
   layers = m.num_layers
-  if m.family == "encoder_decoder":
-    layers = m.num_decoder_layers or m.num_layers
+  family = models.family_of(m)
+  if family.seq2seq:
+    layers = family.decoder_layers(m)
     input_len, _ = sequence_lengths(config)
     cross = attention_flops(m, 1, input_len)
     per_layer += cross["projections"] + cross["scores"]

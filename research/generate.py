@@ -93,13 +93,13 @@ def generate_text(workdir: str | None, prompt: str, max_new_tokens: int,
   if config.task.name and not isinstance(model, (models.Decoder, models.EncoderDecoder)):
     raise UserError(f"{workdir} holds a {config.task.name} {type(model).__name__}, which scores "
                     "rather than writes text; use research.evaluate on it")
-  family = config.model.family
+  family = models.family_of(config.model)
   specials = list(objectives.required_special_tokens(config.objective))
   ids = decode.encode_with_specials(tokenizer, prompt, specials)
-  begin = np.asarray(decode.begin_of_text(tokenizer) if family == "decoder" else [], np.int32)
+  begin = np.asarray(decode.begin_of_text(tokenizer) if family.decoder_only else [], np.int32)
   if ids.size:
     ids = np.concatenate([begin, ids])
-  if family != "encoder":
+  if family.generates:
     model, config = decode.sized_for(model, config, ids.size + max_new_tokens + 1)
   max_len = config.model.max_len
   if ids.size == 0:
@@ -112,7 +112,7 @@ def generate_text(workdir: str | None, prompt: str, max_new_tokens: int,
   batch = np.tile(ids[None], (num_samples, 1))
   rng = jax.random.key(seed)
 
-  if family == "decoder":
+  if family.decoder_only:
     if ids.size >= max_len:
       print(f"note: the prompt is {ids.size} tokens and the model's context {max_len}: it reads "
             f"the most recent {max_len // 2} when it writes", file=sys.stderr)
@@ -127,7 +127,7 @@ def generate_text(workdir: str | None, prompt: str, max_new_tokens: int,
     try:
       for chunk in decode.stream(model, params, batch, max_new_tokens, rng, sampling,
                                  eos_id=tokenizer.eos_id,
-                                 prefix_lm=config.objective.name == "prefix_lm"):
+                                 prefix_lm=objectives.objective_of(config.objective).prefix):
         new.append(chunk)
         streamer.update(_until_eos(np.concatenate(new, axis=1)[0], 0, tokenizer.eos_id))
     except KeyboardInterrupt:
@@ -143,7 +143,7 @@ def generate_text(workdir: str | None, prompt: str, max_new_tokens: int,
       raise decode.Stopped(texts)
     return texts
 
-  if family == "encoder":
+  if not family.generates:
     mask_id = tokenizer.token_to_id(objectives.MASK_TOKEN)
     if not (ids == mask_id).any():
       raise UserError(f"an encoder (BERT) workdir fills in masked tokens: put "

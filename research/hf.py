@@ -1007,12 +1007,12 @@ def export_params(cfg: ModelConfig, params: Any,
     raise ConvertError(f"the {cfg.family} model cannot be written as Hugging Face "
                        + "; nor as ".join(f"{a.name}: " + "; ".join(a.unmet(cfg))
                                           for a in candidates))
-  if cfg.family == "encoder" and not cfg.num_token_types:
+  if not models.family_of(cfg).generates and not cfg.num_token_types:
     # BERT always adds a token-type embedding; one zero row adds nothing.
     flat["encoder/type_embed/embedding"] = np.zeros((1, cfg.embed_dim), np.float32)
     cfg = dataclasses.replace(cfg, num_token_types=1)
     notes.append("the model has no token types: wrote a zero token_type_embeddings row")
-  if cfg.family == "encoder" and not cfg.pooler:
+  if not models.family_of(cfg).generates and not cfg.pooler:
     notes.append("the model has no pooler: a BertModel loaded from the export initialises it")
   tensors = {}
   for rule in arch.rules(cfg):

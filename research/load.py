@@ -18,7 +18,7 @@ import numpy as np
 from etils import epath
 
 from research import checkpoint as ckpt_lib
-from research import gguf_io, hf, paths, sharding
+from research import gguf_io, hf, models, paths, sharding
 from research import lora as lora_lib
 from research import workdir as workdir_lib
 from research.config import ConfigError, ExperimentConfig, ModelConfig, UserError
@@ -176,10 +176,6 @@ def load_lora_base(model: nn.Module, config: ExperimentConfig, shardings: Any) -
   return jax.device_put(merged, shardings)
 
 
-# Each family's pretraining objective, for the config of an imported model.
-_OBJECTIVES = {"decoder": "causal_lm", "encoder": "masked_lm", "encoder_decoder": "span_corruption"}
-
-
 def _count_sentinels(tokenizer) -> int:
   """How many of <extra_id_0>, <extra_id_1>, ... the tokenizer holds (T5's span sentinels)."""
   count = 0
@@ -196,9 +192,9 @@ def experiment_config(model_config: ModelConfig, tokenizer=None,
                       tokenizer_path: str = "") -> ExperimentConfig:
   """The workdir config of an imported model: the family's pretraining objective and the
   default data (Tiny Shakespeare) read with the checkpoint's own tokenizer."""
-  family = model_config.family
-  objective: dict[str, Any] = {"name": _OBJECTIVES[family]}
-  if family == "encoder_decoder":
+  family = models.family_of(model_config)
+  objective: dict[str, Any] = {"name": family.objective}
+  if family.seq2seq:
     sentinels = _count_sentinels(tokenizer) if tokenizer is not None else 0
     objective = {"name": "span_corruption", "num_sentinels": sentinels} if sentinels else {
         "name": "prefix_lm"}

@@ -15,6 +15,8 @@ All models return float32 logits.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -494,20 +496,73 @@ class EncoderDecoder(nn.Module):
     return self.decode(None, tokens[:, None], decode=True)[:, -1]
 
 
-FAMILIES = {"decoder": Decoder, "encoder": EncoderLM, "encoder_decoder": EncoderDecoder}
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """A model family, answering what the code outside the models asks of it (how to decode,
+  count FLOPs, build a benchmark batch, export), so that no caller compares family names."""
+  name: str
+  lm: type  # the pretraining model (build_model)
+  encodes: bool  # a bidirectional encoder reads the input first (BERT, T5)
+  generates: bool  # a causal decoder writes tokens one at a time (GPT, T5)
+  objective: str  # the pretraining objective an imported checkpoint of it is given
+
+  @property
+  def seq2seq(self) -> bool:
+    """An encoder reads the input and a decoder writes the output, attending to it (T5)."""
+    return self.encodes and self.generates
+
+  @property
+  def decoder_only(self) -> bool:
+    """One causal stack reads a prompt and writes after it (GPT): chat, few-shot prompts."""
+    return self.generates and not self.encodes
+
+  def decoder_layers(self, config: ModelConfig) -> int:
+    """Layers of the decoder stack of a seq2seq model; 0 for a single stack."""
+    return (config.num_decoder_layers or config.num_layers) if self.seq2seq else 0
+
+  def dummy_inputs(self, seq_len: int, batch_size: int = 1) -> tuple:
+    """Positional arguments that initialise the pretraining model."""
+    tokens = jnp.zeros((batch_size, seq_len), jnp.int32)
+    return (tokens, tokens) if self.seq2seq else (tokens,)
+
+  def random_batch(self, rng: np.random.Generator, batch_size: int, input_len: int,
+                   target_len: int, vocab_size: int, mask_rate: float) -> dict[str, np.ndarray]:
+    """Random tokens in the batch format of the pretraining model's loss (what a benchmark
+    times in place of the input pipeline): an encoder's weights mark mask_rate of the tokens."""
+    b = batch_size
+    ids = lambda n: rng.integers(0, vocab_size, (b, n), dtype=np.int32)
+    ones = lambda n: np.ones((b, n), np.float32)
+    if self.seq2seq:
+      return {"encoder_inputs": ids(input_len), "encoder_mask": np.ones((b, input_len), bool),
+              "decoder_inputs": ids(target_len), "targets": ids(target_len),
+              "weights": ones(target_len)}
+    out = {"inputs": ids(input_len), "targets": ids(input_len), "weights": ones(input_len)}
+    if self.encodes:
+      out["input_mask"] = np.ones((b, input_len), bool)
+      out["weights"] = (rng.random((b, input_len)) < mask_rate).astype(np.float32)
+    return out
+
+
+FAMILIES = {f.name: f for f in (
+    Family("decoder", Decoder, encodes=False, generates=True, objective="causal_lm"),
+    Family("encoder", EncoderLM, encodes=True, generates=False, objective="masked_lm"),
+    Family("encoder_decoder", EncoderDecoder, encodes=True, generates=True,
+           objective="span_corruption"),
+)}
+
+
+def family_of(config: ModelConfig) -> Family:
+  return FAMILIES[config.family]
 
 
 def build_model(config: ModelConfig) -> nn.Module:
   """The pretraining model of config.family."""
-  return FAMILIES[config.family](config)
+  return family_of(config).lm(config)
 
 
 def dummy_inputs(config: ModelConfig, seq_len: int, batch_size: int = 1) -> tuple:
   """Positional arguments that initialise the family's pretraining model."""
-  tokens = jnp.zeros((batch_size, seq_len), jnp.int32)
-  if config.family == "encoder_decoder":
-    return (tokens, tokens)
-  return (tokens,)
+  return family_of(config).dummy_inputs(seq_len, batch_size)
 
 
 def parameter_count(params) -> int:

@@ -98,8 +98,14 @@ def decoder_loss(model, params, batch, *, rngs=None, deterministic=True):
                          segment_ids=batch.get("segment_ids"),
                          prefix_lengths=batch.get("prefix_lengths"),
                          deterministic=deterministic, rngs=rngs, return_hidden=True)
+    from research import layers  # pylint: disable=import-outside-toplevel
+    head = model.config
+    if layers.target_platform() == "cpu":
+      # XLA's CPU runtime runs a dot inside a loop or conditional with no bfloat16 x bfloat16
+      # -> float32 kernel ("Unsupported element type for DotThunk"): float32 operands there.
+      head = dataclasses.replace(head, matmul_dtype="float32")
     return chunked_token_cross_entropy(
-        hidden, functools.partial(output_logits, model.config, params), batch["targets"],
+        hidden, functools.partial(output_logits, head, params), batch["targets"],
         batch["weights"], chunk)
   logits = decoder_logits(model, params, batch, rngs=rngs, deterministic=deterministic)
   return token_cross_entropy(logits, batch["targets"], batch["weights"])
@@ -453,6 +459,32 @@ TRANSFORMS: dict[tuple[str, str], Callable] = {
     ("span_corruption", "encoder_decoder"): span_corruption,
     ("ul2", "encoder_decoder"): ul2,
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A pretraining objective, answering what the code outside the objectives asks of it."""
+  name: str
+  # Rows split into a prefix read both ways and a continuation predicted after it (prefix LM,
+  # UL2's S mode): a decoder's batches carry prefix_lengths, and its prompts are read so.
+  prefix: bool = False
+  # (seq_len, config) -> the longest decoder target a row of seq_len tokens gives an
+  # encoder-decoder (None: seq_len, both sides padded to it).
+  target_length: Callable[[int, ObjectiveConfig], int] | None = None
+
+  def decoder_length(self, seq_len: int, config: ObjectiveConfig) -> int:
+    return self.target_length(seq_len, config) if self.target_length else seq_len
+
+
+OBJECTIVES = {o.name: o for o in (
+    Objective("causal_lm"), Objective("prefix_lm", prefix=True), Objective("masked_lm"),
+    Objective("span_corruption", target_length=span_corruption_target_length),
+    Objective("ul2", prefix=True),
+)}
+
+
+def objective_of(config: ObjectiveConfig) -> Objective:
+  return OBJECTIVES[config.name]
 
 
 class BatchTransform:

@@ -56,7 +56,7 @@ def format_name(config: ExperimentConfig) -> str:
 def task_name(config: ExperimentConfig) -> str:
   """What reports call the task: the bundled name, or 'user (<kind>)'."""
   task = kinds.task_of(config)
-  return task.name if task.name != "user" else f"user ({task.kind})"
+  return f"user ({task.kind})" if kinds.is_user_task(config) else task.name
 
 
 def records(task: TaskDef, split: str, data_dir: str) -> list[Record]:

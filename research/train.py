@@ -36,7 +36,7 @@ from research import flops as flops_lib
 from research import machine as machine_lib
 from research import metrics as metrics_lib
 from research import lora as lora_lib
-from research import paths, sharding
+from research import models, objectives, paths, sharding
 from research import workdir as workdir_lib
 from research.config import ConfigError, ExperimentConfig, UserError
 from research.experiment import Experiment, build_experiment, evaluate_split, make_eval_fn
@@ -194,11 +194,12 @@ def check_attention_runs(config: ExperimentConfig, platform: str | None = None) 
   if m.attention != "splash" or platform == "tpu":
     return
   from research import splash  # pylint: disable=import-outside-toplevel
-  prefix = not config.task.name and config.objective.name in ("prefix_lm", "ul2")
+  prefix = not config.task.name and objectives.objective_of(config.objective).prefix
   reason = splash.unsupported_reason(
       q_len=config.data.seq_len, kv_len=config.data.seq_len, num_heads=m.num_heads,
       num_kv_heads=m.resolved_kv_heads, head_dim=m.resolved_head_dim,
-      causal=m.family == "decoder", window=m.attention_window, has_bias=m.position == "relative",
+      causal=models.family_of(m).decoder_only, window=m.attention_window,
+      has_bias=m.position == "relative",
       has_prefix=prefix, dropout=m.dropout_rate > 0, decode=False)
   if reason is None:
     raise ConfigError(f"model.attention='splash' is a TPU kernel and these devices are "
