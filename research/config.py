@@ -69,7 +69,7 @@ class ModelConfig:
   param_dtype: str = "float32"  # master weights
   activation_dtype: str = "float32"  # residual stream, norms, softmax
   # Operands of matmuls (results always accumulate in float32); "auto": bfloat16 where the
-  # hardware multiplies it natively (GPU, TPU, CPUs with AMX), float32 elsewhere.
+  # hardware multiplies it natively (GPU, TPU, CPUs with AMX or AVX-512 bf16), float32 elsewhere.
   matmul_dtype: str = "float32"
   # Scale options. On a CPU a scanned step is slower than an unscanned one (the scan stacks every
   # layer's residuals; figures and command: benchmarks/README.md, "Scanned layers"); scanning is
