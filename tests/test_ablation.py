@@ -129,13 +129,10 @@ def test_rerun_skips_everything_finished(tiny_run):
   out = tiny_run[0]
   records = {p: p.stat().st_mtime_ns for p in out.glob("*/flops*/*/*.json")}
   assert len(records) > 30
-  start = time.perf_counter()
   result = run_cli(f"--out={out}", "--tiny")
-  seconds = time.perf_counter() - start
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "[ablation" not in result.stderr
+  assert "[ablation" not in result.stderr  # no progress line: no run started
   assert {p: p.stat().st_mtime_ns for p in out.glob("*/flops*/*/*.json")} == records
-  assert seconds < 60, seconds  # imports and the report only
 
 
 def test_an_interrupted_stage_resumes_from_its_workdir(tiny_run):
@@ -497,19 +494,42 @@ def test_seeds_per_program_groups_the_seeds_of_an_arm_and_budget(tmp_path, monke
 
 
 def test_the_yardsticks_of_the_default_runs(tmp_path, monkeypatch):
+  # The measurements themselves are tested on fixtures whose answer is known
+  # (tests/test_ablation_corpus.py); here: which workdir each arm's hook measures, with how many
+  # probe examples, which arms get bits per character (those that predict text left to right:
+  # a causal or prefix LM), and the units the report reads.
   from experiments import ablation_yardsticks  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(ablation_yardsticks, "linear_probe",
-                      lambda workdir, train_examples: {"accuracy": 0.625})
-  monkeypatch.setattr(ablation_yardsticks, "bits_per_char", lambda workdir: {"bits_per_char": 2.5})
+  calls = []
+
+  def probe(workdir, train_examples):
+    calls.append(("probe", workdir, train_examples))
+    return {"accuracy": len(workdir) / 1000}  # differs per arm
+
+  def bits(workdir):
+    calls.append(("bits", workdir))
+    return {"bits_per_char": len(workdir) / 10}
+
+  monkeypatch.setattr(ablation_yardsticks, "linear_probe", probe)
+  monkeypatch.setattr(ablation_yardsticks, "bits_per_char", bits)
   hooks = ablation.default_hooks(False, 1)
   assert hooks.pretrain is ablation.pretrain_each
   assert ablation.default_hooks(True, 1).yardsticks is ablation.no_yardsticks
-  for arm, expected in [("decoder_lm", {"linear probe accuracy (%)": 62.5, "bits per character":
-                                        {"value": 2.5, "higher_is_better": False}}),
-                        ("encoder_mlm", {"linear probe accuracy (%)": 62.5})]:
+  for arm in ablation.DEFAULT_ARMS:
+    calls.clear()
     config = ablation.with_steps(ablation.pretrain_config_dict(arm, 0, True), 5)
-    job = ablation.PretrainJob(arm, 1e12, 0, 2e-3, config, tmp_path, "seed0")
-    assert hooks.yardsticks(job) == expected
+    job = ablation.PretrainJob(arm, 1e12, 0, 2e-3, config, tmp_path / arm, "seed0")
+    got = hooks.yardsticks(job)
+    workdir = str(job.workdir)
+    objective = job.config.objective.name
+    left_to_right = objective in ("causal_lm", "prefix_lm")
+    assert calls == [("probe", workdir, ablation.PROBE_EXAMPLES)] + (
+        [("bits", workdir)] if left_to_right else []), arm
+    assert got["linear probe accuracy (%)"] == pytest.approx(100 * len(workdir) / 1000), arm
+    if left_to_right:
+      assert got["bits per character"] == {"value": pytest.approx(len(workdir) / 10),
+                                           "higher_is_better": False}, arm
+    else:
+      assert set(got) == {"linear probe accuracy (%)"}, arm
 
 
 def test_a_run_stopped_before_its_last_step_stops_the_ablation(tmp_path, monkeypatch):
