@@ -386,6 +386,9 @@ def run(out: pathlib.Path, names: list[str], seeds: list[int],
   for row, seed in todo:
     started = time.monotonic()
     record = run_row(row, seed, out, progress, executor, resources, steps)
+    # Each record names its machine too: a kind's published file gathers rows run at other times.
+    record["machine"] = {"tag": machine["tag"], "cpu": machine["cpu"], "isa": isa(machine),
+                         "jax": machine["jax"], "flax": machine["flax"]}
     write_json(out / row.name / f"seed{seed}" / "result.json", record)
     progress.finished(row, time.monotonic() - started)
   for row in ROWS.values():  # every finished row and seed in OUT, this run's and earlier ones'

@@ -117,6 +117,9 @@ def test_the_runner_runs_rows_per_seed_and_skips_finished_ones(tmp_path, monkeyp
   record = written["rows"]["tiny_more"]["0"]
   assert record["steps"] == 3 and record["metrics"]["loss"] > 0
   assert record["precision"]["matmul_dtype"] in ("float32", "bfloat16")
+  assert record["machine"]["tag"] == written["machine"]["tag"]
+  assert record["machine"]["isa"] == results.isa(written["machine"])
+  assert record["machine"]["jax"] == written["machine"]["jax"]
   assert "--config.init_from=OUT/tiny/seed0/workdir" in record["commands"][0]
   saved = json.loads((out / "tiny_more/seed0/workdir/config.json").read_text())
   assert saved["train"]["seed"] == 0 and saved["init_from"].endswith("tiny/seed0/workdir")
