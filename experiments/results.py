@@ -177,12 +177,23 @@ class Progress:
   """The progress line: row, seed, stage and the time left. Time left scales each row's AMX
   wall time (Row.minutes) by how fast the rows finished so far ran against theirs."""
 
-  def __init__(self, todo: list[tuple[Row, int]]):
+  def __init__(self, todo: list[tuple[Row, int]], steps: int = 0):
     self.todo = list(todo)
+    self.steps = steps  # --steps: each row's share of its config's steps
+    self._config_steps: dict[str, int] = {}
     self.done_nominal = 0.0
     self.done_seconds = 0.0
     self.started = time.monotonic()
     self.running_speed: float | None = None
+
+  def minutes(self, row: Row) -> float:
+    """The row's AMX wall time, for the steps it runs."""
+    if not self.steps:
+      return row.minutes
+    if row.name not in self._config_steps:
+      self._config_steps[row.name] = executor_lib.config_with_overrides(
+          REPO_ROOT / "configs" / row.config, list(row.overrides)).train.steps
+    return row.minutes * min(1.0, self.steps / self._config_steps[row.name])
 
   def speed(self) -> float:
     """Seconds here per second on the AMX CPU, from the rows finished so far (else from the
@@ -193,7 +204,7 @@ class Progress:
 
   def finished(self, row: Row, seconds: float) -> None:
     self.todo.remove(next(t for t in self.todo if t[0] is row))
-    self.done_nominal += row.minutes
+    self.done_nominal += self.minutes(row)
     self.done_seconds += seconds
     self.running_speed = None
 
@@ -201,8 +212,9 @@ class Progress:
           elapsed: float = 0.0) -> None:
     """fraction: of the running row done, after `elapsed` seconds."""
     if fraction > 0.05:
-      self.running_speed = elapsed / (fraction * row.minutes * 60)
-    left = (sum(r.minutes for r, _ in self.todo) - row.minutes * fraction) * 60 * self.speed()
+      self.running_speed = elapsed / (fraction * self.minutes(row) * 60)
+    left = ((sum(self.minutes(r) for r, _ in self.todo) - self.minutes(row) * fraction) * 60
+            * self.speed())
     print(f"[results] {row.name} seed {seed}: {stage}; {len(self.todo)} row-seeds to go, about "
           f"{format_seconds(max(left, 0))} left ({format_seconds(time.monotonic() - self.started)}"
           " so far)", file=sys.stderr, flush=True)
@@ -380,7 +392,7 @@ def run(out: pathlib.Path, names: list[str], seeds: list[int],
   results["shortened_to_steps"] = steps or None
   todo = [(row, seed) for row in order_rows(names) for seed in seeds
           if not (out / row.name / f"seed{seed}" / "result.json").exists()]
-  progress = Progress(todo)
+  progress = Progress(todo, steps)
   if executor is not None:
     executor.board.expect(len(todo))
   for row, seed in todo:
