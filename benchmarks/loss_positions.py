@@ -6,9 +6,9 @@ every position's logits at once against logits only where the loss is, in chunks
 
 A translation or instruction row carries loss on its response only (the last loss_share of
 its positions here). Each variant computes the summed cross-entropy and its gradient with
-respect to the hidden states (and with --table=trained the tied embedding table), jitted; timed alternately (median of
---rounds), peak temporary memory from XLA's memory analysis of the compiled program, and the
-loss and gradients checked equal between the variants.
+respect to the hidden states (and with --table=trained the tied embedding table), jitted;
+timed alternately (median of --rounds), peak temporary memory from XLA's memory analysis of
+the compiled program, and the loss and gradients checked equal between the variants.
 """
 
 from __future__ import annotations

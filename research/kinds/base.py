@@ -108,6 +108,27 @@ def lead_id(tokenizer) -> int:
   return tokenizer.eos_id
 
 
+def _sized_for(model, length: int):
+  """A decoder whose context (model.max_len, the size of its KV cache) is `length` rounded up
+  to 64, when that is shorter and no parameter depends on it (positions not learned): Gemma's
+  32,768-position context would give a task's generation a cache of gigabytes."""
+  cfg = model.config
+  length = -(-length // 64) * 64
+  if cfg.position == "learned" or length >= cfg.max_len:
+    return model
+  return type(model)(dataclasses.replace(cfg, max_len=length))
+
+
+def begin_of_text(tokenizer) -> np.ndarray:
+  """The ids a Hugging Face tokenizer's template puts before a text (Gemma's <bos>, Llama 3's
+  <|begin_of_text|>; none for GPT-2 or the tokenizers trained here): a decoder pretrained with
+  them reads a text without them badly."""
+  if getattr(tokenizer, "kind", "") != "hf":
+    return np.zeros(0, np.int32)
+  ids = [int(i) for i in tokenizer.encode("", add_special_tokens=True)]
+  return np.asarray([i for i in ids if i != tokenizer.eos_id], np.int32)
+
+
 def encode_with_offsets(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
   """ids (n,) and character offsets (n, 2) of each token in `text`."""
   if isinstance(tokenizer, tokenizers_lib.CharTokenizer):
@@ -164,6 +185,8 @@ class Kind:
     self.target_len = config.task.max_target_len
     if tokenizer is not None:
       self.before, self.after = self._encode(task.before), self._encode(task.after)
+      if self.format == "prompt":  # a pretrained decoder's prompt opens as it was trained to
+        self.before = np.concatenate([begin_of_text(tokenizer), self.before]).astype(np.int32)
 
   def _encode(self, text: str) -> np.ndarray:
     return np.asarray(self.tokenizer.encode(text), np.int32)
@@ -371,6 +394,8 @@ class Kind:
     task, tokenizer = self.config.task, self.tokenizer
     batch_size = task.eval_batch_size
     width = max(len(x) for x in inputs)
+    if not seq2seq:  # a KV cache of what is generated, not of the model's whole context
+      model = _sized_for(model, width + task.max_target_len + 1)
     outputs = []
     for start in range(0, len(inputs), batch_size):
       chunk = inputs[start:start + batch_size]
