@@ -496,7 +496,7 @@ def measured_kinds() -> dict[str, dict]:
 
 
 def earlier_figures() -> dict:
-  return read_json(EARLIER) if EARLIER.exists() else {"kinds": {}, "rows": []}
+  return read_json(EARLIER) if EARLIER.exists() else {"about": "", "kinds": {}, "rows": []}
 
 
 def goal_verdict(values: list[float], threshold: float, digits: int) -> str:
@@ -574,7 +574,8 @@ def render_docs() -> str:
   for tag, results in measured_kinds().items():
     parts += ["", f"## {tag}: {isa(results['machine'])}", "",
               render_tables(results).replace("](configs/", "](../configs/").rstrip()]
-  parts += ["", "## Earlier figures, recorded by hand", "", earlier_table().rstrip()]
+  if earlier_figures()["rows"]:
+    parts += ["", "## Earlier figures, recorded by hand", "", earlier_table().rstrip()]
   return "\n".join(parts) + "\n"
 
 
@@ -663,7 +664,8 @@ def define_flags() -> None:
                        "configs' own steps).")
   flags.DEFINE_bool("publish", True, "After the runs, file OUT's results under "
                     "experiments/results_published/<machine tag>/ and rewrite docs/results.md "
-                    "and the README's table (--nopublish: OUT only).")
+                    "and the README's table (--nopublish: OUT only). --out=DIR --publish with "
+                    "neither --only nor --seeds files what DIR holds and runs nothing.")
   flags.DEFINE_bool("readme", False, "Only rewrite the README's tables from the committed "
                     "results files.")
   flags.DEFINE_bool("list", False, "Print the rows and exit.")
@@ -690,7 +692,7 @@ def main(argv) -> None:
     unknown = [name for name in names if name not in ROWS]
     if unknown:
       raise UserError(f"unknown row(s) {', '.join(unknown)} in --only; the rows are: "
-                      f"{', '.join(ROWS)}")
+                      f"{', '.join(ROWS)} (or all)")
     try:
       seeds = sorted({int(s) for s in f.seeds})
     except ValueError:
@@ -710,15 +712,20 @@ def main(argv) -> None:
           print(f"{row.name} seed{seed}: {state}; {resources.describe()}; "
                 f"{row.name}/seed{seed}/workdir")
       return
+    # `--out=DIR --publish` alone files what DIR holds, running nothing.
+    publish_only = (f["publish"].present and not f["only"].present and not f["seeds"].present
+                    and (out / "results.json").exists())
     # One row at a time, each in a fresh process as its README command would be: the
     # tables' wall times are those of a run alone on its machine.
-    executor = (executor_lib.LocalPool(1, in_process=False, runs_per_process=1)
+    executor = (None if publish_only else
+                executor_lib.LocalPool(1, in_process=False, runs_per_process=1)
                 if f.executor == "local" else executor_lib.RayExecutor(f.ray_address))
-    try:
-      with executor_lib.StopOnSignal(executor):
-        run(out, names, seeds, executor, resources, f.steps)
-    finally:
-      executor.close()
+    if executor is not None:
+      try:
+        with executor_lib.StopOnSignal(executor):
+          run(out, names, seeds, executor, resources, f.steps)
+      finally:
+        executor.close()
     if f.publish and f.steps:
       print(f"note: runs shortened by --steps={f.steps} are not published; their figures are "
             f"in {out / 'results.md'}", file=sys.stderr)

@@ -129,3 +129,32 @@ def test_the_runner_runs_rows_per_seed_and_skips_finished_ones(tmp_path, monkeyp
   monkeypatch.setattr(results, "run_row", lambda *a: pytest.fail("a finished row ran again"))
   again = results.run(out, ["tiny_more"], [0])
   assert again["rows"] == written["rows"]
+
+
+def test_publishing_files_a_kind_and_rewrites_docs_and_the_readme(tmp_path, monkeypatch):
+  for name, path in (("COMMITTED", tmp_path / "published"), ("EARLIER", tmp_path / "none.json"),
+                     ("README", tmp_path / "README.md"), ("DOCS", tmp_path / "docs/results.md")):
+    monkeypatch.setattr(results, name, path)
+  results.README.write_text("intro\n<!-- results: docs/results.md -->\nold\n"
+                            "<!-- end of results -->\nrest\n")
+  machine = {"cpu": "Zen 5", "cpu_kind": "AVX-512", "cpu_flags": ["avx512_bf16"], "cores": 2,
+             "accelerator": None, "tag": "amd-avx512", "jax": "0", "flax": "0"}
+  record = {"seed": 0, "metrics": {"accuracy": 0.86}, "steps": 400, "batch_size": 32,
+            "train_seconds": 60.0, "eval_seconds": 6.0, "resumed": False,
+            "precision": {"matmul_dtype": "bfloat16", "activation_dtype": "float32"}}
+  out = tmp_path / "out"
+  out.mkdir()
+  shortened = {"machine": machine, "rows": {"sst2_minilm": {"0": record}},
+               "shortened_to_steps": 20}
+  (out / "results.json").write_text(json.dumps(shortened))
+  with pytest.raises(results.UserError, match="only full runs are published"):
+    results.publish(out)
+  (out / "results.json").write_text(json.dumps({**shortened, "shortened_to_steps": None}))
+  target = results.publish(out)
+  assert target == tmp_path / "published" / "amd-avx512"
+  assert json.loads((target / "results.json").read_text())["rows"]["sst2_minilm"]["0"] == record
+  docs = results.DOCS.read_text()
+  assert "## amd-avx512: AVX-512+bf16" in docs and "0.860 (1 seed, at or above the goal" in docs
+  readme = results.README.read_text()
+  assert readme.startswith("intro\n") and readme.endswith("<!-- end of results -->\nrest\n")
+  assert "old" not in readme and "| goal | amd-avx512 (AVX-512+bf16) |" in readme
