@@ -16,17 +16,10 @@ from typing import Any
 
 import ml_collections
 
-
-class UserError(Exception):
-  """Bad input from the user (config, data, checkpoint, flags): the CLIs print it as one line."""
-
-
-class DataError(UserError, ValueError):
-  """Data, a corpus or a tokenizer that cannot be used; the message names the file and the fix."""
-
-
-class ConfigError(UserError, ValueError):
-  """A config that cannot run; the message names the problem and the fix."""
+from research import taskdefs
+# Defined below this module so that research.taskdefs, which validate() asks about a task, can
+# raise them too; everyone else names them from here.
+from research.errors import ConfigError, DataError, UserError  # pylint: disable=unused-import
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,9 +576,8 @@ def validate(config: ExperimentConfig) -> None:
     raise ConfigError(f"task.label_field={task.label_field!r} is also among task.text_fields="
                       f"{task.text_fields!r}: the model would read the answer it is asked for; "
                       "list only the input fields in task.text_fields")
-  if task.name:  # the task's kind checks that it fits the family (research/kinds)
-    from research import kinds  # pylint: disable=import-outside-toplevel
-    kinds.check(config)
+  if task.name:  # the task's kind checks that it fits the family (research/taskdefs.py)
+    taskdefs.check(config)
   objectives = FAMILY_OBJECTIVES[m.family]
   if not task.name and config.objective.name not in objectives:  # a task replaces the objective
     fits = [f for f, objs in FAMILY_OBJECTIVES.items() if config.objective.name in objs]

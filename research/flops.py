@@ -36,9 +36,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import models, objectives
+from research import kinds, models
 from research.config import ConfigError, ExperimentConfig, ModelConfig
 from research.layers import cache_size, layer_window, resolve_matmul_dtype
+# The lengths a config trains on are the objective's (or its task's) to say; named here too.
+from research.objectives import sequence_lengths
 
 HEADS = ("lm", "mlm", "classifier", "last_token_classifier", "span", "none")
 # The pretraining head each family's model (models.build_model) carries.
@@ -140,34 +142,10 @@ def forward_flops(model: ModelConfig, input_len: int, target_len: int = 0, *,
 # ---------------------------------------------------------------------------------------------
 
 
-def sequence_lengths(config: ExperimentConfig) -> tuple[int, int]:
-  """(input length, decoder target length) of the batches the config trains on.
-
-  Decoder-only and encoder: (seq_len, 0). Encoder-decoder: span corruption targets hold the
-  sentinels, the noise and EOS (objectives.span_corruption_target_length); prefix LM and UL2
-  pad both sides to seq_len; a fine-tuning task reads task.max_input_len (0: seq_len) and
-  writes task.max_target_len; packed (task.packing), its rows hold max(seq_len,
-  max_input_len) inputs and at most that many targets in the max lengths' proportion (a run
-  sizes them from its data: tasks.TaskData.row_lengths).
-  """
-  seq_len = config.data.seq_len
-  if not models.family_of(config.model).seq2seq:
-    return seq_len, 0
-  if config.task.name:
-    input_len, target_len = config.task.max_input_len or seq_len, config.task.max_target_len
-    if config.task.packing:
-      rows = max(seq_len, input_len)
-      return rows, -(-target_len * rows // input_len)
-    return input_len, target_len
-  objective = objectives.objective_of(config.objective)
-  return seq_len, objective.decoder_length(seq_len, config.objective)
-
-
 def training_head(config: ExperimentConfig) -> str:
   """The output head a run trains: the family's pretraining head, or its fine-tuning task's."""
   family = config.model.family
   if config.task.name:  # the task's kind names its head (None: the family's LM head)
-    from research import kinds  # pylint: disable=import-outside-toplevel
     return kinds.kind_class(config).head_for(family) or PRETRAINING_HEAD[family]
   return PRETRAINING_HEAD[family]
 

@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from research.config import ConfigError, ObjectiveConfig
+from research import layers, models
+from research.config import ConfigError, ExperimentConfig, ObjectiveConfig
 
 Array = jax.Array
 Batch = dict[str, np.ndarray]
@@ -91,14 +92,12 @@ def seq2seq_logits(model, params, batch, *, rngs=None, deterministic=True):
 
 
 def decoder_loss(model, params, batch, *, rngs=None, deterministic=True):
-  from research import models  # pylint: disable=import-outside-toplevel
   chunk = model.config.logits_chunk
   if chunk and isinstance(model, models.Decoder):
     hidden = model.apply({"params": params}, batch["inputs"], positions=batch.get("positions"),
                          segment_ids=batch.get("segment_ids"),
                          prefix_lengths=batch.get("prefix_lengths"),
                          deterministic=deterministic, rngs=rngs, return_hidden=True)
-    from research import layers  # pylint: disable=import-outside-toplevel
     head = model.config
     if layers.target_platform() == "cpu":
       # XLA's CPU runtime runs a dot inside a loop or conditional with no bfloat16 x bfloat16
@@ -114,7 +113,6 @@ def decoder_loss(model, params, batch, *, rngs=None, deterministic=True):
 def output_logits(config, params, hidden: Array) -> Array:
   """The decoder's output layer (models.lm_head) on hidden states (..., E) -> (..., V) float32,
   from the model's parameter tree: the same modules, applied to their own parameters."""
-  from research import layers  # pylint: disable=import-outside-toplevel
   if config.tie_embeddings:
     logits = layers.Embed(config.vocab_size, config).apply(
         {"params": params["token_embed"]}, hidden, method="attend")
@@ -485,6 +483,29 @@ OBJECTIVES = {o.name: o for o in (
 
 def objective_of(config: ObjectiveConfig) -> Objective:
   return OBJECTIVES[config.name]
+
+
+def sequence_lengths(config: ExperimentConfig) -> tuple[int, int]:
+  """(input length, decoder target length) of the batches the config trains on.
+
+  Decoder-only and encoder: (seq_len, 0). Encoder-decoder: span corruption targets hold the
+  sentinels, the noise and EOS (span_corruption_target_length); prefix LM and UL2
+  pad both sides to seq_len; a fine-tuning task reads task.max_input_len (0: seq_len) and
+  writes task.max_target_len; packed (task.packing), its rows hold max(seq_len,
+  max_input_len) inputs and at most that many targets in the max lengths' proportion (a run
+  sizes them from its data: tasks.TaskData.row_lengths).
+  """
+  seq_len = config.data.seq_len
+  if not models.family_of(config.model).seq2seq:
+    return seq_len, 0
+  if config.task.name:
+    input_len, target_len = config.task.max_input_len or seq_len, config.task.max_target_len
+    if config.task.packing:
+      rows = max(seq_len, input_len)
+      return rows, -(-target_len * rows // input_len)
+    return input_len, target_len
+  objective = objective_of(config.objective)
+  return seq_len, objective.decoder_length(seq_len, config.objective)
 
 
 class BatchTransform:

@@ -11,7 +11,7 @@ from research.paths import REPO_ROOT
 RESEARCH = REPO_ROOT / "research"
 # Where a family, an objective or a task kind is defined, comparing names is the definition.
 NAME_DECISIONS_ALLOWED_IN = ("research/models.py", "research/objectives.py", "research/config.py",
-                             "research/kinds/")
+                             "research/kinds/", "research/taskdefs.py")
 NAME_DECISION = re.compile(r"(objective\.name|task\.name|family) *(==|!=| in )")
 MAX_NAME_DECISIONS = 8
 WORKDIR_TOOLS = ("generate", "evaluate", "chat", "convert")

@@ -17,34 +17,14 @@ from typing import Any, Callable, ClassVar, Sequence
 import jax
 import numpy as np
 
-from research import decode, metrics as metrics_lib, models, objectives
-from research.config import ConfigError, DataError, ExperimentConfig
+from research import decode, metrics as metrics_lib, models, objectives, taskdefs
+from research.config import DataError, ExperimentConfig
 from research.data import packing, tokenizers as tokenizers_lib
+from research.taskdefs import TaskDef  # pylint: disable=unused-import
 
 Batch = dict[str, np.ndarray]
 Record = dict[str, Any]
 Feature = dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskDef:
-  """One task: where its records come from, which of their fields a kind reads, its template
-  and metric. Bundled tasks are entries of research.kinds.TASKS; a user's task is made from
-  the config's task.* fields (research.tasks.task_of)."""
-
-  name: str
-  kind: str  # a key of research.kinds.KINDS
-  metric: str  # a key of METRICS
-  eval_split: str = "validation"  # where the README figures come from
-  before: str = ""  # generative input text = before + source(record) + after
-  after: str = ""
-  text_fields: tuple[str, ...] = ()  # classification: one text or a pair
-  label_field: str = "label"
-  labels: tuple[str, ...] = ()  # classification: label words (empty: taken from the data)
-  input_field: str = ""  # text_to_text
-  target_field: str = ""
-  references_field: str = ""  # text_to_text: a list of references (default: [target])
-  files: tuple[tuple[str, tuple[str, ...]], ...] = ()  # a user's task: (split, files) pairs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,8 +150,10 @@ class Kind:
   """A task kind bound to one task and one config (and, for features, a tokenizer)."""
 
   NAME: ClassVar[str]
-  FAMILIES: ClassVar[tuple[str, ...]] = ("decoder", "encoder_decoder")
-  TEMPLATE: ClassVar[tuple[str, str]] = ("", "\n")  # a user's task: (before, after)
+  # What the kind is without data, from research.taskdefs (where research.config reads it too).
+  FACTS: ClassVar[taskdefs.KindFacts]
+  FAMILIES: ClassVar[tuple[str, ...]]
+  TEMPLATE: ClassVar[tuple[str, str]]  # a user's task: (before, after)
   LABELLED: ClassVar[bool] = False  # predicts among labels (labels_from)
 
   def __init__(self, task: TaskDef, config: ExperimentConfig, tokenizer=None,
@@ -193,10 +175,15 @@ class Kind:
 
   # -- what the kind is, per family (class level: no data needed) -----------------------------
 
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    cls.FACTS = taskdefs.KIND_FACTS[cls.NAME]
+    cls.FAMILIES, cls.TEMPLATE = cls.FACTS.families, cls.FACTS.template
+
   @classmethod
   def format_for(cls, family: str) -> str:
-    """'seq2seq' or 'prompt' here; a kind with its own head names its format."""
-    return "seq2seq" if family == "encoder_decoder" else "prompt"
+    """'seq2seq', 'prompt', or the kind's own head's format (research.taskdefs.KindFacts)."""
+    return cls.FACTS.format_for(family)
 
   @classmethod
   def head_for(cls, family: str) -> str | None:
@@ -206,20 +193,7 @@ class Kind:
   @classmethod
   def check(cls, config: ExperimentConfig) -> None:
     """Raises ConfigError when the config cannot run this kind."""
-    if config.model.family not in cls.FAMILIES:
-      raise ConfigError(f"task.name='{config.task.name}' (kind {cls.NAME}) does not fit "
-                        f"model.family='{config.model.family}'; it runs with model.family in "
-                        f"{list(cls.FAMILIES)}")
-    if cls.format_for(config.model.family) == "prompt" and (
-        config.task.max_target_len >= config.data.seq_len):
-      raise ConfigError(f"task.max_target_len={config.task.max_target_len} leaves no room for "
-                        f"the prompt in data.seq_len={config.data.seq_len}; raise data.seq_len "
-                        "or lower max_target_len")
-    head = cls.format_for(config.model.family)
-    if config.task.packing and head not in ("seq2seq", "prompt"):
-      raise ConfigError(f"task.packing=True packs generated text, but task.name="
-                        f"'{config.task.name}' (kind {cls.NAME}) on model.family="
-                        f"'{config.model.family}' trains a {head} head; set task.packing=False")
+    taskdefs.check_kind(cls.FACTS, config)
 
   @classmethod
   def labels_from(cls, task: TaskDef, records: list[Record]) -> tuple[str, ...]:
@@ -341,8 +315,7 @@ class Kind:
     """Target tokens per packed row: `inputs` times the features' ratio of target to input
     tokens, at least max_target_len (one example always fits) and at most the proportion of
     the max lengths (what it was without features)."""
-    from research import flops  # pylint: disable=import-outside-toplevel
-    _, by_max_lengths = flops.sequence_lengths(self.config)  # the config-only bound
+    _, by_max_lengths = objectives.sequence_lengths(self.config)  # the config-only bound
     source = sum(min(len(f["source"]), self.input_len) for f in features if f is not None)
     target = sum(min(len(f["target"]), self.target_len) for f in features if f is not None)
     if not source:

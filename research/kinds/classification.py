@@ -18,14 +18,8 @@ from research.kinds import base
 
 
 class Classification(base.Kind):
-  NAME = "classification"
-  FAMILIES = ("encoder", "decoder", "encoder_decoder")
-  TEMPLATE = ("", "")
+  NAME = "classification"  # its families, formats and template: research.taskdefs
   LABELLED = True
-
-  @classmethod
-  def format_for(cls, family: str) -> str:
-    return "seq2seq" if family == "encoder_decoder" else "classify"
 
   @classmethod
   def head_for(cls, family: str) -> str | None:

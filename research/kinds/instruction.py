@@ -12,10 +12,10 @@ import dataclasses
 
 from research.config import DataError
 from research.kinds import base
+# The chat template: plain words, so any tokenizer can spell it (research.taskdefs holds it:
+# it is the template of a user's instruction task too).
+from research.taskdefs import ASSISTANT_PREFIX, USER_PREFIX
 
-# The chat template: plain words, so any tokenizer can spell it.
-USER_PREFIX = "User: "
-ASSISTANT_PREFIX = "\nAssistant: "
 TURN_SEPARATOR = "\n"  # follows the EOS that ends each assistant turn
 
 
@@ -57,7 +57,6 @@ def instruction_text(record: base.Record) -> str:
 
 class Instruction(base.Kind):
   NAME = "instruction"
-  TEMPLATE = (USER_PREFIX, ASSISTANT_PREFIX)
 
   def source(self, record: base.Record) -> str:
     return instruction_text(record)

@@ -35,13 +35,7 @@ def best_span(start: np.ndarray, end: np.ndarray, first: int, last: int,
 
 
 class SpanQA(base.Kind):
-  NAME = "span_qa"
-  FAMILIES = ("encoder", "decoder", "encoder_decoder")
-  TEMPLATE = ("", "\nanswer: ")
-
-  @classmethod
-  def format_for(cls, family: str) -> str:
-    return "span" if family == "encoder" else super().format_for(family)
+  NAME = "span_qa"  # its families, formats and template: research.taskdefs
 
   @classmethod
   def head_for(cls, family: str) -> str | None:
