@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from research.matmul import batched_matmul, materialized
+
 Array = jax.Array
 _log = logging.getLogger(__name__)
 
@@ -203,19 +205,17 @@ def reference_attention(q: Array, k: Array, v: Array, mask: Array | None, *, sca
   """The XLA path, written out: every query's logits over all S keys, masked, softmaxed.
 
   Written out rather than jax.nn.dot_product_attention: dropout on the attention weights needs
-  the probabilities, and on CPUs layers.batched_matmul keeps bfloat16 products bfloat16 in the
+  the probabilities, and on CPUs matmul.batched_matmul keeps bfloat16 products bfloat16 in the
   backward pass, which the library's XLA path does not.
   """
-  from research.layers import _materialized, batched_matmul  # layers imports this module
-
   q, k, v = q.astype(operand_dtype), k.astype(operand_dtype), v.astype(operand_dtype)
   b, t, n, h = q.shape
   s, kv_heads = k.shape[1], k.shape[2]
   groups = n // kv_heads
   # (B, K, G*T, H) queries, (B, K, H, S) keys, (B, K, S, H) values: row-major batched products.
-  q = _materialized(q.reshape(b, t, kv_heads, groups, h), (0, 2, 3, 1, 4), operand_dtype)
+  q = materialized(q.reshape(b, t, kv_heads, groups, h), (0, 2, 3, 1, 4), operand_dtype)
   q = q.reshape(b, kv_heads, groups * t, h)
-  logits = batched_matmul(q, _materialized(k, (0, 2, 3, 1), operand_dtype), operand_dtype)
+  logits = batched_matmul(q, materialized(k, (0, 2, 3, 1), operand_dtype), operand_dtype)
   logits = logits.reshape(b, n, t, s)
   if scale is None:
     logits = logits / np.sqrt(h)
@@ -231,6 +231,6 @@ def reference_attention(q: Array, k: Array, v: Array, mask: Array | None, *, sca
   if dropout is not None:
     probs = dropout(probs)
   probs = probs.reshape(b, kv_heads, groups * t, s)
-  out = batched_matmul(probs, _materialized(v, (0, 2, 1, 3), operand_dtype), operand_dtype)
+  out = batched_matmul(probs, materialized(v, (0, 2, 1, 3), operand_dtype), operand_dtype)
   out = out.reshape(b, kv_heads, groups, t, h).transpose(0, 3, 1, 2, 4)  # (B, T, K, G, H)
   return out.reshape(b, t, n, h)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research import attention, decode, layers
+from research import attention, decode, layers, matmul
 from research.config import ModelConfig
 from research.models import Decoder
 
@@ -106,7 +106,7 @@ def test_bf16_matmul_policy_is_close_to_float32():
     ("tpu", False, "bfloat16")])
 def test_auto_matmul_dtype_follows_the_hardware(monkeypatch, backend, native, want):
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
-  monkeypatch.setattr(layers, "_cpu_has_native_bf16", lambda: native)
+  monkeypatch.setattr(matmul, "_cpu_has_native_bf16", lambda: native)
   assert layers.resolve_matmul_dtype("auto") == want
   assert layers.dtype("auto") == jnp.dtype(want)
   assert layers.resolve_matmul_dtype("float32") == "float32"  # explicit names stay as they are
@@ -244,4 +244,4 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path, flags, na
   real_open = open
   monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
       cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
-  assert layers._cpu_has_native_bf16.__wrapped__() is native  # pylint: disable=protected-access
+  assert matmul._cpu_has_native_bf16.__wrapped__() is native  # pylint: disable=protected-access
