@@ -135,10 +135,15 @@ def dense_transposed(x: Array, weight: Array, operand_dtype=jnp.float32) -> Arra
 
   A few rows (decoding: one token per sequence) go the other way round, weight @ x.T: then the
   stored table is the product's row-major left operand, and only the small (F, M) result is
-  transposed, instead of a copy of the whole table (Gemma's: 262k x 640) at every step."""
+  transposed, instead of a copy of the whole table (Gemma's: 262k x 640) at every step. A table
+  stored in float32 is multiplied in float32 there: XLA's CPU matrix-vector products are several
+  times faster in float32 than in bfloat16 (benchmarks/README.md, "The output layer"), and
+  casting the table would cost more than the product. (x.T is left to XLA: a materialised copy
+  of it makes XLA's CPU backend refuse the bfloat16 product.)"""
   x2 = x.reshape(-1, x.shape[-1])  # (M, C)
   if 2 * x2.shape[0] <= x2.shape[1]:
-    out = _mm(weight, _transposed(x2, operand_dtype), operand_dtype).T  # (F, M) -> (M, F)
+    few_rows_dtype = jnp.float32 if weight.dtype == jnp.float32 else operand_dtype
+    out = _mm(weight, x2.T, few_rows_dtype).T  # (F, M) -> (M, F)
   else:
     out = _mm(x2, _transposed(weight, operand_dtype), operand_dtype)
   return out.reshape(x.shape[:-1] + (weight.shape[0],))
