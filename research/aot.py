@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -39,8 +40,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import flags
+from ml_collections import config_flags
 
-from research import bench, cli, decode, flops, models, paths, sharding, train
+from research import (bench, cli, decode, flops, matmul, models, objectives, paths, sharding, tasks,
+                      train)
 from research.hlo import Costs, global_flops
 from research.checkpoint import abstract_like
 from research.config import ConfigError, ExperimentConfig, UserError
@@ -175,7 +179,6 @@ def placeholder_vocab(config: ExperimentConfig) -> tuple[ExperimentConfig, str]:
   """A config with model.vocab_size set (0 means "the tokenizer's", unknown before data is read):
   data.vocab_size for SentencePiece (8000 if 0), 256 for characters (an upper bound), the
   tokenizer file's size for hf; plus the objective's special tokens."""
-  from research import objectives  # pylint: disable=import-outside-toplevel
   if config.model.vocab_size > 0:
     return config, ""
   data = config.data
@@ -213,7 +216,6 @@ def is_generative(config: ExperimentConfig) -> bool:
   if not models.family_of(config.model).generates:
     return False
   if config.task.name:
-    from research import tasks  # pylint: disable=import-outside-toplevel
     return tasks.format_name(config) in ("prompt", "seq2seq")
   return True
 
@@ -429,9 +431,8 @@ def compile_report(config: ExperimentConfig, topology: Topology, num_slices: int
 
 
 def _resolved_dtype(config: ExperimentConfig, mesh) -> str:
-  from research import layers  # pylint: disable=import-outside-toplevel
   with jax.set_mesh(mesh):
-    return layers.resolve_matmul_dtype(config.model.matmul_dtype)
+    return matmul.resolve_matmul_dtype(config.model.matmul_dtype)
 
 
 def _gib(n: float) -> str:
@@ -520,7 +521,6 @@ def libtpu_args_of_config(config_file: str) -> str:
   them when it loads, here as on the slice, where `research.train` needs the same variable."""
   if "LIBTPU_INIT_ARGS" in os.environ or not config_file:
     return os.environ.get("LIBTPU_INIT_ARGS", "")
-  import importlib.util  # pylint: disable=import-outside-toplevel
   try:
     spec = importlib.util.spec_from_file_location("_aot_config_module", config_file)
     module = importlib.util.module_from_spec(spec)
@@ -534,8 +534,6 @@ def libtpu_args_of_config(config_file: str) -> str:
 
 
 def main(argv) -> None:
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   cli.quiet_logs()
   cli.reject_positional_args(argv)
   f = flags.FLAGS
@@ -567,8 +565,6 @@ def main(argv) -> None:
 
 
 def define_flags() -> None:
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config()).",
                                   lock_config=True)
   flags.DEFINE_string("topology", None, "TPU slice: a JAX topology name (v5e:2x2, v5p:4x4x4) "

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from research import splash
 from research.matmul import batched_matmul, materialized
 
 Array = jax.Array
@@ -136,7 +137,6 @@ def attend(q: Array, k: Array, v: Array, spec: MaskSpec, *, choice: str, platfor
   scale None: 1/sqrt(H). softcap: cap * tanh(logits / cap) (Gemma 2); 0: none."""
   impl = resolve_implementation(choice, platform)
   if impl == "splash":
-    from research import splash  # Pallas TPU: imported only where it is used
     reason = splash.unsupported_reason(
         q_len=q.shape[1], kv_len=k.shape[1], num_heads=q.shape[2], num_kv_heads=k.shape[2],
         head_dim=q.shape[3], causal=spec.causal, window=spec.window, has_bias=bias is not None,

@@ -34,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
 
 from research import cli, decode, flops, layers, models, objectives, sharding, tasks, train
 from research.config import ConfigError, ExperimentConfig
@@ -484,8 +486,6 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def define_flags() -> None:
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config()).",
                                   lock_config=True)
   flags.DEFINE_integer("steps", 30, "Timed training steps (after --warmup untimed ones).")
@@ -503,7 +503,6 @@ def define_flags() -> None:
 
 
 def main(argv) -> None:
-  from absl import flags  # pylint: disable=import-outside-toplevel
   cli.quiet_logs()
   cli.reject_positional_args(argv)
   f = flags.FLAGS

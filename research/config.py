@@ -9,8 +9,10 @@ file states only what it chooses, and an ablation is a few lines of difference.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
+import pathlib
 import typing
 from typing import Any
 
@@ -620,9 +622,6 @@ def base_config() -> ml_collections.ConfigDict:
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
   """Imports a config file and calls its get_config() (what the CLI flag does)."""
-  import importlib.util
-  import pathlib
-
   file = pathlib.Path(path)
   if not file.is_file():
     raise ConfigError(f"config file {path} does not exist; pass --config=configs/<name>.py")
@@ -651,5 +650,4 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 def derive(config_file: str, base_name: str) -> ml_collections.ConfigDict:
   """The config of a sibling file: variants start from it and change a few entries,
   e.g. `config = derive(__file__, "sst2_bert.py"); config.model.family = "decoder"`."""
-  import pathlib  # pylint: disable=import-outside-toplevel
   return load_config_file(str(pathlib.Path(config_file).with_name(base_name)))

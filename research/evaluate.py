@@ -25,7 +25,7 @@ from absl import app, flags
 from etils import epath
 
 from research import checkpoint as ckpt_lib
-from research import cli, paths
+from research import cli, fewshot, paths, tasks
 from research import workdir as workdir_lib
 from research.config import UserError
 from research.experiment import build_experiment, evaluate_split, make_eval_fn
@@ -103,7 +103,6 @@ def check_not_own(workdir: epath.Path, output: str, predictions: str) -> None:
 
 
 def _task_name(config) -> str:
-  from research import tasks  # pylint: disable=import-outside-toplevel
   return tasks.task_name(config)
 
 
@@ -148,7 +147,6 @@ def main(argv) -> None:
     print(f"wrote {output}" + (f" and {f.predictions}" if f.predictions else ""), file=sys.stderr)
 
   def evaluate_pretrained():
-    from research import fewshot  # pylint: disable=import-outside-toplevel
     if not f.task:
       raise UserError(f"--pretrained is evaluated few-shot on a task: add --task=NAME, one of "
                       f"{sorted(fewshot.TASKS)}")

@@ -20,14 +20,17 @@ enough (`DEMO_TOKENS`), so every row of a run sees the same ones. Prompts are ba
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from typing import Any, Callable
 
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
-from research import decode, metrics, models
-from research.config import UserError
+from research import convert, decode, metrics, models
+from research.config import DataConfig, UserError
+from research.data import corpora, tasks
 
 DEMO_TOKENS = 320  # longest demonstration, in tokens: keeps k-shot prompts of SQuAD/SciTLDR short
 BATCH = 8
@@ -166,12 +169,6 @@ def run(source: str, task_name: str, *, split: str = "", shots: int | None = Non
         limit: int = 0, predictions_file: str = "") -> dict[str, Any]:
   """research.evaluate --pretrained=SOURCE --task=NAME: loads the model, the split and the
   train examples, answers and scores; prints progress; returns the metrics."""
-  # pylint: disable=import-outside-toplevel
-  import json
-  import tqdm
-  from research import convert
-  from research.config import DataConfig
-  from research.data import corpora, tasks
   if task_name not in TASKS:
     raise UserError(f"--task={task_name!r} has no few-shot format; choose one of "
                     f"{sorted(TASKS)}")

@@ -35,6 +35,7 @@ from research import convert, decode, models, objectives
 from research.cli import (Interrupted, check_utf8, parse_flags, quiet_logs,
                           reject_positional_args, run_cli)
 from research.config import UserError
+from research.data.tokenizers import load_tokenizer
 from research.load import restore_params
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
@@ -63,7 +64,6 @@ def generate_text(workdir: str | None, prompt: str, max_new_tokens: int,
   """The texts of num_samples generations. A decoder's single sample streams to on_text as it
   is written; Ctrl-C stops a decoder's generation and raises decode.Stopped with the texts so
   far."""
-  from research.data.tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
   if bool(workdir) == bool(pretrained):
     raise UserError("pass one of --workdir=RUN (a training workdir) and --pretrained=MODEL "
                     "(gemma3-270m, a GGUF file or a Hugging Face folder)")

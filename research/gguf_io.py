@@ -53,6 +53,7 @@ import dataclasses
 import hashlib
 import importlib
 import importlib.util
+import json
 import math
 import os
 import pathlib
@@ -64,6 +65,7 @@ import numpy as np
 
 from research import hf
 from research.config import ModelConfig
+from research.data.tokenizers import HFTokenizer
 
 ConvertError = hf.ConvertError
 
@@ -709,7 +711,6 @@ _GEMMA = ("gemma", "gemma2", "gemma3")
 
 def make_tokenizer(metadata: dict[str, Any]):
   """The HFTokenizer of a GGUF file's vocabulary, its eos/pad/unk the ids the file names."""
-  from research.data.tokenizers import HFTokenizer  # pylint: disable=import-outside-toplevel
   tokens = metadata["tokenizer.ggml.tokens"]
   named = {role: metadata.get(f"tokenizer.ggml.{key}_token_id")
            for role, key in (("eos", "eos"), ("pad", "padding"), ("unk", "unknown"))}
@@ -858,7 +859,6 @@ def vocab_from_tokenizer_json(text: str, eos_id: int | None = None,
   """GGUF tokenizer.* metadata of a byte-level BPE tokenizer.json (GPT-2, Llama 3, Qwen), for
   exporting a model whose tokenizer did not come from a GGUF file, as llama.cpp's converter
   writes it: ids without a token (and up to the model's `vocab_size`) as unused [PADn]."""
-  import json  # pylint: disable=import-outside-toplevel
   spec = json.loads(text)
   model = spec.get("model", {})
   if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):

@@ -20,6 +20,7 @@ clock; RESEARCH_LEASE_SECONDS sets the duration (default 60 s).
 
 from __future__ import annotations
 
+from urllib.parse import quote
 import contextlib
 import datetime
 import json
@@ -91,7 +92,6 @@ class GcsStore:
     raise OSError(f"gs://{self.bucket}/{self._key(name)} changes faster than it can be read")
 
   def write(self, name: str, data: bytes, if_generation_match: int) -> int:
-    from urllib.parse import quote  # pylint: disable=import-outside-toplevel
     url = f"{self.fs._location}/upload/storage/v1/b/{quote(self.bucket, safe='')}/o"  # pylint: disable=protected-access
     try:
       meta = self.fs.call("POST", url, uploadType="media", name=self._key(name),

@@ -88,6 +88,7 @@ def precision_policy(matmul_dtype: str, activation_dtype: str,
                      platform: str | None = None) -> dict[str, str]:
   """The policy a model config resolves to on `platform` (default: where the program runs):
   "auto" becomes what it means here."""
-  from research import layers  # pylint: disable=import-outside-toplevel
-  return {"matmul_dtype": layers.resolve_matmul_dtype(matmul_dtype, platform),
+  # Imports jax, as describe() does: this module is read before jax is set up (XLA flags).
+  from research import matmul  # pylint: disable=import-outside-toplevel
+  return {"matmul_dtype": matmul.resolve_matmul_dtype(matmul_dtype, platform),
           "activation_dtype": activation_dtype}

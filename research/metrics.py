@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
 import pathlib
+import re
 import shutil
+import string
 import tempfile
 import time
 from typing import Mapping
@@ -142,8 +145,6 @@ def accuracy(predictions, labels) -> float:
 def squad_normalize(text: str) -> str:
   """The official SQuAD v1.1 answer normalization: lower case, no punctuation, no articles
   (a, an, the), single spaces."""
-  import re  # pylint: disable=import-outside-toplevel
-  import string  # pylint: disable=import-outside-toplevel
   text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
   text = re.sub(r"\b(a|an|the)\b", " ", text)
   return " ".join(text.split())
@@ -156,7 +157,6 @@ def squad_exact_match(prediction: str, references: list[str]) -> float:
 
 def squad_f1(prediction: str, references: list[str]) -> float:
   """Token-overlap F1 of the normalized answers, the maximum over the references."""
-  import collections  # pylint: disable=import-outside-toplevel
 
   def f1(pred: str, ref: str) -> float:
     pred_tokens, ref_tokens = squad_normalize(pred).split(), squad_normalize(ref).split()

@@ -38,6 +38,7 @@ import numpy as np
 import optax
 
 from research import layers, models
+from research.data import packing
 from research.config import ConfigError, ExperimentConfig, ObjectiveConfig
 
 Array = jax.Array
@@ -235,12 +236,6 @@ def _packing(batch: Batch) -> bool:
   return "segment_ids" in batch
 
 
-def _packing_lib():
-  # Imported when first needed: research.data loads TFDS, which generation never needs.
-  from research.data import packing  # pylint: disable=import-outside-toplevel
-  return packing
-
-
 def prefix_lm_decoder(batch: Batch, rng: np.random.Generator, info: TokenInfo,
                       objective: ObjectiveConfig) -> Batch:
   """A random split point per row: attention is bidirectional before it, loss only after."""
@@ -376,7 +371,6 @@ def _packed_seq2seq(batch: Batch, max_tokens: int, target_len: int, make_pair,
   """A packed LM batch -> a packed encoder-decoder batch of as many rows: each document
   (segment, its first max_tokens tokens) becomes its own (input, target + EOS) pair, and the
   pairs are first-fit packed in order; a pair that fits no row is left out."""
-  packing = _packing_lib()
   pairs = []
   for row in packing.segments(batch["inputs"], batch["segment_ids"]):
     for tokens in row:

@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from research.config import ConfigError, ExperimentConfig, MeshConfig
@@ -54,7 +55,6 @@ def make_mesh(config: ExperimentConfig, devices=None) -> Mesh:
                 if devices[0].platform == "tpu" else 1)
   if num_slices == 1:
     return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
-  from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
   across = next((i for i in (0, 1) if shape[i] % num_slices == 0), None)
   if across is None:
     raise ConfigError(f"mesh (data, fsdp, tensor) = {shape} over {num_slices} slices: neither "

@@ -30,7 +30,6 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.tpu import splash_attention as sa
 from jax.sharding import PartitionSpec as P
 
 from research.sharding import fit_spec
@@ -114,6 +113,8 @@ def _block(length: int) -> int:
 def _kernel(num_heads: int, q_len: int, kv_len: int, *, causal: bool, window: int,
             softcap: float, interpret: bool):
   """The splash kernel for one example's (num_heads, q_len, H) queries; static shapes only."""
+  # Pallas's TPU kernels load only where one is built: seconds of imports no other run needs.
+  from jax.experimental.pallas.ops.tpu import splash_attention as sa  # pylint: disable=import-outside-toplevel
   shape = (q_len, kv_len)
   if window:  # keys i - window < j <= i
     mask = sa.LocalMask(shape, window_size=(window - 1, 0), offset=0)
@@ -140,6 +141,7 @@ def _attend(q: Array, k: Array, v: Array, q_segment_ids: Array | None = None,
                    softcap=softcap, interpret=interpret)
   if q_segment_ids is None:
     return jax.vmap(kernel)(q, k, v)
+  from jax.experimental.pallas.ops.tpu import splash_attention as sa  # pylint: disable=import-outside-toplevel  # as in _kernel
   one = lambda q, k, v, qs, ks: kernel(q, k, v, segment_ids=sa.SegmentIds(q=qs, kv=ks))
   return jax.vmap(one)(q, k, v, q_segment_ids, kv_segment_ids)
 

@@ -33,8 +33,9 @@ import numpy as np
 from etils import epath
 
 from research import kinds, paths
+from research import workdir as workdir_lib
 from research.config import DataError, ExperimentConfig
-from research.data import packing, pipeline, tasks as task_data, tokenizers as tokenizers_lib
+from research.data import corpora, packing, pipeline, tasks as task_data, tokenizers as tokenizers_lib
 from research.kinds.base import TaskDef, encode_with_offsets, lead_id  # noqa: F401 (re-exported)
 from research.kinds.instruction import (  # noqa: F401 (research.chat speaks the template)
     ASSISTANT_PREFIX, TURN_SEPARATOR, USER_PREFIX, instruction_text)
@@ -67,7 +68,6 @@ def records(task: TaskDef, split: str, data_dir: str) -> list[Record]:
 
 
 def _data_dir(config: ExperimentConfig) -> str:
-  from research.data import corpora  # pylint: disable=import-outside-toplevel
   return corpora.data_dir(config.data)
 
 
@@ -171,7 +171,6 @@ def record_labels(workdir: epath.Path, labels: tuple[str, ...], task: TaskDef,
   those labels, in that order."""
   path = workdir / LABELS_FILE
   if path.exists():
-    from research import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
     saved = workdir_lib.read_json(path, "delete it to list the labels of these files again "
                                         "(only if the labels are those the run trained on)")
     saved = saved.get("labels") if isinstance(saved, dict) else saved

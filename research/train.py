@@ -29,6 +29,7 @@ import optax
 from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
+from tqdm import tqdm
 
 from research import checkpoint as ckpt_lib
 from research import cli
@@ -36,7 +37,7 @@ from research import flops as flops_lib
 from research import machine as machine_lib
 from research import metrics as metrics_lib
 from research import lora as lora_lib
-from research import models, objectives, paths, sharding
+from research import models, objectives, paths, sharding, splash
 from research import workdir as workdir_lib
 from research.config import ConfigError, ExperimentConfig, UserError
 from research.experiment import Experiment, build_experiment, evaluate_split, make_eval_fn
@@ -158,7 +159,6 @@ def make_step_fns(exp: Experiment):
 
 
 def _progress(total: int, initial: int):
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   return tqdm(total=total, initial=initial, disable=jax.process_index() != 0, unit="step",
               dynamic_ncols=True, mininterval=1.0)
 
@@ -193,7 +193,6 @@ def check_attention_runs(config: ExperimentConfig, platform: str | None = None) 
   platform = platform or jax.devices()[0].platform
   if m.attention != "splash" or platform == "tpu":
     return
-  from research import splash  # pylint: disable=import-outside-toplevel
   prefix = not config.task.name and objectives.objective_of(config.objective).prefix
   reason = splash.unsupported_reason(
       q_len=config.data.seq_len, kv_len=config.data.seq_len, num_heads=m.num_heads,

@@ -26,6 +26,7 @@ from etils import epath
 from research import lease as lease_lib
 from research import locks, paths
 from research.config import ExperimentConfig, UserError
+from research.data import corpora
 
 DATA_FILE = "data.json"  # what the run trains on: corpus files and sizes, tokenizer settings
 HISTORY_FILE = "config_history.jsonl"  # each config a resumed run replaced, oldest first
@@ -232,7 +233,6 @@ def data_record(config: ExperimentConfig) -> dict[str, Any]:
       "tokenizer": data.tokenizer, "vocab_size": data.vocab_size,
       "tokenizer_path": data.tokenizer_path}
   if data.dataset == "text_files" and not config.task.name:
-    from research.data import corpora  # pylint: disable=import-outside-toplevel
     files = corpora.resolve_text_files(data.files)
     record["files"] = {name: dict(zip(("size", "sha256"), corpora.file_fingerprint(name)))
                        for name in files}

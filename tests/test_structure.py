@@ -15,6 +15,12 @@ NAME_DECISIONS_ALLOWED_IN = ("research/models.py", "research/objectives.py", "re
 NAME_DECISION = re.compile(r"(objective\.name|task\.name|family) *(==|!=| in )")
 MAX_NAME_DECISIONS = 8
 WORKDIR_TOOLS = ("generate", "evaluate", "chat", "convert")
+# The research modules one may import inside a function, and why: an import there hides an
+# edge of the graph, so each is named here.
+LAZY_RESEARCH_IMPORTS = {
+    # machine is read before jax is set up (XLA flags); matmul imports jax, only when asked.
+    ("research.machine", "research.matmul"),
+}
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -46,6 +52,41 @@ def imported_modules(node: ast.AST, name: str, is_package: bool, known: set[str]
     if candidate:
       found.add(candidate)
   return found
+
+
+def _with_packages(edges: set[str], name: str, known: set[str]) -> set[str]:
+  """Importing a.b.c runs a/__init__.py and a/b/__init__.py first: those are edges too (but
+  not a module's own packages, already being loaded when it runs)."""
+  packages = set()
+  for edge in edges:
+    parts = edge.split(".")
+    for i in range(2, len(parts)):
+      package = ".".join(parts[:i])
+      if package in known and not f"{name}.".startswith(f"{package}."):
+        packages.add(package)
+  return edges | packages
+
+
+def every_import() -> tuple[dict[str, set[str]], list[tuple[str, str, int]]]:
+  """module -> the research modules it imports anywhere (inside functions too), and the
+  (module, imported module, line) of each import of a research module inside a function
+  (the `if __name__ == "__main__":` block counts as top level: it runs only as a program)."""
+  modules = research_modules()
+  known = set(modules)
+  graph, inside = {}, []
+  for name, path in modules.items():
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    edges = set()
+    for node in ast.walk(tree):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        for inner in ast.walk(node):
+          if isinstance(inner, (ast.Import, ast.ImportFrom)):
+            inside.extend((name, m, inner.lineno)
+                          for m in imported_modules(inner, name, path.name == "__init__.py", known))
+      if isinstance(node, (ast.Import, ast.ImportFrom)):
+        edges |= imported_modules(node, name, path.name == "__init__.py", known)
+    graph[name] = _with_packages(edges, name, known) - {name}
+  return graph, sorted(set(inside))
 
 
 def top_level_imports() -> dict[str, set[str]]:
@@ -122,6 +163,21 @@ def test_research_modules_import_one_way():
   graph = top_level_imports()
   assert "research.train" in graph["research.multiseed"]  # the graph is really read
   assert cycles(graph) == [], "import circles among research modules"
+
+
+def test_no_circle_even_through_imports_inside_functions():
+  graph, _ = every_import()
+  assert "research.config" in graph["research.kinds"]  # the graph is really read
+  assert "research.data" in graph["research.objectives"]  # a package's __init__ counts
+  assert cycles(graph) == [], "import circles among research modules (imports in functions too)"
+
+
+def test_research_modules_are_imported_at_the_top():
+  _, inside = every_import()
+  found = [f"{module} imports {imported} inside a function (line {line})"
+           for module, imported, line in inside
+           if (module, imported) not in LAZY_RESEARCH_IMPORTS]
+  assert not found, "\n".join(found)
 
 
 def test_kinds_decide_not_names():

@@ -18,6 +18,7 @@ document or summary), and nothing is written.
 
 from __future__ import annotations
 
+import ast
 import csv
 import dataclasses
 import functools
@@ -174,7 +175,6 @@ def parse_scitldr(path: pathlib.Path) -> Iterator[Record]:
     _nonempty(path, line_no, record, "document", "summary")
     summaries = record.get("all_summaries") or [record["summary"]]
     if isinstance(summaries, str):  # some dumps store the list as its Python repr
-      import ast  # pylint: disable=import-outside-toplevel
       summaries = ast.literal_eval(summaries)
     summaries = [s for s in summaries if isinstance(s, str) and s.strip()] or [record["summary"]]
     yield {"id": record["id"], "document": record["document"], "summary": record["summary"],
