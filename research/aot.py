@@ -147,6 +147,7 @@ def tpu_devices(topology: Topology, num_slices: int = 1) -> list:
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
   try:
+    # libtpu's topologies: only when compiling for a TPU
     from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
     kwargs = {"num_slices": num_slices} if num_slices > 1 else {}
     desc = topologies.get_topology_desc(topology_name=topology.name, platform="tpu", **kwargs)
@@ -183,6 +184,7 @@ def placeholder_vocab(config: ExperimentConfig) -> tuple[ExperimentConfig, str]:
     return config, ""
   data = config.data
   if data.tokenizer == "hf" and data.tokenizer_path:
+    # HF tokenizers: only for a tokenizer.json
     import tokenizers  # pylint: disable=import-outside-toplevel
     size = tokenizers.Tokenizer.from_file(data.tokenizer_path).get_vocab_size()
   elif data.tokenizer == "sentencepiece":

@@ -61,7 +61,11 @@ import struct
 import tempfile
 from typing import Any
 
+import flax.linen as nn
+import jax
+import ml_dtypes
 import numpy as np
+from flax import traverse_util
 
 from research import hf
 from research.config import ModelConfig
@@ -116,6 +120,7 @@ class GGUFFile:
 
   def array(self, name: str) -> np.ndarray:
     """Tensor `name` as float32 in numpy order, dequantized whatever its type."""
+    # gguf: only when a GGUF file is read or written
     from gguf import constants, quants  # pylint: disable=import-outside-toplevel
     info = self.tensors[name]
     try:
@@ -247,6 +252,7 @@ def _parse(path: pathlib.Path, data: np.ndarray, head: bytes) -> GGUFFile:
 
 
 def _nbytes(info: TensorInfo) -> int:
+  # gguf: only when a GGUF file is read or written
   from gguf import constants  # pylint: disable=import-outside-toplevel
   try:
     block, type_size = constants.GGML_QUANT_SIZES[constants.GGMLQuantizationType(info.ggml_type)]
@@ -490,11 +496,9 @@ def import_gguf(path: str | os.PathLike, tokenizer: bool = True,
   `dtype`: float32 or bfloat16) and tokenizer. Every tensor type gguf.quants knows is
   dequantized to float32 one tensor at a time and cast at once: a bfloat16 load never holds
   the whole model in float32 (Gemma 3 270M: 0.5 GiB instead of 1.1)."""
-  import ml_dtypes  # pylint: disable=import-outside-toplevel  (jax's dependency)
   target = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}.get(dtype)
   if target is None:
     raise ConvertError(f"dtype={dtype!r}: pass float32 or bfloat16")
-  from flax import traverse_util  # pylint: disable=import-outside-toplevel
   f = read_gguf(resolve(path))
   cfg = model_config(f)
   shapes = hf.abstract_params(cfg)
@@ -567,9 +571,6 @@ def _export_requirements(cfg: ModelConfig, arch: str) -> dict[str, tuple[Any, ..
 
 def _flat_params(cfg: ModelConfig, params: Any) -> tuple[ModelConfig, dict[str, np.ndarray]]:
   """Our parameters as float32 numpy, unscanned, checked to be the decoder's own."""
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  from flax import traverse_util  # pylint: disable=import-outside-toplevel
   flat = {k: np.asarray(v, np.float32)
           for k, v in traverse_util.flatten_dict(jax.device_get(nn.unbox(params)), sep="/").items()}
   if cfg.scan_layers:
@@ -596,6 +597,7 @@ def export_gguf(cfg: ModelConfig, params: Any, path: str | os.PathLike,
   `dtype`: f32, f16 or bf16 for matrices; vectors (norms, biases) stay f32, as llama.cpp's
   converter keeps them.
   """
+  # gguf: only when a GGUF file is read or written
   import gguf  # pylint: disable=import-outside-toplevel
   if dtype not in _DTYPES:
     raise ConvertError(f"dtype={dtype!r}: pass one of {list(_DTYPES)}")
@@ -649,6 +651,7 @@ def export_gguf(cfg: ModelConfig, params: Any, path: str | os.PathLike,
 
 
 def _add_tensor(writer, name: str, array: np.ndarray, dtype: str) -> None:
+  # gguf: only when a GGUF file is read or written
   from gguf import GGMLQuantizationType, quants  # pylint: disable=import-outside-toplevel
   if array.ndim <= 1 or dtype == "f32":  # llama.cpp's converter keeps vectors in f32
     writer.add_tensor(name, array)
@@ -662,6 +665,7 @@ def _add_tensor(writer, name: str, array: np.ndarray, dtype: str) -> None:
 
 def _write_metadata(writer, cfg: ModelConfig, arch: str, dtype: str, name: str) -> None:
   """The keys llama.cpp's convert_hf_to_gguf.py writes for `arch` (and its loader reads)."""
+  # gguf: only when a GGUF file is read or written
   import gguf  # pylint: disable=import-outside-toplevel
   file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                "bf16": gguf.LlamaFileType.MOSTLY_BF16}[dtype]
@@ -759,6 +763,7 @@ def _merges(tokens: list[str], priority: list[float]) -> list[tuple[str, str]]:
 
 
 def _sentencepiece(metadata: dict[str, Any], tokens: list[str], gemma: bool):
+  # HF tokenizers: only for a GGUF file's vocabulary
   # pylint: disable-next=import-outside-toplevel
   from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
   if gemma:
@@ -799,6 +804,7 @@ def _byte_alphabet() -> dict[int, str]:
 
 
 def _byte_level(metadata: dict[str, Any], tokens: list[str]):
+  # HF tokenizers: only for a GGUF file's vocabulary
   # pylint: disable-next=import-outside-toplevel
   from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
   merges = [tuple(m.split(" ", 1)) for m in metadata.get("tokenizer.ggml.merges", [])]
@@ -822,6 +828,7 @@ def _add_special_tokens(tok, tokens: list[str], types: list[int], byte_level: bo
   whole in the text, as llama.cpp matches them. In a byte-level vocabulary a control token
   spelled outside the byte alphabet cannot be a real token and is left out (as transformers
   does)."""
+  # HF tokenizers: only for a GGUF file's vocabulary
   from tokenizers import AddedToken  # pylint: disable=import-outside-toplevel
   alphabet = set(_byte_alphabet().values()) if byte_level else None
   vocab = tok.get_vocab()
@@ -836,6 +843,7 @@ def _add_special_tokens(tok, tokens: list[str], types: list[int], byte_level: bo
 
 def _add_bos_template(tok, metadata: dict[str, Any], tokens: list[str], default: bool) -> None:
   """encode(add_special_tokens=True) prepends BOS (appends EOS) as the file's flags say."""
+  # HF tokenizers: only for a GGUF file's vocabulary
   from tokenizers import processors  # pylint: disable=import-outside-toplevel
   bos, eos = (metadata.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos"))
   add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", default)) and bos is not None

@@ -44,6 +44,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import ml_dtypes
 import numpy as np
 from etils import epath
 from flax import traverse_util
@@ -109,6 +110,7 @@ def read_tensors(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], s
 
 def _read_safetensors(local: pathlib.Path, file: epath.Path) -> dict[str, np.ndarray]:
   """The tensors of the safetensors file `local` (a local copy of `file`, named in errors)."""
+  # safetensors: only when a Hugging Face checkpoint is read or written
   from safetensors import safe_open  # pylint: disable=import-outside-toplevel
   tensors = {}
   try:
@@ -141,6 +143,7 @@ def _read_bfloat16(file: pathlib.Path, name: str) -> np.ndarray:
 
 
 def write_tensors(path: str | os.PathLike, tensors: dict[str, np.ndarray]) -> None:
+  # safetensors: only when a Hugging Face checkpoint is read or written
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   with paths.local_output(epath.Path(path)) as local:  # uploaded when path is gs://
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(local),
@@ -159,7 +162,6 @@ def write_checkpoint(directory: str | os.PathLike, tensors: dict[str, np.ndarray
   when they exceed max_shard_bytes (> 0), model-0000k-of-0000n.safetensors shards and
   model.safetensors.index.json. dtype "bfloat16" rounds each float32 value to the nearest
   bfloat16 (exact for weights that came from a bf16 checkpoint). Returns the files written."""
-  import ml_dtypes  # pylint: disable=import-outside-toplevel  (numpy's bfloat16, from jax)
   if dtype not in WEIGHT_DTYPES:
     raise ConvertError(f"weight dtype {dtype!r} is not one of {list(WEIGHT_DTYPES)}")
   target = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32

@@ -258,6 +258,7 @@ def global_flops(lowered) -> float:
   devices; element-wise work included), from the CPU backend's HLO cost analysis: the TPU
   compile-only client does not run one, and after partitioning XLA counts the body of a loop
   (scanned layers, windowed einsums) once."""
+  # JAX internals: only where the compiler's cost model is asked
   from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
   from jax._src.lib import _jax  # pylint: disable=import-outside-toplevel
   module = lowered.compiler_ir("hlo").as_hlo_module()

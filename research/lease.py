@@ -67,6 +67,7 @@ class GcsStore:
   and credentials that etils.epath uses for gs:// paths)."""
 
   def __init__(self, url: str):
+    # fsspec/gcsfs: only for gs:// paths
     import fsspec  # pylint: disable=import-outside-toplevel
     self.fs = fsspec.filesystem("gcs")
     self.bucket, _, prefix = url.split("://", 1)[1].partition("/")

@@ -61,6 +61,7 @@ class MetricWriter:
     self._jsonl = None
     self._remote = paths.is_url(workdir)
     if self.enabled:
+      # tensorboardX: only when TensorBoard logging is on
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       workdir = paths.workdir_path(workdir)
       if self._remote:
@@ -174,6 +175,7 @@ def squad_f1(prediction: str, references: list[str]) -> float:
 
 def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
   """Corpus BLEU with sacrebleu's defaults (13a tokenization, exp smoothing) and its signature."""
+  # sacrebleu: only for a task scored by BLEU
   import sacrebleu  # pylint: disable=import-outside-toplevel
   metric = sacrebleu.metrics.BLEU()
   score = metric.corpus_score(hypotheses, [references])
@@ -183,6 +185,7 @@ def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
 def rouge(predictions: list[str], references: list[str] | list[list[str]]) -> dict[str, float]:
   """Mean ROUGE-1/2/L F-measures with rouge-score, Porter stemming on. An example with several
   references (a list) takes, per measure, its best reference (rouge-score's score_multi)."""
+  # rouge-score: only for a task scored by ROUGE
   from rouge_score import rouge_scorer  # pylint: disable=import-outside-toplevel
   scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
   totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}

@@ -47,6 +47,7 @@ def check_bucket(path: str | os.PathLike) -> None:
   url = f"{scheme}://{bucket}"
   try:
     if scheme == "gs":
+      # fsspec/gcsfs: only for gs:// paths
       import fsspec  # pylint: disable=import-outside-toplevel
       # One listing of at most one object: FileNotFoundError when the bucket does not exist, a
       # 401/403 error when this account may not read it, [] for an empty bucket it may read.

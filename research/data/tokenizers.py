@@ -172,6 +172,7 @@ class SentencePieceTokenizer(Tokenizer):
   kind = "sentencepiece"
 
   def __init__(self, model_proto: bytes):
+    # SentencePiece: only for its own tokenizers
     import sentencepiece  # pylint: disable=g-import-not-at-top
 
     self._proto = model_proto
@@ -217,6 +218,7 @@ class SentencePieceTokenizer(Tokenizer):
   @staticmethod
   def _train_proto(texts: Iterable[str], vocab_size: int,
                    extra_special_tokens: list[str]) -> bytes:
+    # SentencePiece: only for its own tokenizers
     import sentencepiece  # pylint: disable=g-import-not-at-top
 
     def sentences():
@@ -288,6 +290,7 @@ class HFTokenizer(Tokenizer):
   _ALIASES = {"<mask>": "[MASK]"}
 
   def __init__(self, tokenizer_json: str, special_tokens: dict[str, str] | None = None):
+    # HF tokenizers: only for a tokenizer.json
     import tokenizers  # pylint: disable=g-import-not-at-top
 
     self._json = tokenizer_json

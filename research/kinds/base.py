@@ -57,6 +57,7 @@ def _rouge(predictions, references):
 
 
 def _sentence_bleu(prediction: str, references: list[str]) -> dict[str, Any]:
+  # sacrebleu: only for a task scored by BLEU
   import sacrebleu  # pylint: disable=import-outside-toplevel
   return {"score": sacrebleu.sentence_bleu(prediction, references[:1]).score}
 
