@@ -82,12 +82,14 @@ def time_ours(model, params, cfg, prompt_len: int, new_tokens: int, repeats: int
 def peak_memory_of_load(source: str, dtype: str) -> float:
   """GiB of the largest resident set of a fresh process that loads the model in `dtype`."""
   code = (f"import sys; sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r}); "
-          f"import pretrained_speed as p, resource; m, params, c = p.load({source!r}, "
+          f"import pretrained_speed as p; m, params, c = p.load({source!r}, "
           f"{dtype!r}, 256); import jax; jax.block_until_ready(params); "
-          "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+          "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1])})
-  return int(out.stdout.strip().splitlines()[-1]) / 2**20  # ru_maxrss is in KiB on Linux
+  # VmHWM (KiB), not ru_maxrss: Linux keeps ru_maxrss across fork and exec, so the child would
+  # report this process's own peak when it is the larger.
+  return int(out.stdout.strip().splitlines()[-1]) / 2**20
 
 
 def run_peer(python: str, peer: str, gguf: pathlib.Path, args) -> dict | None:
