@@ -13,9 +13,11 @@ most of a step otherwise. Evaluation decodes greedily and scores sacrebleu BLEU.
 Measured (AMD EPYC Zen 5, family 26 model 2, avx512_bf16, no AMX; 2 cores shared with three
 other jobs; float32 matmuls): 120 steps x 8 pairs in 23 min of training (9-15 s a step), the
 response loss from 1.48 (steps 1-10) to 0.71 (steps 111-120), token accuracy 0.84; 7.2 MiB
-trained, 1022.7 MiB of base frozen. Test BLEU: not yet measured (the first evaluation was killed
-for memory by a KV cache of Gemma's whole context, since sized to the task; research.evaluate
-on the test split was still running at the time of writing).
+trained, 1022.7 MiB of base frozen. Test BLEU **45.68** on the first 200 test pairs (sacrebleu
+nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0; greedy; loss 0.714, token accuracy
+0.818), against 40.1 for the untrained model 3-shot (README) and 21.8 for the T5 from scratch:
+  python -m research.evaluate --workdir=runs/es_en_lora --split="test[:200]"
+(the same machine, shared cores; the whole test split was not run).
 """
 
 from research.config import derive
