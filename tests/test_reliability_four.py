@@ -26,6 +26,7 @@ from research.paths import REPO_ROOT
 from xla_flags import cli_env
 from tests.test_reliability_three import FLAGS, _files, _one_error
 from tests.test_train import shrunk_config
+from tests.test_workdir_safety import small_tmpfs
 
 
 def _python(script: str, *args, timeout=300):
@@ -228,16 +229,8 @@ FILL_AT_FIRST_SAVE = """
 @pytest.fixture
 def small_disk(tmp_path):
   """A 16 MB tmpfs (as root), unmounted afterwards."""
-  if os.geteuid() != 0 or not shutil.which("mount"):
-    pytest.skip("needs root to mount a small tmpfs")
-  mount = tmp_path / "small"
-  mount.mkdir()
-  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)]).returncode:
-    pytest.skip("cannot mount a tmpfs here")
-  try:
+  with small_tmpfs(tmp_path / "small", "16m") as mount:
     yield mount
-  finally:
-    subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_a_first_save_that_runs_out_of_space_midway_leaves_no_step(small_disk, monkeypatch,

@@ -5,6 +5,7 @@ a workdir, and processes preparing one dataset at once all succeed.
 Each case starts the real CLIs (or real processes) on the shrunk Tiny Shakespeare config.
 """
 
+import contextlib
 import json
 import os
 import pathlib
@@ -253,16 +254,25 @@ WITHOUT_SPACE_CHECK = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("space_check", [True, False], ids=["checked_before", "orbax_fails"])
-def test_disk_full_during_a_save_is_one_line(tmp_path, space_check):
+@contextlib.contextmanager
+def small_tmpfs(mount: pathlib.Path, size: str):
+  """A tmpfs of `size` (as root) mounted at `mount`, unmounted afterwards; skips where it cannot
+  be mounted (not root, no mount command)."""
   if os.geteuid() != 0 or not shutil.which("mount"):
     pytest.skip("needs root to mount a small tmpfs")
-  mount = tmp_path / "small"
   mount.mkdir()
-  # Room for the data cache and tokenizer (4.3 MB), the first checkpoint, not the second.
-  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4700k", "tmpfs", str(mount)]).returncode:
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)]).returncode:
     pytest.skip("cannot mount a tmpfs here")
   try:
+    yield mount
+  finally:
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("space_check", [True, False], ids=["checked_before", "orbax_fails"])
+def test_disk_full_during_a_save_is_one_line(tmp_path, space_check):
+  # Room for the data cache and tokenizer (4.3 MB), the first checkpoint, not the second.
+  with small_tmpfs(tmp_path / "small", "4700k") as mount:
     workdir = mount / "run"
     args = [f"--workdir={workdir}", *FLAGS, "--config.train.steps=30",
             "--config.train.checkpoint_every=10", "--config.train.log_every=10"]
@@ -281,8 +291,6 @@ def test_disk_full_during_a_save_is_one_line(tmp_path, space_check):
     steps = sorted(p.name for p in (workdir / "checkpoints").iterdir()
                    if not p.name.endswith("-tmp"))
     assert steps == ["10"], steps
-  finally:
-    subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_disk_full_in_another_write_names_the_step_and_the_last_checkpoint(tmp_path):
