@@ -92,15 +92,21 @@ class Chat:
         print(f"note: {workdir} was not instruction-tuned, so it continues the chat text "
               "rather than follows instructions; fine-tune it with configs/alpaca_gpt.py "
               f"(--config.init_from={workdir}) for a chat model", file=sys.stderr)
-    self.config, self.model, self.params, self.tokenizer = config, model, params, tokenizer
-    self.template: ChatTemplate = chat_template(tokenizer)
-    self.end_id = (tokenizer.token_to_id(self.template.end) if self.template.end
-                   else tokenizer.eos_id)
-    self.begin = np.asarray(begin_of_text(tokenizer), np.int32)
+    self.config, self.model, self.params = config, model, params
+    self.use_tokenizer(tokenizer)
     self.max_new_tokens = max_new_tokens
     self.sampling = sampling
     self.rng = jax.random.key(seed)
     self.history: list[tuple[str, str]] = []
+
+  def use_tokenizer(self, tokenizer) -> None:
+    """Reads and writes text with `tokenizer`, in the chat template of its vocabulary (the one
+    research.kinds.instruction trains in)."""
+    self.tokenizer = tokenizer
+    self.template: ChatTemplate = chat_template(tokenizer)
+    self.end_id = (tokenizer.token_to_id(self.template.end) if self.template.end
+                   else tokenizer.eos_id)
+    self.begin = np.asarray(begin_of_text(tokenizer), np.int32)
 
   def _encode(self, text: str) -> np.ndarray:
     return encode_with_specials(self.tokenizer, text, list(self.template.markers))

@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research import convert, decode, fewshot
+from research import convert, decode, fewshot, tasks
 from research.chat import Chat
+from research.config import ExperimentConfig, load_config_file
 from research.generate import generate_text
-from research.kinds.instruction import GEMMA, PLAIN, chat_template
+from research.kinds.instruction import GEMMA, PLAIN, chat_template, instruction_text
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -94,18 +95,60 @@ def test_chat_keeps_the_turns_that_fit_and_says_when_it_drops_some(tiny, capsys)
   assert "oldest" in capsys.readouterr().err
 
 
-def test_gemma_vocabularies_get_gemma_turn_markers(tiny):
+def _gemma_like(tokenizer):
+  """The fixture's vocabulary with Gemma's two turn markers added (as special tokens)."""
   import tokenizers  # pylint: disable=import-outside-toplevel
   from research.data.tokenizers import HFTokenizer  # pylint: disable=import-outside-toplevel
-  tokenizer_json = tokenizers.Tokenizer.from_str(tiny[2].tokenizer_json)
+  tokenizer_json = tokenizers.Tokenizer.from_str(tokenizer.tokenizer_json)
   tokenizer_json.add_special_tokens(["<start_of_turn>", "<end_of_turn>"])
-  tokenizer = HFTokenizer(tokenizer_json.to_str())
+  return HFTokenizer(tokenizer_json.to_str())
+
+
+def test_gemma_vocabularies_get_gemma_turn_markers(tiny):
+  tokenizer = _gemma_like(tiny[2])
   assert chat_template(tokenizer) == GEMMA
   ids = list(decode.encode_with_specials(tokenizer, GEMMA.user + "¿Hola?" + GEMMA.assistant,
                                          list(GEMMA.markers)))
   assert ids.count(tokenizer.token_to_id("<start_of_turn>")) == 2
   assert ids.count(tokenizer.token_to_id("<end_of_turn>")) == 1
   assert tokenizer.decode(ids) == GEMMA.user + "¿Hola?" + GEMMA.assistant
+
+
+def test_instruction_tuning_on_a_gemma_vocabulary_writes_what_chat_writes(tiny):
+  """A one-turn conversation as the instruction kind trains on it (prompt + response) is what
+  research.chat reads the tuned model with: the same ids, the response ending in <end_of_turn>,
+  and evaluation's generation stopping at that id rather than at EOS."""
+  tokenizer = _gemma_like(tiny[2])
+  config = load_config_file(str(REPO_ROOT / "configs" / "alpaca_gpt.py"))
+  config.task.update(max_target_len=32, eval_batch_size=2)
+  config.data.update(seq_len=96)
+  config = ExperimentConfig.from_config_dict(config)
+  kind = tasks.kind_of(config, tokenizer)
+  chat = Chat(None, 40, decode.SamplingConfig(temperature=0.0), pretrained=TINY)
+  chat.use_tokenizer(tokenizer)
+  end_of_turn = tokenizer.token_to_id("<end_of_turn>")
+  records = [{"instruction": "¿Cuál es la capital de España?", "input": "", "output": "Madrid."},
+             {"instruction": "Translate.", "input": "the dog\nruns", "output": "el perro"}]
+  for record, feature in zip(records, kind.features(records)):
+    prompt, response = feature["prompt"], feature["target"]
+    np.testing.assert_array_equal(prompt, chat.context_ids(instruction_text(record)))
+    # The begin-of-text id, then the user's turn opened by its marker's id, not its text.
+    assert list(prompt[:2]) == [tokenizer.token_to_id("<|begin_of_text|>"),
+                                tokenizer.token_to_id("<start_of_turn>")]
+    assert list(response) == list(tokenizer.encode(record["output"])) + [end_of_turn]
+  assert kind.end_id == chat.end_id == end_of_turn
+  # Generation stops at the kind's end token (the fixture's random model cannot write the
+  # added marker, so the end token is one it writes: its 4th greedy token).
+  model, params, _, _ = tiny
+  plain = [np.array([5, 9, 33, 70], np.int32), np.array([8, 8, 100], np.int32)]
+  kind.end_id = -1  # never written: the whole generation
+  free = kind._generate(model, params, plain, seq2seq=False)  # pylint: disable=protected-access
+  kind.end_id = int(free[0][3])
+  cut = kind._generate(model, params, plain, seq2seq=False)  # pylint: disable=protected-access
+  for whole, ended in zip(free, cut):
+    stop = list(whole).index(kind.end_id) if kind.end_id in whole else len(whole)
+    np.testing.assert_array_equal(ended, whole[:stop])
+  assert len(cut[0]) <= 3
 
 
 def _translation_records(n):

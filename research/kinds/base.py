@@ -156,6 +156,7 @@ class Kind:
   FAMILIES: ClassVar[tuple[str, ...]]
   TEMPLATE: ClassVar[tuple[str, str]]  # a user's task: (before, after)
   LABELLED: ClassVar[bool] = False  # predicts among labels (labels_from)
+  ROWS_PER_EXAMPLE: ClassVar[int] = 1  # sequences a training example runs (FLOP counts)
 
   def __init__(self, task: TaskDef, config: ExperimentConfig, tokenizer=None,
                labels: Sequence[str] = ()):
@@ -167,6 +168,9 @@ class Kind:
     self.input_len = config.task.max_input_len or self.seq_len
     self.target_len = config.task.max_target_len
     if tokenizer is not None:
+      # The token that ends a response, where generation stops (the instruction kind's is
+      # Gemma's <end_of_turn> on a vocabulary with Gemma's turn markers).
+      self.end_id = tokenizer.eos_id
       self.before, self.after = self._encode(task.before), self._encode(task.after)
       if self.format == "prompt":  # a pretrained decoder's prompt opens as it was trained to
         self.before = np.concatenate([begin_of_text(tokenizer), self.before]).astype(np.int32)
@@ -240,7 +244,7 @@ class Kind:
 
   def response_ids(self, record: Record) -> np.ndarray:
     ids = self._encode(self.target(record))[:self.target_len - 1]
-    return np.append(ids, self.tokenizer.eos_id).astype(np.int32)
+    return np.append(ids, self.end_id).astype(np.int32)
 
   def prompt_ids(self, record: Record) -> np.ndarray:
     """The decoder's prompt: room is left for target_len generated tokens."""
@@ -343,6 +347,19 @@ class Kind:
     return packing.next_token_batch(rows["tokens"], rows["tokens_segment_ids"],
                                     rows["tokens_positions"], rows["loss_mask"])
 
+  # -- what a run computes once and keeps in its workdir -----------------------------------------
+
+  def prepare(self, exp, params, workdir) -> None:
+    """Before a fresh run's first step (research.train): what the kind computes once from the
+    model the run starts from and keeps in the workdir (the preference kind's reference
+    log-probabilities). exp: the research.experiment.Experiment; params: its first state's
+    (exp.model_params gives the model's tree). Nothing for most kinds."""
+    del exp, params, workdir
+
+  def restore(self, workdir) -> None:
+    """Reads back what `prepare` kept in the workdir (a resumed run, an evaluation)."""
+    del workdir
+
   # -- model and loss --------------------------------------------------------------------------
 
   def build_model(self, model_config: models.ModelConfig):
@@ -364,8 +381,9 @@ class Kind:
     return [self.tokenizer.decode(g).strip() for g in generated]
 
   def _generate(self, model, params, inputs: list[np.ndarray], seq2seq: bool) -> list[np.ndarray]:
-    """Generated ids (EOS and after removed) for each input, in batches of task.eval_batch_size."""
-    task, tokenizer = self.config.task, self.tokenizer
+    """Generated ids (the end token and after removed) for each input, in batches of
+    task.eval_batch_size."""
+    task, tokenizer, end_id = self.config.task, self.tokenizer, self.end_id
     batch_size = task.eval_batch_size
     width = max(len(x) for x in inputs)
     if not seq2seq:  # a KV cache of what is generated, not of the model's whole context
@@ -381,20 +399,20 @@ class Kind:
       mask = np.arange(width)[None] < lengths[:, None]
       if task.decoding == "beam":
         tokens, _, _ = decode.beam_search(
-            model, params, padded, task.beam_size, task.max_target_len, tokenizer.eos_id,
+            model, params, padded, task.beam_size, task.max_target_len, end_id,
             input_mask=mask, length_penalty=task.length_penalty, start_id=tokenizer.pad_id,
             prompt_lengths=None if seq2seq else lengths)
         new = tokens[:, 0]
       elif seq2seq:
         new = decode.generate_seq2seq(
             model, params, padded, mask, task.max_target_len, jax.random.key(0),
-            decode.SamplingConfig(temperature=0.0), eos_id=tokenizer.eos_id,
+            decode.SamplingConfig(temperature=0.0), eos_id=end_id,
             start_id=tokenizer.pad_id)
       else:
         new = decode.generate_padded(model, params, padded, lengths, task.max_target_len,
-                                     eos_id=tokenizer.eos_id)
+                                     eos_id=end_id)
       for row in np.asarray(new)[:len(chunk)]:
-        hits = np.flatnonzero(row == tokenizer.eos_id)
+        hits = np.flatnonzero(row == end_id)
         outputs.append(row[:hits[0]] if hits.size else row)
     return outputs
 

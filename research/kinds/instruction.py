@@ -2,7 +2,11 @@
 that research.chat speaks; the loss is on the response only.
 
   decoder          "User: <instruction>\\n\\n<input>\\nAssistant: " -> response [eos]
-  encoder_decoder  the same text -> the response
+  decoder with Gemma's vocabulary (its turn markers read as their ids, as research.chat writes
+  a one-turn conversation):
+                   "<bos><start_of_turn>user\\n<instruction>\\n\\n<input><end_of_turn>\\n
+                    <start_of_turn>model\\n" -> response [<end_of_turn>]
+  encoder_decoder  the plain text -> the response
 Records have Alpaca's fields: instruction, input (may be empty), output.
 """
 
@@ -10,6 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
+from research import decode
 from research.config import DataError
 from research.kinds import base
 # The chat template: plain words, so any tokenizer can spell it (research.taskdefs holds it:
@@ -57,6 +64,35 @@ def instruction_text(record: base.Record) -> str:
 
 class Instruction(base.Kind):
   NAME = "instruction"
+
+  def __init__(self, task: base.TaskDef, config, tokenizer=None, labels=()):
+    super().__init__(task, config, tokenizer, labels)
+    self.template = PLAIN  # the text of task.before / task.after (base.Kind encodes them)
+    if tokenizer is not None and self.format == "prompt" and chat_template(tokenizer) is GEMMA:
+      # Trained in the template research.chat writes for this vocabulary, so that a chat with
+      # the tuned model reads as its training did and stops where its responses ended.
+      self.template = GEMMA
+      self.before = np.concatenate([base.begin_of_text(tokenizer),
+                                    self._encode_turn(GEMMA.user)]).astype(np.int32)
+      self.after = self._encode_turn(GEMMA.assistant)
+      self.end_id = tokenizer.token_to_id(GEMMA.end)
+
+  def _encode_turn(self, text: str) -> np.ndarray:
+    return decode.encode_with_specials(self.tokenizer, text, list(self.template.markers))
+
+  def source_ids(self, record: base.Record, budget: int) -> np.ndarray:
+    if self.template is PLAIN:
+      return super().source_ids(record, budget)
+    # The user's turn is encoded whole, as research.chat encodes it: "user\n" and the message
+    # are one text between two markers (encoded apart, a merge across them could differ).
+    begin = base.begin_of_text(self.tokenizer)
+    turn = self._encode_turn(GEMMA.user + self.source(record))  # <start_of_turn> "user\n..."
+    room = budget - len(begin) - len(self.after)
+    if room < len(self.before) - len(begin) + 1:
+      raise DataError(f"the {self.task.name} chat template takes "
+                      f"{len(self.before) + len(self.after)} tokens, more than the {budget} "
+                      "available; raise data.seq_len")
+    return np.concatenate([begin, turn[:room], self.after]).astype(np.int32)
 
   def source(self, record: base.Record) -> str:
     return instruction_text(record)
