@@ -83,6 +83,11 @@ def synthetic_batch(config: ExperimentConfig, seed: int = 0,
       return {"inputs": ids(input_len), "input_mask": np.ones((b, input_len), bool),
               "token_types": np.zeros((b, input_len), np.int32), "starts": span(), "ends": span(),
               "weights": np.ones((b,), np.float32)}
+    if fmt == "preference":  # each pair's chosen and rejected sequences side by side
+      pairs = lambda: rng.integers(0, config.model.vocab_size, (b, 2, input_len), dtype=np.int32)
+      return {"inputs": pairs(), "targets": pairs(),
+              "weights": np.ones((b, 2, input_len), np.float32),
+              "reference": np.zeros((b, 2), np.float32), "pair_weights": np.ones((b,), np.float32)}
   out = family.random_batch(rng, b, input_len, target_len, config.model.vocab_size,
                             config.objective.mask_rate)
   if family.decoder_only and not task and objectives.objective_of(config.objective).prefix:

@@ -203,7 +203,8 @@ class TaskConfig:
 
   name: str = ""  # "" | a bundled task: sst2 | squad | spa_eng | scitldr | alpaca
   # A task from your own files replaces the named one (README, "Your own task"): its kind
-  # (classification | span_qa | text_to_text | instruction), comma-separated JSONL/TSV/CSV files,
+  # (classification | span_qa | text_to_text | instruction | preference), comma-separated
+  # JSONL/TSV/CSV files (preference: JSONL of prompt, chosen, rejected),
   # and the fields the kind reads; metric by name (accuracy | exact_match | bleu | rouge | squad_f1).
   kind: str = ""
   train_files: str = ""
@@ -227,6 +228,9 @@ class TaskConfig:
   # Encoder-decoder rows hold data.seq_len input tokens (at least max_input_len) and targets in
   # the same proportion: raise data.seq_len to fit several examples per row.
   packing: bool = False
+  # kind=preference (DPO): how far the tuned model may move from the reference (the model the
+  # run starts from); the loss is -log sigmoid(dpo_beta * the log-ratio margin).
+  dpo_beta: float = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -574,6 +578,8 @@ def validate(config: ExperimentConfig) -> None:
                        ("eval_batch_size", 1)):
     if getattr(task, key) < minimum:
       raise ConfigError(f"config task.{key}={getattr(task, key)} must be >= {minimum}")
+  if not task.dpo_beta > 0:
+    raise ConfigError(f"config task.dpo_beta={task.dpo_beta} must be > 0 (DPO's beta, e.g. 0.1)")
   if task.train_files and task.label_field in [f.strip() for f in task.text_fields.split(",")]:
     raise ConfigError(f"task.label_field={task.label_field!r} is also among task.text_fields="
                       f"{task.text_fields!r}: the model would read the answer it is asked for; "

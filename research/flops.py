@@ -156,8 +156,10 @@ def training_flops_per_example(config: ExperimentConfig,
   row_lengths: the (input, target) lengths of the rows, where the data sets them
   (tasks.TaskData.row_lengths; default: sequence_lengths)."""
   input_len, target_len = row_lengths or sequence_lengths(config)
-  return 3 * forward_flops(config.model, input_len, target_len,
-                           head=training_head(config))["total"]
+  # A preference pair runs two sequences, its chosen and its rejected response.
+  rows = kinds.kind_class(config).ROWS_PER_EXAMPLE if config.task.name else 1
+  return rows * 3 * forward_flops(config.model, input_len, target_len,
+                                  head=training_head(config))["total"]
 
 
 def training_flops_per_step(config: ExperimentConfig,

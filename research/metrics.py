@@ -21,7 +21,8 @@ from research import paths
 
 
 def summarize(sums: Mapping[str, float], prefix: str = "") -> dict[str, float]:
-  """Turns {loss_sum, correct_sum, weight_sum, ...} into means; other entries pass through."""
+  """Turns {loss_sum, correct_sum, weight_sum, ...} into means; any other X_sum becomes X, its
+  mean per weight (a preference loss's reward_margin_sum); other entries pass through."""
   sums = {k: float(v) for k, v in sums.items()}
   out = {}
   weight = sums.get("weight_sum", 0.0)
@@ -33,6 +34,8 @@ def summarize(sums: Mapping[str, float], prefix: str = "") -> dict[str, float]:
   for k, v in sums.items():
     if not k.endswith("_sum"):
       out[k] = v
+    elif k not in ("loss_sum", "correct_sum", "weight_sum") and weight > 0:
+      out[k.removesuffix("_sum")] = v / weight
   out["tokens"] = weight
   return {f"{prefix}{k}": v for k, v in out.items()}
 

@@ -92,23 +92,46 @@ def seq2seq_logits(model, params, batch, *, rngs=None, deterministic=True):
                      deterministic=deterministic, rngs=rngs)
 
 
+def _decoder_hidden(model, params, batch, *, rngs=None, deterministic=True):
+  """(hidden states (B, T, E), the output layer as a function of them) of a decoder whose
+  model.logits_chunk asks for logits only where the loss is; None when it does not."""
+  if not (model.config.logits_chunk and isinstance(model, models.Decoder)):
+    return None
+  hidden = model.apply({"params": params}, batch["inputs"], positions=batch.get("positions"),
+                       segment_ids=batch.get("segment_ids"),
+                       prefix_lengths=batch.get("prefix_lengths"),
+                       deterministic=deterministic, rngs=rngs, return_hidden=True)
+  head = model.config
+  if layers.target_platform() == "cpu":
+    # XLA's CPU runtime runs a dot inside a loop or conditional with no bfloat16 x bfloat16
+    # -> float32 kernel ("Unsupported element type for DotThunk"): float32 operands there.
+    head = dataclasses.replace(head, matmul_dtype="float32")
+  return hidden, functools.partial(output_logits, head, params)
+
+
 def decoder_loss(model, params, batch, *, rngs=None, deterministic=True):
-  chunk = model.config.logits_chunk
-  if chunk and isinstance(model, models.Decoder):
-    hidden = model.apply({"params": params}, batch["inputs"], positions=batch.get("positions"),
-                         segment_ids=batch.get("segment_ids"),
-                         prefix_lengths=batch.get("prefix_lengths"),
-                         deterministic=deterministic, rngs=rngs, return_hidden=True)
-    head = model.config
-    if layers.target_platform() == "cpu":
-      # XLA's CPU runtime runs a dot inside a loop or conditional with no bfloat16 x bfloat16
-      # -> float32 kernel ("Unsupported element type for DotThunk"): float32 operands there.
-      head = dataclasses.replace(head, matmul_dtype="float32")
-    return chunked_token_cross_entropy(
-        hidden, functools.partial(output_logits, head, params), batch["targets"],
-        batch["weights"], chunk)
+  chunked = _decoder_hidden(model, params, batch, rngs=rngs, deterministic=deterministic)
+  if chunked is not None:
+    hidden, logits_fn = chunked
+    return chunked_token_cross_entropy(hidden, logits_fn, batch["targets"], batch["weights"],
+                                       model.config.logits_chunk)
   logits = decoder_logits(model, params, batch, rngs=rngs, deterministic=deterministic)
   return token_cross_entropy(logits, batch["targets"], batch["weights"])
+
+
+def decoder_row_logprobs(model, params, batch, *, rngs=None, deterministic=True) -> Array:
+  """Each row's summed log-probability of its targets where its weights are not 0 (B,) float32:
+  what a preference loss compares (research/kinds/preference.py). With model.logits_chunk the
+  logits are computed only there, as decoder_loss computes them."""
+  chunked = _decoder_hidden(model, params, batch, rngs=rngs, deterministic=deterministic)
+  if chunked is not None:
+    hidden, logits_fn = chunked
+    return chunked_row_logprobs(hidden, logits_fn, batch["targets"], batch["weights"],
+                                model.config.logits_chunk)
+  logits = decoder_logits(model, params, batch, rngs=rngs, deterministic=deterministic)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                           batch["targets"])  # (B, T)
+  return -jnp.sum(losses * batch["weights"], axis=1)
 
 
 def output_logits(config, params, hidden: Array) -> Array:
@@ -123,6 +146,20 @@ def output_logits(config, params, hidden: Array) -> Array:
   return layers.softcap(logits.astype(jnp.float32), config.final_logit_softcap)
 
 
+def _loss_first_chunks(hidden: Array, targets: Array, weights: Array,
+                       chunk: int) -> tuple[Array, Array, Array]:
+  """hidden (B, T, E), targets and weights (B, T), each row's positions ordered loss-first
+  (stably), padded and cut into chunks of `chunk`: (T/C, B, C, ...) each, weights float32."""
+  b, t, _ = hidden.shape
+  pad = -t % chunk
+  order = jnp.argsort(weights == 0, axis=1, stable=True)  # (B, T): loss positions first
+  take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)),
+                                       axis=1)
+  cut = lambda x: jnp.moveaxis(jnp.pad(take(x), [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+                               .reshape((b, -1, chunk) + x.shape[2:]), 1, 0)
+  return cut(hidden), cut(targets), cut(weights.astype(jnp.float32))
+
+
 def chunked_token_cross_entropy(hidden: Array, logits_fn: Callable[[Array], Array],
                                 targets: Array, weights: Array, chunk: int) -> dict[str, Array]:
   """token_cross_entropy's sums, the logits computed only where a row carries loss and `chunk`
@@ -134,14 +171,7 @@ def chunked_token_cross_entropy(hidden: Array, logits_fn: Callable[[Array], Arra
   chunk's logits (B, chunk, V) are recomputed in the backward pass rather than kept.
   hidden (B, T, E); logits_fn (B, C, E) -> (B, C, V) float32.
   """
-  b, t, e = hidden.shape
-  pad = -t % chunk
-  order = jnp.argsort(weights == 0, axis=1, stable=True)  # (B, T): loss positions first
-  take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)),
-                                       axis=1)
-  cut = lambda x: jnp.moveaxis(jnp.pad(take(x), [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-                               .reshape((b, -1, chunk) + x.shape[2:]), 1, 0)
-  chunks = (cut(hidden), cut(targets), cut(weights.astype(jnp.float32)))  # (T/C, B, C, ...)
+  chunks = _loss_first_chunks(hidden, targets, weights, chunk)
 
   @jax.checkpoint
   def sums(h, tg, w):
@@ -157,6 +187,28 @@ def chunked_token_cross_entropy(hidden: Array, logits_fn: Callable[[Array], Arra
 
   total, _ = jax.lax.scan(body, jnp.zeros(2, jnp.float32), chunks)
   return {"loss_sum": total[0], "correct_sum": total[1], "weight_sum": jnp.sum(weights)}
+
+
+def chunked_row_logprobs(hidden: Array, logits_fn: Callable[[Array], Array], targets: Array,
+                         weights: Array, chunk: int) -> Array:
+  """Each row's summed log-probability of its weighted targets (B,), the logits computed as
+  chunked_token_cross_entropy computes them (only where a row carries weight, a chunk at a
+  time, recomputed in the backward pass)."""
+  rows = hidden.shape[0]
+  chunks = _loss_first_chunks(hidden, targets, weights, chunk)
+
+  @jax.checkpoint
+  def row_sums(h, tg, w):  # (B,)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits_fn(h), tg)
+    return -jnp.sum(losses * w, axis=1)
+
+  def body(total, xs):
+    h, tg, w = xs
+    return total + jax.lax.cond(jnp.any(w != 0), row_sums,
+                                lambda *_: jnp.zeros(rows, jnp.float32), h, tg, w), None
+
+  total, _ = jax.lax.scan(body, jnp.zeros(rows, jnp.float32), chunks)
+  return total
 
 
 def encoder_loss(model, params, batch, *, rngs=None, deterministic=True):

@@ -70,6 +70,9 @@ KIND_FACTS: dict[str, KindFacts] = {k.name: k for k in (
               (("encoder", "span"),), "squad_f1"),
     KindFacts("text_to_text"),
     KindFacts("instruction", template=(USER_PREFIX, ASSISTANT_PREFIX), default_metric="rouge"),
+    # DPO on (prompt, chosen, rejected); its prediction is the response it prefers.
+    KindFacts("preference", ("decoder",), (USER_PREFIX, ASSISTANT_PREFIX),
+              (("decoder", "preference"),), "accuracy"),
 )}
 
 TASKS: dict[str, TaskDef] = {t.name: t for t in (
@@ -115,6 +118,9 @@ def task_of(config) -> TaskDef:
   metric = t.metric or kind.default_metric
   if metric not in METRIC_NAMES:
     raise ConfigError(f"config task.metric={metric!r} is not one of {sorted(METRIC_NAMES)}")
+  if t.kind == "preference" and metric != "accuracy":
+    raise ConfigError(f"task.kind=preference is scored by accuracy (how often the model prefers "
+                      f"the chosen response), not task.metric={metric!r}; drop task.metric")
   return TaskDef("user", t.kind, metric, "validation", *kind.template,
                  text_fields=_split(t.text_fields), label_field=t.label_field,
                  input_field=t.input_field, target_field=t.target_field,
@@ -129,7 +135,7 @@ def check_kind(kind: KindFacts, config) -> None:
                       f"model.family='{family}'; it runs with model.family in "
                       f"{list(kind.families)}")
   head = kind.format_for(family)
-  if head == "prompt" and config.task.max_target_len >= config.data.seq_len:
+  if head in ("prompt", "preference") and config.task.max_target_len >= config.data.seq_len:
     raise ConfigError(f"task.max_target_len={config.task.max_target_len} leaves no room for "
                       f"the prompt in data.seq_len={config.data.seq_len}; raise data.seq_len "
                       "or lower max_target_len")

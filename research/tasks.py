@@ -14,6 +14,8 @@ in the format that kind gives the model's family:
   text_to_text    -                       prompt -> continuation        input -> target
   instruction     -                       chat template, loss on the    instruction -> response
                                           response only
+  preference      -                       prompt -> chosen and rejected -
+                                          responses, DPO loss
 
 Generation formats are scored by decoding the evaluation split (greedy or beam search,
 task.decoding) and computing the task's metric on the text. With task.packing, their training
@@ -197,6 +199,7 @@ def build_task_data(config: ExperimentConfig, workdir: str | os.PathLike, *,
   kind = kinds.KINDS[task.kind](task, config, tokenizer, kind.labels)
   if task.files and kind.labels:
     record_labels(epath.Path(workdir), kind.labels, task, process_index == 0)
+  kind.restore(epath.Path(workdir))  # what a run's start kept there (Kind.prepare)
   features = kind.features(train_records)
   local = pipeline.local_batch_size(config.data.batch_size, process_count)
   if len(features) < config.data.batch_size:

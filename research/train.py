@@ -248,6 +248,8 @@ def _start_and_train(config: ExperimentConfig, workdir: epath.Path,
             f"{lora_lib.num_bytes(state.params) / 2**20:.1f} MiB trained (adapters and any "
             f"head), {lora_lib.num_bytes(exp.frozen) / 2**20:.1f} MiB of base frozen",
             file=sys.stderr)
+    if exp.is_task and latest is None:  # from the model it starts from (DPO's reference)
+      exp.data.kind.prepare(exp, state.params, workdir)
     if jax.process_index() == 0:  # only once the run has really started
       record_start(workdir, cfg, data_record, latest)
     undo.started()

@@ -31,6 +31,9 @@ from research.data import corpora
 DATA_FILE = "data.json"  # what the run trains on: corpus files and sizes, tokenizer settings
 HISTORY_FILE = "config_history.jsonl"  # each config a resumed run replaced, oldest first
 PRECISION_FILE = "precision.json"  # the resolved precision policy, per stretch of steps
+# A preference (DPO) run's reference log-probabilities, computed once before its first step
+# (research/kinds/preference.py).
+REFERENCE_FILE = "reference_logprobs.npz"
 
 
 def read_json(path: epath.Path, fix: str) -> Any:
@@ -73,7 +76,7 @@ def check_writable(workdir: epath.Path, what: str = "--workdir") -> None:
 # What a training run writes at the top of its workdir: a command that reads the workdir
 # (research.evaluate) never writes over one of them, nor anything under its folders.
 OWN_FILES = ("config.json", HISTORY_FILE, DATA_FILE, PRECISION_FILE, "labels.json",
-             "metrics.jsonl", locks.LOCK_FILE, lease_lib.LEASE_FILE)
+             "metrics.jsonl", locks.LOCK_FILE, lease_lib.LEASE_FILE, REFERENCE_FILE)
 OWN_FOLDERS = ("checkpoints", "tokenizer", "tensorboard", "data_cache")
 
 

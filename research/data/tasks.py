@@ -187,6 +187,13 @@ def parse_alpaca(path: pathlib.Path) -> Iterator[Record]:
     yield {k: record[k] for k in ("instruction", "input", "output")}
 
 
+def parse_preference(path: pathlib.Path) -> Iterator[Record]:
+  """Preference pairs (a user's task of kind preference): prompt, chosen, rejected."""
+  for line_no, record in read_jsonl(path, {"prompt": str, "chosen": str, "rejected": str}):
+    _nonempty(path, line_no, record, "chosen", "rejected")
+    yield {k: record[k] for k in ("prompt", "chosen", "rejected")}
+
+
 # ---------------------------------------------------------------------------------------------
 # Builders
 # ---------------------------------------------------------------------------------------------
@@ -375,6 +382,8 @@ USER_FORMATS: dict[str, tuple[Callable, Callable]] = {
                      _parse_text_to_text),
     "span_qa": (lambda t: Squad.FEATURES, _jsonl_only(parse_squad)),
     "instruction": (lambda t: Alpaca.FEATURES, _jsonl_only(parse_alpaca)),
+    "preference": (lambda t: {"prompt": _TEXT, "chosen": _TEXT, "rejected": _TEXT},
+                   _jsonl_only(parse_preference)),
 }
 
 

@@ -12,13 +12,14 @@ from research.config import ExperimentConfig
 from research.kinds.base import METRICS, Kind  # pylint: disable=unused-import
 from research.kinds.classification import Classification
 from research.kinds.instruction import Instruction
+from research.kinds.preference import Preference
 from research.kinds.span_qa import SpanQA
 from research.kinds.text_to_text import TextToText
 from research.taskdefs import (TASKS, TaskDef, check, is_user_task,  # pylint: disable=unused-import
                                task_of)
 
 KINDS: dict[str, type[Kind]] = {
-    k.NAME: k for k in (Classification, SpanQA, TextToText, Instruction)}
+    k.NAME: k for k in (Classification, SpanQA, TextToText, Instruction, Preference)}
 
 
 def kind_class(config: ExperimentConfig) -> type[Kind]:
