@@ -201,7 +201,7 @@ class TaskConfig:
   encoder_decoder = text-to-text.
   """
 
-  name: str = ""  # "" | a bundled task: sst2 | squad | spa_eng | scitldr | alpaca
+  name: str = ""  # "" | a bundled task: sst2 | squad | spa_eng | eng_spa | scitldr | alpaca
   # A task from your own files replaces the named one (README, "Your own task"): its kind
   # (classification | span_qa | text_to_text | instruction | preference), comma-separated
   # JSONL/TSV/CSV files (preference: JSONL of prompt, chosen, rejected),

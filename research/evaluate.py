@@ -36,7 +36,7 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "A training workdir.")
   flags.DEFINE_string("pretrained", None, "Instead of --workdir: a named model (gemma3-270m), "
                       "a GGUF file or a Hugging Face folder, evaluated few-shot on --task.")
-  flags.DEFINE_string("task", "", "With --pretrained: spa_eng, sst2, squad or scitldr.")
+  flags.DEFINE_string("task", "", "With --pretrained: spa_eng, eng_spa, sst2, squad or scitldr.")
   flags.DEFINE_integer("shots", None, "With --pretrained: solved examples in the prompt "
                        "(default: the task's, research/fewshot.py).")
   flags.DEFINE_integer("limit", 0, "With --pretrained: the first N examples of the split "

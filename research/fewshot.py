@@ -7,6 +7,7 @@ Each task's prompt is its fine-tuning format (README, "Tasks"), so a few-shot fi
 beside the fine-tuned and from-scratch figures of the same split and metric:
 
   spa_eng  "Spanish: <es>\\nEnglish: <en>"          greedy, first line      sacrebleu BLEU (test)
+  eng_spa  "English: <en>\\nSpanish: <es>"          greedy, first line      sacrebleu BLEU (test)
   sst2     "Review: <sentence>\\nSentiment: <label>" the label word with the  accuracy (validation)
                                                     higher next-token logit
   squad    "Context: ..\\nQuestion: ..\\nAnswer: .." greedy, first line      EM / F1 (validation)
@@ -47,11 +48,15 @@ class FewShotTask:
   answer: Callable[[dict], str]
   score: Callable[[list[str], list[dict]], dict[str, float]]
   choices: tuple[str, ...] = ()  # a classification: the answers to rank, by label
+  dataset: str = ""  # the bundled dataset its records come from ('': the task's name)
 
 
-def _bleu(predictions: list[str], records: list[dict]) -> dict[str, Any]:
-  score, signature = metrics.bleu(predictions, [r["en"] for r in records])
-  return {"bleu": score, "bleu_signature": signature}
+def _bleu_into(language: str) -> Callable[[list[str], list[dict]], dict[str, Any]]:
+  """sacrebleu BLEU against the records' translation into `language` (a field: 'en', 'es')."""
+  def score(predictions: list[str], records: list[dict]) -> dict[str, Any]:
+    bleu, signature = metrics.bleu(predictions, [r[language] for r in records])
+    return {"bleu": bleu, "bleu_signature": signature}
+  return score
 
 
 def _squad(predictions: list[str], records: list[dict]) -> dict[str, float]:
@@ -74,7 +79,11 @@ def _accuracy(predictions: list[str], records: list[dict]) -> dict[str, float]:
 
 TASKS = {
     "spa_eng": FewShotTask(
-        "test", 3, 48, lambda r: f"Spanish: {r['es']}\nEnglish:", lambda r: " " + r["en"], _bleu),
+        "test", 3, 48, lambda r: f"Spanish: {r['es']}\nEnglish:", lambda r: " " + r["en"],
+        _bleu_into("en")),
+    "eng_spa": FewShotTask(
+        "test", 3, 48, lambda r: f"English: {r['en']}\nSpanish:", lambda r: " " + r["es"],
+        _bleu_into("es"), dataset="spa_eng"),
     "sst2": FewShotTask(
         "validation", 4, 1, lambda r: f"Review: {r['sentence']}\nSentiment:",
         lambda r: " " + ("negative", "positive")[int(r["label"])], _accuracy,
@@ -183,9 +192,9 @@ def run(source: str, task_name: str, *, split: str = "", shots: int | None = Non
                     "few-shot evaluation prompts a decoder")
   data_dir = corpora.data_dir(DataConfig())
   split = split or task.split
-  records = tasks.load_records(task_name, split, data_dir)
+  records = tasks.load_records(task.dataset or task_name, split, data_dir)
   records = records[:limit] if limit else records
-  train = tasks.load_records(task_name, "train", data_dir)
+  train = tasks.load_records(task.dataset or task_name, "train", data_dir)
   started = time.perf_counter()
   with tqdm.tqdm(total=len(records), desc=f"{task_name} {split}", unit="ex") as bar:
     result, predictions = evaluate(model, params, tokenizer, config, task_name, records, train,

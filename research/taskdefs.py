@@ -42,6 +42,11 @@ class TaskDef:
   target_field: str = ""
   references_field: str = ""  # text_to_text: a list of references (default: [target])
   files: tuple[tuple[str, tuple[str, ...]], ...] = ()  # a user's task: (split, files) pairs
+  dataset: str = ""  # the bundled TFDS dataset its records come from ('': the task's name)
+
+  @property
+  def dataset_name(self) -> str:
+    return self.dataset or self.name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +86,8 @@ TASKS: dict[str, TaskDef] = {t.name: t for t in (
     TaskDef("squad", "span_qa", "squad_f1", after="\nanswer: "),
     TaskDef("spa_eng", "text_to_text", "bleu", "test", "Spanish: ", "\nEnglish: ",
             input_field="es", target_field="en"),
+    TaskDef("eng_spa", "text_to_text", "bleu", "test", "English: ", "\nSpanish: ",
+            input_field="en", target_field="es", dataset="spa_eng"),
     TaskDef("scitldr", "text_to_text", "rouge", "test", "", "\nTL;DR: ",
             input_field="document", target_field="summary", references_field="all_summaries"),
     TaskDef("alpaca", "instruction", "rouge", "validation", *KIND_FACTS["instruction"].template),

@@ -66,7 +66,7 @@ def records(task: TaskDef, split: str, data_dir: str) -> list[Record]:
   """Every record of a split, read from the task's TFDS dataset (built on first use)."""
   if task.files:
     return task_data.load_user_records(task, split, data_dir)
-  return task_data.load_records(task.name, split, data_dir)
+  return task_data.load_records(task.dataset_name, split, data_dir)
 
 
 def _data_dir(config: ExperimentConfig) -> str:

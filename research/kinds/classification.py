@@ -1,7 +1,8 @@
 """Classification: one text or a pair of texts -> one of the task's labels.
 
   encoder          [lead] a [eos] (b [eos])  pooled first token -> classifier; token types 0 | 1
-  decoder          a ([eos] b) [eos]         the last token's state -> classifier
+  decoder          [bos] a ([eos] b) [eos]   the last token's state -> classifier ([bos]: a
+                                            pretrained vocabulary's, e.g. Gemma's; else none)
   encoder_decoder  before + text(s) + after  writes the label word (text-to-text)
 """
 
@@ -86,8 +87,9 @@ class Classification(base.Kind):
           parts.append(np.append(s, eos))
           types.append(np.full(len(s) + 1, min(i, 1)))
       else:  # the decoder classifies from the EOS that ends the text(s)
-        segments = self._segments(record, self.seq_len - len(self.task.text_fields))
-        parts = [np.append(s, eos) for s in segments]
+        begin = base.begin_of_text(self.tokenizer)  # a pretrained decoder's <bos>; else none
+        segments = self._segments(record, self.seq_len - len(begin) - len(self.task.text_fields))
+        parts = [begin] + [np.append(s, eos) for s in segments]
         types = [np.zeros(len(p)) for p in parts]
       out.append({"tokens": np.concatenate(parts).astype(np.int32),
                   "token_types": np.concatenate(types).astype(np.int32),
