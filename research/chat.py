@@ -88,7 +88,9 @@ class Chat:
     else:
       config, model, params = restore_params(workdir, config)
       tokenizer = load_tokenizer(epath.Path(workdir) / "tokenizer")
-      if not config.task.name or kinds.kind_class(config) is not Instruction:
+      tuned = ((config.task.name or kinds.is_user_task(config))  # DPO's kind is one too
+               and issubclass(kinds.kind_class(config), Instruction))
+      if not tuned:
         print(f"note: {workdir} was not instruction-tuned, so it continues the chat text "
               "rather than follows instructions; fine-tune it with configs/alpaca_gpt.py "
               f"(--config.init_from={workdir}) for a chat model", file=sys.stderr)
