@@ -403,7 +403,6 @@ def _output_to(log: epath.Path | None) -> Iterator[None]:
 def execute(run: Run, log_to_file: bool = True) -> Outcome:
   """Claims, trains (or resumes) and evaluates the run, and writes its marker; what the worker
   processes of every backend call. Never raises for a run's own failure: that is the outcome."""
-  from research import cli, train  # pylint: disable=import-outside-toplevel
   from research.config import ExperimentConfig  # pylint: disable=import-outside-toplevel
   host = socket.gethostname()
   say = lambda line: print(f"[executor] {line}", file=sys.stderr, flush=True)
@@ -412,6 +411,9 @@ def execute(run: Run, log_to_file: bool = True) -> Outcome:
       done = finished(run)
       if done is not None:
         return done
+      # JAX is imported only now: a task that finds its run finished by another (a second
+      # driver's, a retry's straggler) answers without loading it (3 s on a shared 2-core CPU).
+      from research import cli, train  # pylint: disable=import-outside-toplevel
       workdir = epath.Path(run.workdir)
       with _output_to(run.log if log_to_file else None):
         print(f"[executor] {run.name} (id {run.id}) on {host}, pid {os.getpid()}", flush=True)

@@ -1,19 +1,24 @@
-"""experiments/executor.py: run ids, claims, the local pool, and the tiny ablation on a local
-two-node Ray cluster started in this process (ray.cluster_utils.Cluster): the same results as the
-local pool seed for seed, two drivers on one output folder training each run once, Ctrl-C, and
-(slow) a node killed in the middle of a run.
+"""experiments/executor.py: run ids, claims, the local pool, and a tiny ablation on a local
+two-node Ray cluster started in this process (ray.cluster_utils.Cluster): two drivers on one
+output folder, one of the cluster's nodes killed while it trains a run, and the same results as
+the local pool seed for seed; (slow) Ctrl-C of a Ray driver.
 
-The Ray tests keep to the tiniest ablation (one arm, one budget, one seed: its sweep's run and
-one fine-tuning) and share one cluster and the JAX compilation cache of the local pool's run, so
-that their runs load the programs that run compiled."""
+The Ray tests share one cluster and one run of the tiniest ablation (one arm, one budget, one
+seed: its sweep's run and one fine-tuning) in which all three happen, and the local pool's run
+of it starts first, in the background, while the cluster starts; every ablation of the module
+shares one JAX compilation cache, so that the later runs load the programs the first
+compiled."""
 
+import dataclasses
 import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
+from typing import Any, Callable
 
 import pytest
 
@@ -28,18 +33,19 @@ TINIEST = ["--tiny", "--arms=encoder_mlm", "--budgets=2.5e8", "--seeds=0"]
 TAG = "flops2.5e8"
 # Ray on loopback only: without this, Ray swaps 127.0.0.1 for the machine's network address.
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-
-
-def ablation_cli(*args, env=None):
-  return subprocess.run(_command(args), cwd=REPO_ROOT, env=_env(env), capture_output=True,
-                        text=True, timeout=600)
+# The test cluster's nodes: one Ray worker process started at a time (with two CPUs a node
+# started a second, idle one beside each run's: ~1 CPU-second each), and no killing of workers
+# when the machine's memory is nearly full (Ray's monitor counts the whole machine's memory,
+# which other work on a shared test machine fills: it killed a task of a trial run there).
+NODE_ENV = {**LOOPBACK, "RAY_worker_maximum_startup_concurrency": "1",
+            "RAY_memory_monitor_refresh_ms": "0"}
 
 
 def start_ablation(*args, stderr: pathlib.Path) -> subprocess.Popen:
   """The driver started in the background, its output in `stderr` (a pipe left unread while
   the test waits could fill and stall it)."""
   with open(stderr, "w", encoding="utf-8") as f:
-    return subprocess.Popen(_command(args), cwd=REPO_ROOT, env=_env(None),
+    return subprocess.Popen(_command(args), cwd=REPO_ROOT, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=f)
 
 
@@ -52,8 +58,8 @@ def _command(args) -> list[str]:
   return [sys.executable, "-m", "experiments.architecture_ablation", *args]
 
 
-def _env(extra) -> dict[str, str]:
-  return {**cli_env(), **LOOPBACK, **(extra or {})}
+def _env() -> dict[str, str]:
+  return {**cli_env(), **LOOPBACK}
 
 
 def stage_values(out: pathlib.Path, tag: str = TAG, arm: str = "encoder_mlm") -> dict:
@@ -63,11 +69,6 @@ def stage_values(out: pathlib.Path, tag: str = TAG, arm: str = "encoder_mlm") ->
   return {"sweep eval_loss": sweep["eval_loss"], "pretrain eval_loss":
           result["pretrain"]["eval_loss"], "pretrain curve": result["pretrain"]["curve"],
           "sst2": result["sst2"]["value"], "sst2 eval_loss": result["sst2"]["eval_loss"]}
-
-
-def share_compilation_cache(reference: pathlib.Path, out: pathlib.Path) -> None:
-  out.mkdir(parents=True)
-  (out / "jax_cache").symlink_to(reference / "jax_cache")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,22 +263,69 @@ def test_the_ablation_records_what_its_runs_end_as(tmp_path):
 # Ray: a cluster of two nodes in this process
 # ---------------------------------------------------------------------------------------------
 
+# The ablation of the Ray tests and of the local pool's run they are compared with: the
+# tiniest one (its sweep's run and one fine-tuning) at 102 steps with a checkpoint every 25,
+# so that a node can be killed after the sweep's run has saved one and before its end (a step
+# takes ~12 ms on the 2-core CPU: the 50-77 steps left leave over half a second for it).
+RAY_ABLATION = ["--tiny", "--arms=encoder_mlm", "--budgets=5e9", "--seeds=0",
+                "--checkpoint_every=25"]
+RAY_TAG = "flops5e9"
+LOCAL = {"node_ip_address": "127.0.0.1"}
+
 
 @pytest.fixture(scope="module")
-def cluster():
-  """A head node that takes no runs (its loss would end the cluster) and two nodes of one CPU
-  each, all on loopback."""
-  saved = {key: os.environ.get(key) for key in LOOPBACK}
-  os.environ.update(LOOPBACK)
+def compilation_cache(tmp_path_factory) -> pathlib.Path:
+  """The JAX compilation cache of this module's ablations: the suite's where it has one
+  (scripts/test.sh sets JAX_COMPILATION_CACHE_DIR; other tests compile these tiny programs
+  too), else one of this module's own."""
+  suite = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+  return pathlib.Path(suite) if suite else tmp_path_factory.mktemp("jax_cache")
+
+
+def new_out(parent: pathlib.Path, cache: pathlib.Path) -> pathlib.Path:
+  """A new output folder whose compilation cache (OUT/jax_cache) is `cache`."""
+  out = parent / "out"
+  out.mkdir(parents=True)
+  (out / "jax_cache").symlink_to(cache)
+  return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def start_the_local_pool_early(request):
+  """The local pool's run starts with the module where a Ray test is to run: it runs beside the
+  tests before those and the cluster's start, and compiles the programs the Ray runs then load
+  from the cache."""
+  if any("on_ray" in item.fixturenames for item in request.session.items
+         if item.module is request.module):
+    request.getfixturevalue("local_pool")
+
+
+@pytest.fixture(scope="module")
+def local_pool(compilation_cache, tmp_path_factory):
+  """The local pool's run of RAY_ABLATION, started in the background: a function that waits for
+  it and returns (OUT, stderr, exit status)."""
+  out = new_out(tmp_path_factory.mktemp("local"), compilation_cache)
+  stderr = out.parent / "driver.txt"
+  process = start_ablation(f"--out={out}", *RAY_ABLATION, "--workers=1", stderr=stderr)
+  yield lambda: (out, *finish(process, stderr))
+  if process.poll() is None:  # a test failed before waiting for it
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+  """The cluster's head node, on loopback, without the cluster's nodes yet (`cluster` adds
+  them): it takes no runs (its loss would end the cluster), and runs no autoscaler and no log
+  monitor (the drivers take no log from Ray): 2-4 s less to start."""
+  saved = {key: os.environ.get(key) for key in NODE_ENV}
+  os.environ.update(NODE_ENV)
   from ray.cluster_utils import Cluster  # pylint: disable=import-outside-toplevel
   start = time.perf_counter()
-  local = {"node_ip_address": "127.0.0.1"}
-  cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0,
-                                                          "include_dashboard": False, **local})
-  for _ in range(2):
-    cluster.add_node(num_cpus=1, **local)
-  cluster.wait_for_nodes()
-  print(f"Ray cluster up in {time.perf_counter() - start:.1f} s")
+  cluster = Cluster(initialize_head=True, head_node_args={
+      "num_cpus": 0, "include_dashboard": False, "no_monitor": True,
+      "include_log_monitor": False, **LOCAL})
+  print(f"Ray head up in {time.perf_counter() - start:.1f} s")
   yield cluster
   cluster.shutdown()
   for key, value in saved.items():
@@ -288,46 +336,152 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def on_ray(cluster, tmp_path_factory):
-  """The tiniest ablation by two drivers on one output folder, the second started once the
-  first has made the arm's plan: (OUT, [(stderr, exit status) of each])."""
-  out = tmp_path_factory.mktemp("ray") / "out"
-  flags = [f"--out={out}", *TINIEST, "--executor=ray", f"--ray_address={cluster.address}"]
+def cluster(ray_head):
+  """The head and two nodes of two CPUs (two runs at once) each."""
+  start = time.perf_counter()
+  for _ in range(2):
+    ray_head.add_node(num_cpus=2, **LOCAL)
+  ray_head.wait_for_nodes()
+  print(f"Ray nodes up in {time.perf_counter() - start:.1f} s")
+  return ray_head
+
+
+def wait_for(found: Callable[[], Any], driver: subprocess.Popen, stderr: pathlib.Path,
+             what: str, timeout_s: float = 300.0) -> Any:
+  """Polls found() until it returns something true, while the driver runs."""
+  deadline = time.time() + timeout_s
+  while not (value := found()):
+    if driver.poll() is not None or time.time() > deadline:
+      driver.kill()
+      pytest.fail(f"no {what} while the driver ran: {finish(driver, stderr)[0][-3000:]}")
+    time.sleep(0.02)
+  return value
+
+
+def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
+  return sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
+
+
+def sweep_workdir(out: pathlib.Path) -> pathlib.Path | None:
+  found = list((out / "encoder_mlm" / RAY_TAG).glob("lr*/pretrain"))
+  return found[0] if found else None
+
+
+def run_log(workdir: pathlib.Path) -> str:
+  log = pathlib.Path(f"{workdir}.log")
+  return log.read_text() if log.exists() else ""
+
+
+def ray_attempts(workdir: pathlib.Path) -> list[tuple[str, str]]:
+  """(node, task) of each Ray task that took the run, from its log, in order."""
+  return [tuple(line.split("Ray node ")[1].split(", attempt "))
+          for line in run_log(workdir).splitlines() if "Ray node " in line]
+
+
+def training_starts(workdir: pathlib.Path) -> int:
+  """How many times the run's training started: executor.execute's line once it holds the
+  run's claim."""
+  return sum(" (id " in line for line in run_log(workdir).splitlines())
+
+
+@dataclasses.dataclass(frozen=True)
+class RayRun:
+  """What the on_ray fixture did and found."""
+
+  out: pathlib.Path
+  drivers: list[tuple[str, int]]  # (stderr, exit status) of the first driver and the second
+  killed: str  # the node that trained the sweep's run when it was killed
+  other: str  # the cluster's other node
+  checkpoint: int  # the sweep's run's last checkpoint then
+
+
+@pytest.fixture(scope="module")
+def on_ray(request, local_pool, ray_head, compilation_cache, tmp_path_factory) -> RayRun:
+  """RAY_ABLATION on the cluster by two drivers on one output folder, with a node killed in the
+  middle. The first driver starts alone; once the sweep's run has saved a checkpoint, the node
+  that trains it is killed as a machine that loses power is: the run's worker process frozen
+  at once (so it cannot reach its end meanwhile), the node's Ray processes killed, then the
+  worker. Once Ray's retry of that task has claimed the run on the other node, the second
+  driver starts: its tasks run on that node beside the retry (its second CPU). The first
+  driver starts as soon as the head is up, and the nodes start while it does (its task waits
+  for them)."""
+  del local_pool  # started first: it runs while the cluster starts
+  out = new_out(tmp_path_factory.mktemp("ray"), compilation_cache)
+  flags = [f"--out={out}", *RAY_ABLATION, "--executor=ray", f"--ray_address={ray_head.address}"]
   logs = out.parent / "first.txt", out.parent / "second.txt"
   start = time.perf_counter()
   first = start_ablation(*flags, stderr=logs[0])
-  deadline = time.time() + 300
-  while not (out / "encoder_mlm" / "plan.json").exists() and first.poll() is None:
-    assert time.time() < deadline
-    time.sleep(0.2)
+  cluster = request.getfixturevalue("cluster")
+  workdir = wait_for(lambda: (w := sweep_workdir(out)) and checkpoint_steps(w) and w, first,
+                     logs[0], "checkpoint of the sweep's run")
+  holder = json.loads(pathlib.Path(f"{workdir}.claim").read_text())
+  assert holder["host"] == socket.gethostname(), holder
+  os.kill(holder["pid"], signal.SIGSTOP)
+  if pathlib.Path(f"{workdir}.run.json").exists():
+    os.kill(holder["pid"], signal.SIGCONT)
+    pytest.fail("the sweep's run ended before its node could be killed")
+  checkpoint = checkpoint_steps(workdir)[-1]
+  killed = ray_attempts(workdir)[-1][0]
+  cluster.remove_node(next(n for n in cluster.worker_nodes if n.node_id == killed),
+                      allow_graceful=False)
+  os.kill(holder["pid"], signal.SIGKILL)
+  other, = (n.node_id for n in cluster.worker_nodes)
+  print(f"killed the node of the sweep's run at its checkpoint {checkpoint}: "
+        f"{time.perf_counter() - start:.1f} s")
+  wait_for(lambda: training_starts(workdir) >= 2, first, logs[0], "retry of the sweep's run")
+  print(f"the retry holds the run: {time.perf_counter() - start:.1f} s")
   second = start_ablation(*flags, stderr=logs[1])
   drivers = [finish(process, log) for process, log in zip((first, second), logs)]
-  print(f"two Ray drivers: {time.perf_counter() - start:.0f} s")
-  return out, drivers
+  print(f"two Ray drivers: {time.perf_counter() - start:.1f} s")
+  return RayRun(out, drivers, killed, other, checkpoint)
 
 
 def test_two_drivers_on_ray_train_each_run_once(on_ray):
-  out, drivers = on_ray
-  for stderr, returncode in drivers:
+  for stderr, returncode in on_ray.drivers:
     assert returncode == 0, stderr[-3000:]
-  # Each run trained once: one start in its log (the other driver's task found it claimed,
-  # waited, and took the finished run's outcome), on a node of the cluster.
-  logs = list((out / "encoder_mlm" / TAG).glob("*/*.log"))
-  assert len(logs) == 2
-  for log in logs:
-    text = log.read_text()
-    assert len([line for line in text.splitlines() if " (id " in line]) == 1, (log, text)
-    assert "Ray node" in text
-  assert sum("finished earlier" in stderr for stderr, _ in drivers) >= 1
-  assert (out / "report.md").exists() and stage_values(out)["sst2"] is not None
+  # Each run trained by one task at a time: the sweep's run by the task on the killed node and
+  # then by its retry, the fine-tuning once. The other driver's task of a run found it claimed
+  # (and waited) or finished, and took the finished run's outcome.
+  workdir = sweep_workdir(on_ray.out)
+  assert training_starts(workdir) == 2, run_log(workdir)
+  finetune = on_ray.out / "encoder_mlm" / RAY_TAG / "seed0" / "sst2"
+  assert training_starts(finetune) == 1 and "Ray node" in run_log(finetune), run_log(finetune)
+  assert any("finished earlier" in stderr for stderr, _ in on_ray.drivers)
+  assert (on_ray.out / "report.md").exists()
+
+
+def test_a_killed_node_reruns_its_arm_elsewhere_from_its_checkpoint(on_ray):
+  workdir = sweep_workdir(on_ray.out)
+  # Ray retried the task that trained the run (the same task id) on the other node...
+  attempts = ray_attempts(workdir)
+  assert attempts[0][0] == on_ray.killed and attempts[1] == (on_ray.other, attempts[0][1]), \
+      attempts
+  # ... which resumed from the killed node's last checkpoint, not from step 0, and logged every
+  # step once (the killed attempt's records after the checkpoint dropped).
+  assert f"resumed from {workdir / 'checkpoints' / str(on_ray.checkpoint)}" in run_log(workdir)
+  last = json.loads((workdir / "config.json").read_text())["train"]["steps"]
+  records = map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+  assert [r["step"] for r in records if "train/loss" in r] == list(range(1, last + 1))
+  assert 0 < on_ray.checkpoint < last
+  assert json.loads(pathlib.Path(f"{workdir}.json").read_text())["resumed"]
+
+
+def test_ray_gives_the_local_pool_s_results_seed_for_seed(on_ray, local_pool):
+  # The local pool ran the same ablation without a stop: every number of the report (its
+  # results.json, seed by seed), the loss curves and the evaluation losses are the same, the
+  # resumed run's too.
+  out, stderr, returncode = local_pool()
+  assert returncode == 0, stderr[-3000:]
+  assert json.loads((on_ray.out / "results.json").read_text()) == json.loads(
+      (out / "results.json").read_text())
+  assert stage_values(on_ray.out, RAY_TAG) == stage_values(out, RAY_TAG)
 
 
 @pytest.mark.slow
-def test_ctrl_c_cancels_the_ray_tasks_and_exits_130(on_ray, cluster, tmp_path):
+def test_ctrl_c_cancels_the_ray_tasks_and_exits_130(cluster, compilation_cache, tmp_path):
   # A run long enough to be stopped in its middle: 1,000 steps, a checkpoint every 100 (the same
-  # programs as the tiniest ablation's: the compilation cache has them).
-  out = tmp_path / "out"
-  share_compilation_cache(on_ray[0], out)
+  # programs as the other Ray tests': after those, the compilation cache has them).
+  out = new_out(tmp_path, compilation_cache)
   stderr = tmp_path / "driver.txt"
   driver = start_ablation(f"--out={out}", "--tiny", "--arms=encoder_mlm", "--budgets=5e10",
                           "--seeds=0", "--checkpoint_every=100", "--executor=ray",
@@ -350,55 +504,6 @@ def test_ctrl_c_cancels_the_ray_tasks_and_exits_130(on_ray, cluster, tmp_path):
   run = executor_lib.Run("x", {}, str(workdir))
   with executor_lib.claim(run, poll_s=0.1):
     pass
-
-
-@pytest.mark.slow
-def test_the_local_pool_gives_ray_s_results_seed_for_seed(on_ray, tmp_path):
-  out = tmp_path / "out"
-  share_compilation_cache(on_ray[0], out)
-  result = ablation_cli(f"--out={out}", *TINIEST, "--workers=2")
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert stage_values(out) == stage_values(on_ray[0])
-
-
-@pytest.mark.slow
-def test_a_killed_node_reruns_its_arm_elsewhere_from_its_checkpoint(on_ray, cluster, tmp_path):
-  # 1,000 steps with a checkpoint every 100: the node that trains the sweep's run is killed once
-  # it has saved one; Ray retries the task on the other node, which resumes from it, and the
-  # arm ends with the numbers of an uninterrupted local run.
-  flags = ["--tiny", "--arms=encoder_mlm", "--budgets=5e10", "--seeds=0",
-           "--checkpoint_every=100"]
-  local = tmp_path / "local"
-  share_compilation_cache(on_ray[0], local)
-  assert ablation_cli(f"--out={local}", *flags, "--workers=2").returncode == 0
-  out = tmp_path / "out"
-  share_compilation_cache(on_ray[0], out)
-  stderr = tmp_path / "driver.txt"
-  driver = start_ablation(f"--out={out}", *flags, "--executor=ray",
-                          f"--ray_address={cluster.address}", stderr=stderr)
-  deadline = time.time() + 300
-  log = None
-  while time.time() < deadline and driver.poll() is None:
-    found = list((out / "encoder_mlm").glob("flops*/lr*/pretrain/checkpoints/100"))
-    if found:
-      log = pathlib.Path(str(found[0].parents[1]) + ".log")
-      break
-    time.sleep(0.1)
-  assert log is not None, finish(driver, stderr)[0][-3000:]
-  ray_nodes = lambda: [line.split("Ray node ")[1].split(",")[0]
-                       for line in log.read_text().splitlines() if "Ray node" in line]
-  node = next(n for n in cluster.worker_nodes if n.node_id == ray_nodes()[-1])
-  cluster.remove_node(node, allow_graceful=False)
-  output, returncode = finish(driver, stderr)
-  cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")  # for any test after this one
-  assert returncode == 0, output[-3000:]
-  nodes = ray_nodes()
-  assert len(nodes) == 2 and nodes[0] != nodes[1], nodes  # retried on the other node
-  assert "resumed from" in log.read_text()
-  assert json.loads((out / "encoder_mlm" / "flops5e10" / "seed0" / "pretrain.json").read_text())[
-      "resumed"]
-  # Exact resume: the arm's numbers are those of the run that was never stopped.
-  assert stage_values(out, "flops5e10") == stage_values(local, "flops5e10")
 
 
 @pytest.mark.slow
