@@ -412,7 +412,8 @@ def execute(run: Run, log_to_file: bool = True) -> Outcome:
       if done is not None:
         return done
       # JAX is imported only now: a task that finds its run finished by another (a second
-      # driver's, a retry's straggler) answers without loading it (3 s on a shared 2-core CPU).
+      # driver's, a retry's straggler) answers without loading it (`from research import cli,
+      # train` took 2.8 s on the 2-core Zen 5, shared).
       from research import cli, train  # pylint: disable=import-outside-toplevel
       workdir = epath.Path(run.workdir)
       with _output_to(run.log if log_to_file else None):
