@@ -30,10 +30,18 @@ class WorkdirInUse(UserError):
 
 
 def _holder_text(fd: int) -> str:
-  try:
-    os.lseek(fd, 0, os.SEEK_SET)
-    holder = json.loads(os.read(fd, 4096).decode("utf-8") or "{}")
-  except (OSError, ValueError):
+  # The holder writes who it is just after it takes the lock: a busy machine can show us the
+  # lock before the text, so an empty (or half-written) file is read again for up to 2 s.
+  holder = {}
+  for _ in range(40):
+    try:
+      holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
+    except (OSError, ValueError):
+      holder = {}
+    if holder:
+      break
+    time.sleep(0.05)
+  if not holder:
     return "another process"
   since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
   return (f"{holder.get('command', 'another process')} (pid {holder.get('pid', '?')} on host "
