@@ -38,7 +38,10 @@ def row(name: str, topology: str, report: dict, wall: float) -> str:
   gib = mem["total bytes"] / 2**30
   mesh = ", ".join(f"{k}={v}" for k, v in report["mesh"].items() if v > 1) or "1 device"
   terms = " / ".join(f"{1e3 * roof[k]:,.0f}" for k in ("compute_s", "hbm_s", "collective_s"))
-  return (f"| [`{name}`](../configs/scale/{name}.py) | {report['parameters'] / 1e6:,.0f}M | "
+  params = f"{report['parameters'] / 1e6:,.0f}M"
+  if report.get("lora_rank"):  # the optimizer trains only the adapters
+    params += f" (LoRA r={report['lora_rank']}: {report['trained_parameters'] / 1e6:,.1f}M trained)"
+  return (f"| [`{name}`](../configs/scale/{name}.py) | {params} | "
           f"`{topology}` ({report['chips']} chips), {mesh} | {gib:.2f} of "
           f"{mem['hbm bytes'] / 2**30:.0f} GiB | {'yes' if mem['fits'] else '**no**'} | "
           f"{1e3 * roof['step_s_lower_bound']:,.0f} ms ({terms}) | {roof['limited_by']} | "

@@ -10,7 +10,10 @@ TensorCores, two per chip). libtpu (requirements-tpu.txt) describes the slice's 
 research.train's own functions build the mesh (the config's mesh section and logical rules), the
 state shardings and the jitted, donated train step, which is lowered over abstract arguments
 and compiled for those devices. So is the eval step and, for generative models, one KV-cache
-decoding step. For each program it prints:
+decoding step. With LoRA (lora.rank > 0) the state is the adapters and their optimizer state
+and the frozen base is an argument of its own, as research.train runs it; init_from's
+architecture is taken when init_from is on this machine (else the config's, with a note).
+For each program it prints:
   - per-device bytes: parameters, optimizer state, batch (from their shardings), and XLA's
     buffer assignment (arguments, outputs, temporaries, code); their sum against the chip's HBM;
   - FLOPs per device: XLA's count of the compiled program against research/flops.py;
@@ -41,10 +44,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from absl import flags
+from etils import epath
 from ml_collections import config_flags
 
-from research import (bench, cli, decode, flops, matmul, models, objectives, paths, sharding, tasks,
-                      train)
+from research import (bench, cli, decode, flops, gguf_io, matmul, models, objectives, paths,
+                      sharding, tasks, train)
 from research.hlo import Costs, global_flops
 from research.checkpoint import abstract_like
 from research.config import ConfigError, ExperimentConfig, UserError
@@ -228,23 +232,38 @@ def decode_batch_size(config: ExperimentConfig) -> int:
   return config.train.eval_batch_size or config.data.batch_size
 
 
+def abstract_base(exp: train.Experiment) -> Any:
+  """With LoRA, the frozen base as research.train holds it (every parameter of the model, on
+  the shardings of its logical axes), abstract: a compile needs its shapes, never its values."""
+  shapes = jax.eval_shape(functools.partial(train.init_params, exp.model, exp.config),
+                          jax.random.key(0))
+  return abstract_like(nn.unbox(shapes), exp.frozen_shardings)
+
+
 def lower_programs(exp: train.Experiment, programs: tuple[str, ...]) -> dict[str, tuple]:
-  """{program: (lowered, {part: abstract tree})} for research.train's own jitted functions."""
+  """{program: (lowered, {part: abstract tree})} for research.train's own jitted functions.
+  With LoRA the train and eval steps take the state's adapters and, as an argument of its own
+  (not donated, not differentiated), the frozen base; decoding runs on the merged tree, which
+  has the base's shapes."""
   cfg, mesh = exp.config, exp.mesh
+  lora = bool(cfg.lora.rank)
+  if lora and exp.frozen is None:
+    exp.frozen = abstract_base(exp)  # what make_step_fns would otherwise load from init_from
   step_fn, eval_fn = train.make_step_fns(exp)
   state = abstract_like(exp.abstract_state, exp.shardings)
+  params = ({"trained parameters": state.params, "frozen base": exp.frozen} if lora else
+            {"parameters": state.params})
   out = {}
   with jax.set_mesh(mesh), nn.logical_axis_rules(cfg.rules):
     if "train" in programs:
       batch = batch_spec(cfg, mesh)
       out["train"] = (step_fn.lower(state, batch), {
-          "parameters": state.params, "optimizer state": state.opt_state, "batch": batch})
+          **params, "optimizer state": state.opt_state, "batch": batch})
     if "eval" in programs:
       batch = batch_spec(cfg, mesh, cfg.train.eval_batch_size or cfg.data.batch_size)
-      out["eval"] = (eval_fn.lower(state.params, batch),
-                     {"parameters": state.params, "batch": batch})
+      out["eval"] = (eval_fn.lower(state.params, batch), {**params, "batch": batch})
     if "decode" in programs and is_generative(cfg):
-      out["decode"] = lower_decode(exp, state.params)
+      out["decode"] = lower_decode(exp, exp.frozen if lora else state.params)
   return out
 
 
@@ -380,9 +399,24 @@ def program_flops(config: ExperimentConfig, devices, lowered: dict) -> dict[str,
   return out
 
 
+def pretrained_architecture(config: ExperimentConfig) -> tuple[ExperimentConfig, str]:
+  """The config research.train runs: with init_from, its model's architecture and tokenizer
+  (train.inherit_pretrained). Where init_from is not on this machine (a 27B model's weights
+  kept where it trains), the config as it is and a note: the programs depend only on the
+  model's shapes, which a configs/scale/ file gives in full."""
+  source = config.init_from
+  if (not source or source in gguf_io.PRETRAINED or "://" in source or
+      epath.Path(source).exists()):
+    return train.inherit_pretrained(config), ""
+  return config, (f"init_from={source} is not on this machine: compiled with the config's own "
+                  "model section (a compile needs the base's shapes, not its values)")
+
+
 def compile_report(config: ExperimentConfig, topology: Topology, num_slices: int = 1,
-                   programs: tuple[str, ...] = ("train", "eval", "decode")) -> dict[str, Any]:
-  """Compiles the config's programs for the slice and returns the figures (see module doc)."""
+                   programs: tuple[str, ...] = ("train", "eval", "decode"),
+                   notes: tuple[str, ...] = ()) -> dict[str, Any]:
+  """Compiles the config's programs for the slice and returns the figures (see module doc).
+  `notes`: lines the report carries (pretrained_architecture's)."""
   config, note = placeholder_vocab(config)
   devices = tpu_devices(topology, num_slices)
   chips = topology.chips * num_slices
@@ -390,12 +424,19 @@ def compile_report(config: ExperimentConfig, topology: Topology, num_slices: int
   hbm_per_device = topology.chip.hbm_bytes / per_chip
   exp = bench.synthetic_experiment(config, devices)
   cfg = exp.config
+  if cfg.lora.rank:
+    exp.frozen = abstract_base(exp)
+  count = lambda tree: int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
+  trained = count(exp.abstract_state.params)
   report: dict[str, Any] = {
       "topology": topology.name, "num_slices": num_slices, "chips": chips,
       "devices": len(devices), "device_kind": devices[0].device_kind,
       "mesh": dict(exp.mesh.shape),
-      "parameters": int(sum(math.prod(x.shape) for x in jax.tree.leaves(exp.abstract_state.params))),
-      "matmul_dtype": _resolved_dtype(cfg, exp.mesh), "notes": [note] if note else [],
+      # The model's parameters; with LoRA the optimizer trains only the adapters (and a head).
+      "parameters": count(exp.frozen) if cfg.lora.rank else trained,
+      "trained_parameters": trained, "lora_rank": cfg.lora.rank,
+      "matmul_dtype": _resolved_dtype(cfg, exp.mesh),
+      "notes": [n for n in (*notes, note) if n],
       "libtpu_init_args": os.environ.get("LIBTPU_INIT_ARGS", ""),
       "programs": {}}
   start = time.perf_counter()
@@ -446,6 +487,9 @@ def format_report(report: dict[str, Any]) -> str:
            f"{report['devices']} devices ({report['device_kind']}); mesh {report['mesh']}; "
            f"{report['parameters'] / 1e6:,.1f}M parameters; matmul operands "
            f"{report['matmul_dtype']}"]
+  if report.get("lora_rank"):
+    lines.append(f"LoRA rank {report['lora_rank']}: {report['trained_parameters'] / 1e6:,.1f}M "
+                 "parameters trained (adapters and any head), the base frozen")
   lines += [f"note: {n}" for n in report["notes"]]
   if report.get("libtpu_init_args"):
     lines.append(f"XLA TPU options (LIBTPU_INIT_ARGS): {report['libtpu_init_args']}")
@@ -543,7 +587,7 @@ def main(argv) -> None:
   def body():
     libtpu_args_of_config(config_flags.get_config_filename(f["config"]))
     config = ExperimentConfig.from_config_dict(f.config)
-    config = train.inherit_pretrained(config)
+    config, note = pretrained_architecture(config)
     if f.json:
       paths.check_bucket(f.json)
     topology = parse_topology(f.topology)
@@ -555,7 +599,7 @@ def main(argv) -> None:
       raise ConfigError(f"--programs: unknown {sorted(unknown)}; choose from train,eval,decode")
     print(f"compiling for {topology.name} ({topology.chips * f.num_slices} chips) ...",
           file=sys.stderr)
-    report = compile_report(config, topology, f.num_slices, programs)
+    report = compile_report(config, topology, f.num_slices, programs, notes=(note,))
     print(format_report(report))
     if f.json:
       paths.write_atomic(paths.workdir_path(f.json), json.dumps(report, indent=2, default=float))

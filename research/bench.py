@@ -58,8 +58,10 @@ def synthetic_experiment(config: ExperimentConfig, devices=None) -> train.Experi
   model, loss_fn, _ = train.build_model_and_loss(config)
   tx = train.build_optimizer(config)
   abstract, shardings = train.state_shardings(model, tx, config, mesh)
+  frozen = train.base_shardings(model, config, mesh) if config.lora.rank else None
   return train.Experiment(config=config, mesh=mesh, model=model, tx=tx, abstract_state=abstract,
-                          shardings=shardings, data=None, transform=None, loss_fn=loss_fn)
+                          shardings=shardings, data=None, transform=None, loss_fn=loss_fn,
+                          frozen_shardings=frozen)
 
 
 def synthetic_batch(config: ExperimentConfig, seed: int = 0,

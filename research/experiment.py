@@ -147,7 +147,22 @@ def make_eval_fn(exp: Experiment) -> Callable:
 
   evaluate = jax.jit(lora_eval, in_shardings=(exp.shardings.params, batch_sharding,
                                               exp.frozen_shardings), out_shardings=replicated)
-  return lambda params, batch: evaluate(params, batch, base)
+  return WithBase(evaluate, base)
+
+
+class WithBase:
+  """A LoRA program, jitted with the frozen base as its last argument, called and lowered
+  without it: `program(*args)` is `jitted(*args, base)`. research.aot lowers it over an abstract
+  base (ShapeDtypeStructs on their shardings), research.train calls it with the loaded one."""
+
+  def __init__(self, jitted: Callable, base: Any):
+    self.jitted, self.base = jitted, base
+
+  def __call__(self, *args):
+    return self.jitted(*args, self.base)
+
+  def lower(self, *args):
+    return self.jitted.lower(*args, self.base)
 
 
 def evaluate_split(exp: Experiment, eval_fn, params, max_batches: int = 0,

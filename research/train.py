@@ -40,7 +40,8 @@ from research import lora as lora_lib
 from research import models, objectives, paths, sharding, splash
 from research import workdir as workdir_lib
 from research.config import ConfigError, ExperimentConfig, UserError
-from research.experiment import Experiment, build_experiment, evaluate_split, make_eval_fn
+from research.experiment import (Experiment, WithBase, build_experiment, evaluate_split,
+                                 make_eval_fn)
 from research.init_from import copy_pretrained_tokenizer, inherit_pretrained, init_from_pretrained
 from research.load import pretrained_params, saved_config
 from research.train_state import TrainState, create_state, learning_rate_schedule
@@ -155,7 +156,7 @@ def make_step_fns(exp: Experiment):
 
   step = jax.jit(lora_step, in_shardings=(exp.shardings, batch_sharding, exp.frozen_shardings),
                  out_shardings=(exp.shardings, replicated), donate_argnums=(0,))
-  return (lambda state, batch: step(state, batch, base)), make_eval_fn(exp)
+  return WithBase(step, base), make_eval_fn(exp)
 
 
 def _progress(total: int, initial: int):

@@ -124,7 +124,7 @@ PUBLISHED_PARAMETERS = {
     "bert_base": 110e6, "bert_large": 335e6, "gpt2_small": 124e6, "gpt_1_3b": 1.3e9,
     "llama2_7b": 6.74e9, "t5_base": 223e6, "t5_xl": 2.85e9, "llama3_1_8b": 8.03e9,
     "gemma3_1b": 302e6 + 698e6, "gemma3_4b": 675e6 + 3209e6, "gemma3_12b": 1012e6 + 10759e6,
-    "gemma3_27b": 1416e6 + 25600e6}
+    "gemma3_27b": 1416e6 + 25600e6, "gemma3_27b_lora": 1416e6 + 25600e6}
 
 
 def test_every_scale_config_has_a_published_parameter_count():
@@ -293,3 +293,64 @@ def test_local_layers_run_splash_with_their_window(monkeypatch):
   # layer body in the scan, and of the seventh (local) layer outside it.
   assert set(built) == {0, 128}, built
   assert built.count(128) > built.count(0)
+
+
+def _lora_decoder(**lora):
+  """A small decoder with LoRA (init_from is only named: nothing is loaded to lower a step)."""
+  raw = load_config_file(str(REPO_ROOT / FAMILY_CONFIGS["decoder"])).to_dict()
+  raw["mesh"].update(data=1, fsdp=4, tensor=1)
+  raw["model"].update(vocab_size=512, num_layers=2, embed_dim=256, num_heads=2, mlp_dim=512,
+                      scan_layers=True)
+  raw.update(lora=dict(rank=4, **lora), init_from="base.gguf")
+  return ExperimentConfig.from_config_dict(raw)
+
+
+def test_a_lora_train_step_takes_the_frozen_base_as_an_argument_it_does_not_donate():
+  # (~4 s here: lowered, not compiled.)
+  config = _lora_decoder()
+  devices = aot.tpu_devices(V5E_4)
+  exp = bench.synthetic_experiment(config, devices)
+  lowered, parts = aot.lower_programs(exp, ("train",))["train"]
+  assert set(parts) == {"trained parameters", "frozen base", "optimizer state", "batch"}
+  state_info, _, base_info = lowered.args_info[0]
+  assert all(a.donated for a in jax.tree.leaves(state_info))
+  assert not any(a.donated for a in jax.tree.leaves(base_info))
+  # The base is sharded as full fine-tuning shards the same model's parameters.
+  full = bench.synthetic_experiment(dataclasses.replace(
+      config, lora=dataclasses.replace(config.lora, rank=0)), devices)
+  spec = lambda tree: jax.tree.map(lambda s: tuple(s.spec), tree)
+  assert spec(exp.frozen_shardings) == spec(full.shardings.params)
+  # Only the adapters have optimizer state: AdamW's two moments of each, plus counters.
+  trained = models.parameter_count(exp.abstract_state.params)
+  assert 0 < trained < models.parameter_count(exp.frozen) / 20
+  opt = sum(x.size for x in jax.tree.leaves(exp.abstract_state.opt_state))
+  assert 2 * trained <= opt <= 2 * trained + 4
+
+
+def test_the_lora_scale_config_trains_rank_16_adapters_on_every_projection():
+  # configs/scale/gemma3_27b_lora.py on its slice, abstract (~10 s here: no compile). The
+  # adapter count from the published shape: A (in, r) and B (r, out) per projection and layer.
+  module = _module(SCALE / "gemma3_27b_lora.py")
+  config = ExperimentConfig.from_config_dict(module.get_config())
+  m, r = config.model, config.lora.rank
+  e, q, kv = m.embed_dim, m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
+  per_layer = r * ((e + q) * 2 + (e + kv) * 2 + (e + m.mlp_dim) * 3)  # q, out; k, v; the MLP
+  topology = aot.parse_topology(module.TOPOLOGY)
+  exp = bench.synthetic_experiment(config, aot.tpu_devices(topology))
+  assert models.parameter_count(exp.abstract_state.params) == m.num_layers * per_layer
+  opt = sum(x.size for x in jax.tree.leaves(exp.abstract_state.opt_state))
+  assert opt <= 2 * m.num_layers * per_layer + 4  # no state for the 27B base
+  # Full fine-tuning of the same model is compiled for a larger slice (docs/tpu.md).
+  assert topology.chips < aot.parse_topology(_module(SCALE / "gemma3_27b.py").TOPOLOGY).chips
+  # The frozen base is spread over the slice's chips (fsdp), not replicated.
+  base = aot.abstract_base(exp)
+  total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(base))
+  assert aot.per_device_bytes(base) <= 1.05 * total / topology.chips
+
+
+def test_a_base_not_on_this_machine_is_compiled_from_the_configs_own_shapes():
+  config = _lora_decoder()  # init_from="base.gguf", which is nowhere
+  same, note = aot.pretrained_architecture(config)
+  assert same == config and "init_from=base.gguf is not on this machine" in note
+  plain = dataclasses.replace(config, init_from="", lora=dataclasses.replace(config.lora, rank=0))
+  assert aot.pretrained_architecture(plain) == (plain, "")
