@@ -8,7 +8,9 @@ LoRA workdir of Gemma) or a pretrained model.
 The conversation is written in the model's chat template (research/kinds/instruction.py):
 Gemma's turn markers (<start_of_turn>user ... <end_of_turn>) for a Gemma vocabulary, else the
 project's plain one (User: <message>\\nAssistant: <reply><eos>\\n). The reply streams as it is
-written and ends at the template's end-of-turn token. Earlier turns are kept while they fit in
+written and ends at the template's end-of-turn token or at EOS (a LoRA chat workdir of a base
+Gemma ends its replies with EOS: research/kinds/instruction.py says why); earlier turns are
+written closed by the end-of-turn token. Earlier turns are kept while they fit in
 the context window (model.max_len minus the tokens to generate); the oldest go first, with a
 note. Ctrl-C stops a reply (what was written is kept); /reset forgets the conversation, /quit
 (or Ctrl-D) leaves.

@@ -115,9 +115,10 @@ def test_gemma_vocabularies_get_gemma_turn_markers(tiny):
 
 
 def test_instruction_tuning_on_a_gemma_vocabulary_writes_what_chat_writes(tiny):
-  """A one-turn conversation as the instruction kind trains on it (prompt + response) is what
-  research.chat reads the tuned model with: the same ids, the response ending in <end_of_turn>,
-  and evaluation's generation stopping at that id rather than at EOS."""
+  """A one-turn conversation as the instruction kind trains on it is what research.chat reads
+  the tuned model with: the same prompt ids (Gemma's markers as their ids), the response ending
+  where chat stops (EOS: a base Gemma cannot learn to write <end_of_turn>, the kind's
+  docstring), and evaluation's generation stopping at the kind's end token."""
   tokenizer = _gemma_like(tiny[2])
   config = load_config_file(str(REPO_ROOT / "configs" / "alpaca_gpt.py"))
   config.task.update(max_target_len=32, eval_batch_size=2)
@@ -135,10 +136,10 @@ def test_instruction_tuning_on_a_gemma_vocabulary_writes_what_chat_writes(tiny):
     # The begin-of-text id, then the user's turn opened by its marker's id, not its text.
     assert list(prompt[:2]) == [tokenizer.token_to_id("<|begin_of_text|>"),
                                 tokenizer.token_to_id("<start_of_turn>")]
-    assert list(response) == list(tokenizer.encode(record["output"])) + [end_of_turn]
-  assert kind.end_id == chat.end_id == end_of_turn
-  # Generation stops at the kind's end token (the fixture's random model cannot write the
-  # added marker, so the end token is one it writes: its 4th greedy token).
+    assert list(response) == list(tokenizer.encode(record["output"])) + [tokenizer.eos_id]
+  assert kind.end_id == tokenizer.eos_id and chat.end_id == end_of_turn  # chat stops at both
+  # Generation stops at the kind's end token (set here to one the fixture's random model
+  # writes: its 4th greedy token).
   model, params, _, _ = tiny
   plain = [np.array([5, 9, 33, 70], np.int32), np.array([8, 8, 100], np.int32)]
   kind.end_id = -1  # never written: the whole generation

@@ -168,8 +168,8 @@ class Kind:
     self.input_len = config.task.max_input_len or self.seq_len
     self.target_len = config.task.max_target_len
     if tokenizer is not None:
-      # The token that ends a response, where generation stops (the instruction kind's is
-      # Gemma's <end_of_turn> on a vocabulary with Gemma's turn markers).
+      # The token that ends a response and where its generation stops (a kind whose
+      # responses end with another token sets its own).
       self.end_id = tokenizer.eos_id
       self.before, self.after = self._encode(task.before), self._encode(task.after)
       if self.format == "prompt":  # a pretrained decoder's prompt opens as it was trained to

@@ -5,9 +5,17 @@ that research.chat speaks; the loss is on the response only.
   decoder with Gemma's vocabulary (its turn markers read as their ids, as research.chat writes
   a one-turn conversation):
                    "<bos><start_of_turn>user\\n<instruction>\\n\\n<input><end_of_turn>\\n
-                    <start_of_turn>model\\n" -> response [<end_of_turn>]
+                    <start_of_turn>model\\n" -> response [eos]
   encoder_decoder  the plain text -> the response
 Records have Alpaca's fields: instruction, input (may be empty), output.
+
+A Gemma response ends with EOS, not <end_of_turn>: the base (pretrained) Gemma 3 270M never
+learned to write <end_of_turn>, whose row of the tied embedding is as close to the ~6,000
+<unusedN> rows as they are to each other (cosine 0.995), and LoRA leaves that row frozen. After
+64 LoRA steps trained to end with it (configs/gemma3_270m_chat_lora.py), its probability where
+a response ends was 0.002 on 12 validation examples, argmax never, and greedy replies ran on in
+tokens of that cluster ("slotBox"); EOS, which the base writes at the end of a document, is
+learned at once. research.chat stops at either, as Gemma's own generation config does.
 """
 
 from __future__ import annotations
@@ -70,12 +78,11 @@ class Instruction(base.Kind):
     self.template = PLAIN  # the text of task.before / task.after (base.Kind encodes them)
     if tokenizer is not None and self.format == "prompt" and chat_template(tokenizer) is GEMMA:
       # Trained in the template research.chat writes for this vocabulary, so that a chat with
-      # the tuned model reads as its training did and stops where its responses ended.
+      # the tuned model reads as its training did; responses still end with EOS (docstring).
       self.template = GEMMA
       self.before = np.concatenate([base.begin_of_text(tokenizer),
                                     self._encode_turn(GEMMA.user)]).astype(np.int32)
       self.after = self._encode_turn(GEMMA.assistant)
-      self.end_id = tokenizer.token_to_id(GEMMA.end)
 
   def _encode_turn(self, text: str) -> np.ndarray:
     return decode.encode_with_specials(self.tokenizer, text, list(self.template.markers))
