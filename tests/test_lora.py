@@ -1,12 +1,15 @@
 """LoRA (research/lora.py) and init_from's pretrained sources: adapters with a zero B leave the
-model as it was; the merged kernel computes what the base plus an adapter path computes; every
-family trains with adapters only (scanned, rematerialised, packed); a LoRA run from a Hugging
-Face folder keeps its base frozen, checkpoints adapters alone, resumes bit-identically, and
-exports a merged model that imports back with the same logits; init_from takes a GGUF file."""
+model as it was; the merged kernel computes what the base plus an adapter path computes, and
+training's low-rank path (no merged kernel, no kernel-sized product) the merged logits and
+gradients; every family trains with adapters only (scanned, rematerialised, packed); a LoRA run
+from a Hugging Face folder keeps its base frozen, checkpoints adapters alone, resumes
+bit-identically, and exports a merged model that imports back with the same logits; init_from
+takes a GGUF file."""
 
 import dataclasses
 import functools
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -100,6 +103,103 @@ def test_merged_kernels_compute_what_base_plus_adapters_compute(family):
   assert not np.allclose(merged, logits(model, base, cfg), atol=1e-3)  # the adapters act
   np.testing.assert_allclose(merged, unmerged_logits(model, base, trainable, LORA, cfg),
                              rtol=1e-5, atol=1e-5)
+
+
+# Unscanned; a layer pattern's scanned group with an unscanned layer after it (Gemma's shape);
+# an encoder-decoder (cross-attention), in the slow suite for its time.
+UNSCANNED, PATTERN, SEQ2SEQ = (
+    ("decoder", dict(scan_layers=False)),
+    ("decoder", dict(scan_layers=True, layer_pattern="LG", num_layers=3, local_window=4)),
+    pytest.param("encoder_decoder", dict(scan_layers=True), marks=pytest.mark.slow))
+
+
+def low_rank_model(family, fields):
+  cfg = dataclasses.replace(tiny_model(family, mlp_activation="swiglu"), **fields)
+  return (cfg, *model_and_trees(cfg, b_scale=0.3))
+
+
+@pytest.mark.parametrize("family, fields", [UNSCANNED, PATTERN, SEQ2SEQ])
+def test_the_low_rank_path_gives_the_merged_logits(family, fields):
+  """Training's computation (lora.attach + lora.low_rank: x W + (alpha/r) (x A) B, each layer
+  its own slice of the stacked adapters) gives the merged tree's logits. (~1 s unscanned, ~4 s
+  with the pattern, alone on the 2 shared cores)"""
+  cfg, model, base, trainable = low_rank_model(family, fields)
+  merged = logits(model, lora.merge(base, trainable, LORA), cfg)
+  with lora.low_rank(LORA):
+    low_rank = logits(model, lora.attach(base, trainable, LORA), cfg)
+  assert not np.allclose(merged, logits(model, base, cfg), atol=1e-3)  # the adapters act
+  np.testing.assert_allclose(low_rank, merged, rtol=1e-5, atol=1e-6)
+
+
+def merged_loss(loss_fn, lora_cfg):
+  """loss_on_base's loss on the merged tree (the formulation the low-rank path replaced), with
+  the same rank dropout draws."""
+
+  def loss(model, trainable, batch, *, base, rngs=None, deterministic=True):
+    salt = lora._DROPOUT_SALT  # pylint: disable=protected-access
+    rng = None if deterministic else jax.random.fold_in(rngs["dropout"], salt)
+    return loss_fn(model, lora.merge(base, trainable, lora_cfg, rng), batch, rngs=rngs,
+                   deterministic=deterministic)
+
+  return loss
+
+
+def kernel_shapes(base, trainable) -> set[tuple[int, ...]]:
+  """Every adapted kernel's shape, whole, stacked or one layer's, also with its axes flattened
+  to (in, out) and (out, in) (size-1 axes dropped)."""
+  flat_base = traverse_util.flatten_dict(base)
+  adapters = traverse_util.flatten_dict(trainable[lora.ADAPTERS])
+  shapes = set()
+  for module in {p[:-1] for p in adapters}:
+    kernel = flat_base[module + ("kernel",)].shape
+    a, b = adapters[module + (lora.A,)].shape, adapters[module + (lora.B,)].shape
+    lead = len(a) + len(b) - 2 - len(kernel)
+    fan_in, fan_out = int(np.prod(a[lead:-1])), int(np.prod(b[lead + 1:]))
+    for kept in range(lead + 1):
+      layers_shape = kernel[lead - kept:lead]
+      shapes |= {kernel[lead - kept:], layers_shape + (fan_in, fan_out),
+                 layers_shape + (fan_out, fan_in)}
+  return {tuple(d for d in s if d != 1) for s in shapes}
+
+
+def product_shapes(hlo_text: str) -> set[tuple[int, ...]]:
+  """The output shapes of a compiled program's dot instructions (size-1 axes dropped)."""
+  found = re.findall(r"= \w+\[([\d,]*)\]\{[^}]*\} dot\(", hlo_text)
+  return {tuple(int(d) for d in dims.split(",") if d and int(d) != 1) for dims in found}
+
+
+@pytest.mark.parametrize("family, fields", [PATTERN, SEQ2SEQ])
+def test_a_lora_step_has_the_merged_gradients_and_no_kernel_sized_product(family, fields):
+  """The compiled gradient of loss_on_base (what train_step differentiates) gives the adapters
+  the gradients of the merged formulation, rank dropout's masks included, and multiplies no
+  matrix of an adapted kernel's shape: no merged A @ B and no full-size dL/dW, only rank-sized
+  products beside the forward's x W. The merged formulation, compiled the same way, forms both
+  (the check's own check). (~9 s alone on the 2 shared cores: two compiles)"""
+  cfg, model, base, trainable = low_rank_model(family, fields)
+  lora_cfg = dataclasses.replace(LORA, dropout=0.5)
+  batch = {k: jnp.asarray(v) for k, v in batch_for(cfg, packed=False).items()}
+  kernels = kernel_shapes(base, trainable)
+  assert (4 * 12, cfg.embed_dim) not in kernels  # activations are told apart from kernels
+
+  def compiled_grad(loss):
+    grad = jax.jit(jax.grad(lambda t, b: loss(
+        model, t, batch, base=b, rngs={"dropout": jax.random.key(3)},
+        deterministic=False)["loss_sum"]))
+    return grad.lower(trainable, base).compile()
+
+  low_rank = compiled_grad(lora.loss_on_base(objectives.LOSSES[family], lora_cfg))
+  merged = compiled_grad(merged_loss(objectives.LOSSES[family], lora_cfg))
+  assert product_shapes(low_rank.as_text()) & kernels == set()
+  assert product_shapes(merged.as_text()) & kernels
+  flat, flat_expected = (traverse_util.flatten_dict(g(trainable, base))
+                         for g in (low_rank, merged))
+  assert flat.keys() == flat_expected.keys()
+  # (A module whose ranks rank dropout all dropped gets zero gradients, in both.)
+  assert sum(np.abs(v).max() > 0 for v in flat.values()) > len(flat) // 2
+  for path, value in flat.items():
+    scale = np.abs(flat_expected[path]).max()  # float32 sums in another order: ~3e-5 of it
+    np.testing.assert_allclose(value, flat_expected[path], rtol=1e-4, atol=1e-4 * scale + 1e-7,
+                               err_msg=path)
 
 
 def test_scanned_blocks_get_an_adapter_per_layer():
