@@ -5,7 +5,12 @@ loss on the Spanish only.
   python -m research.train --config=configs/gemma3_270m_eng_spa_lora.py --workdir=runs/en_es_lora
   python -m research.evaluate --workdir=runs/en_es_lora --split="test[:200]"
 
-Measured: not yet (see the README's Gemma table).
+Measured (AMD EPYC Zen 5, family 26 model 2, avx512_bf16, no AMX; 2 cores shared with other
+jobs, load 7-11; bf16 matmul operands): 120 steps x 8 pairs in 17 min (8.2 s a step), the
+response loss from 2.17 (step 10) to 1.28 (step 120). Test BLEU **29.63** on the first 200 test
+pairs (sacrebleu nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0; greedy; loss 1.236,
+token accuracy 0.727), the command above. Spanish is the harder direction for this model: the
+same recipe the other way reaches 45.68 (configs/gemma3_270m_spa_eng_lora.py).
 """
 
 from research.config import derive
