@@ -174,11 +174,11 @@ def test_pairs_on_a_gemma_vocabulary_are_written_as_instruction_tuning_writes_th
   record = {"prompt": "¿Cuál es la capital de España?", "chosen": "Madrid.", "rejected": "No sé."}
   (pair,) = pairs.features([record])
   (example,) = sft.features([{"instruction": record["prompt"], "input": "", "output": "Madrid."}])
-  end_of_turn = tokenizer.token_to_id("<end_of_turn>")
-  assert pairs.template is sft.template is GEMMA and pairs.end_id == sft.end_id == end_of_turn
+  eos = tokenizer.eos_id  # instruction tuning ends a Gemma reply with EOS (research/kinds/instruction.py)
+  assert pairs.template is sft.template is GEMMA and pairs.end_id == sft.end_id == eos
   np.testing.assert_array_equal(pair["prompt"], example["prompt"])
   np.testing.assert_array_equal(pair["chosen"], example["target"])
-  assert list(pair["rejected"]) == [*tokenizer.encode("No sé."), end_of_turn]
+  assert list(pair["rejected"]) == [*tokenizer.encode("No sé."), eos]
 
 
 def test_row_logprobs_in_chunks_equal_those_of_the_full_logits():  # ~2 s

@@ -95,13 +95,13 @@ class Preference(instruction.Instruction):
       return
     gemma = instruction.GEMMA
     if instruction.chat_template(tokenizer) is gemma:
-      # As the instruction kind sets its prompt format up on this vocabulary: research.chat's
-      # turns, markers as their ids, each response ended by <end_of_turn>.
+      # As the instruction kind sets its prompt format up on this vocabulary (its format is
+      # 'prompt', this kind's its own): research.chat's turns, markers as their ids, each
+      # response ended by EOS as instruction tuning ends it (research/kinds/instruction.py).
       self.template = gemma
       self.before = np.concatenate([base.begin_of_text(tokenizer),
                                     self._encode_turn(gemma.user)]).astype(np.int32)
       self.after = self._encode_turn(gemma.assistant)
-      self.end_id = tokenizer.token_to_id(gemma.end)
     else:  # a pretrained decoder's prompt opens as it was trained to
       self.before = np.concatenate([base.begin_of_text(tokenizer), self.before]).astype(np.int32)
 
