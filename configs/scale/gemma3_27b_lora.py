@@ -11,9 +11,10 @@ matmul operands, float32 base and adapters, AdamW state for the adapters only.
 
   python -m research.aot --config=configs/scale/gemma3_27b_lora.py --topology=v5p:2x2x2
 
-Train step: 70.19 of 95 GiB per chip (frozen base 12.58, adapters 0.30, optimizer state 0.60,
-temporaries 56.37), roofline >= 3.84 s (compute-bound); 905 s to compile on an AMD EPYC Zen 5
-(2 cores shared with other jobs). On 4 chips (v5p:2x2x1, batch 8) it needs 106.94 GiB. Those
+Train step (the adapters a low-rank path beside the frozen kernels, research/lora.py): 56.02 of
+95 GiB per chip (frozen base 12.58, adapters 0.30, optimizer state 0.60, temporaries 42.27),
+roofline >= 2.97 s (compute-bound); 589 s to compile on an AMD EPYC Zen 5 (2 cores shared with
+other jobs). On 4 chips (v5p:2x2x1, --config.data.batch_size=8) it fits too: 75.12 GiB. Those
 and the full fine-tuning compiles: docs/tpu.md, "LoRA: Gemma 3 27B on half the chips".
 
 init_from names the pretrained base: a GGUF file of google/gemma-3-27b-pt (llama.cpp's
