@@ -5,7 +5,11 @@ ends each sentence ("<bos> sentence <eos>" -> negative | positive). The adapters
   python -m research.train --config=configs/gemma3_270m_sst2_lora.py --workdir=runs/sst2_lora
   python -m research.evaluate --workdir=runs/sst2_lora
 
-Measured: not yet (see the README's Gemma table).
+Measured (AMD EPYC Zen 5, family 26 model 2, avx512_bf16, no AMX; 2 cores shared with other
+jobs, load 5-11; bf16 matmul operands): 120 steps x 16 sentences in 9.6 min (4.8 s a step), the
+loss from 1.19 (step 10) to 0.24 (step 120). Dev accuracy **0.891** (all 872; loss 0.298), the
+command above; against 0.781 for the untrained model 4-shot, 0.804 for sst2_bert from scratch and
+0.849 +- 0.004 for sst2_minilm (3 seeds, this machine kind).
 """
 
 from research.config import derive
