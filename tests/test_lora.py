@@ -280,7 +280,7 @@ def test_every_family_trains_with_adapters_only(family, scan, remat, packed):
   batch = batch_for(cfg, packed)
   before = jax.tree.map(np.array, base)
   losses = []
-  for _ in range(25):
+  for _ in range(50):  # an encoder's masked LM (new masks each step) falls slower
     state, metrics = step(state, batch, base)
     losses.append(float(metrics["loss_sum"] / metrics["weight_sum"]))
   assert losses[-1] < 0.8 * losses[0], losses
