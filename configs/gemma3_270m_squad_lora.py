@@ -6,7 +6,12 @@ train).
   python -m research.train --config=configs/gemma3_270m_squad_lora.py --workdir=runs/squad_lora
   python -m research.evaluate --workdir=runs/squad_lora --split="validation[:200]"
 
-Measured: not yet (see the README's Gemma table).
+Measured (AMD EPYC Zen 5, family 26 model 2, avx512_bf16, no AMX; 2 cores shared with other
+jobs, load 2-5; bf16 matmul operands): 120 steps x 4 questions in 6.8 min (3.4 s a step), the
+answer loss from 2.52 (step 10) to 0.88 (step 120). On the first 200 validation questions: exact match **42.0**, F1
+**55.4** (loss 0.635), the command above; against 17.5 / 37.7 for the untrained model 1-shot
+(first 120) and 30.0 / 45.6 for squad_minilm. The goal F1 >= 60 is not reached at 120 steps
+(480 questions of the 3,867 in train); longer runs were not measured.
 """
 
 from research.config import derive
