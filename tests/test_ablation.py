@@ -7,8 +7,6 @@ import dataclasses
 import json
 import pathlib
 import shutil
-import subprocess
-import sys
 import time
 
 import jax
@@ -22,14 +20,13 @@ from research import models, objectives, train
 from research.config import ExperimentConfig, UserError
 from research.paths import REPO_ROOT
 from xla_flags import cli_env
+from tests import cli
 
 TAGS = ("flops2.5e8", "flops5e8")  # ablation.TINY_BUDGETS as directory names
 
 
 def run_cli(*args):
-  env = cli_env()
-  return subprocess.run([sys.executable, "-m", "experiments.architecture_ablation", *args],
-                        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+  return cli.run("experiments.architecture_ablation", args, env=cli_env(), timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 import dataclasses
 import importlib.util
-import subprocess
-import sys
 
 import jax
 import pytest
@@ -12,6 +10,7 @@ from research import aot, bench, hlo, layers, models, sharding, splash
 from research.config import ExperimentConfig, load_config_file
 from research.paths import REPO_ROOT
 from xla_flags import cli_env
+from tests import cli
 
 FAMILY_CONFIGS = {"decoder": "configs/gpt_shakespeare_char.py",
                   "encoder": "configs/bert_shakespeare_mlm.py",
@@ -216,8 +215,7 @@ def test_auto_precision_follows_the_mesh_devices():
 
 
 def _aot(*args):
-  return subprocess.run([sys.executable, "-m", "research.aot", *args], cwd=REPO_ROOT,
-                        env=cli_env(1), capture_output=True, text=True, timeout=600)
+  return cli.run("research.aot", args, env=cli_env(1), timeout=600)
 
 
 def test_a_config_too_large_for_the_slice_is_refused_in_one_line(tmp_path):

@@ -7,7 +7,6 @@ from library errors (flags, orbax, tensorstore) are also checked in-process, at 
 import json
 import pathlib
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 
 from research.paths import REPO_ROOT
 from xla_flags import cli_env
+from tests import cli
 from tests.test_train import CONFIG, SHRINK
 
 BASE_FLAGS = [f"--config={CONFIG}"] + [f"--config.{k}={v}" for k, v in SHRINK.items()]
@@ -29,9 +29,7 @@ def workdir(tmp_path_factory):
 
 
 def _cli(module, args, devices=1):
-  env = cli_env(devices)
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return cli.run(module, args, env=cli_env(devices), timeout=300)
 
 
 def _files(path: pathlib.Path) -> dict:

@@ -2,8 +2,6 @@
 all there and sane (the speeds themselves are benchmarks, not tests)."""
 
 import json
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -14,6 +12,7 @@ from research import bench, flops, models
 from research.config import ConfigError, ExperimentConfig, load_config_file
 from research.paths import REPO_ROOT
 from xla_flags import cli_env
+from tests import cli
 
 SHRINK = {"model.num_layers": 1, "model.num_decoder_layers": 1, "model.embed_dim": 32,
           "model.mlp_dim": 64, "model.num_heads": 2, "model.max_len": 32, "data.seq_len": 32,
@@ -21,9 +20,7 @@ SHRINK = {"model.num_layers": 1, "model.num_decoder_layers": 1, "model.embed_dim
 
 
 def run_module(*args):
-  env = cli_env()
-  return subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return cli.run(args[0], args[1:], env=cli_env(), timeout=300)
 
 
 def test_bench_cli_prints_a_table_and_writes_json(tmp_path):

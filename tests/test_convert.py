@@ -8,8 +8,6 @@ import dataclasses
 import json
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -21,6 +19,7 @@ from research.config import ModelConfig
 from research.data.tokenizers import HFTokenizer
 from research.paths import REPO_ROOT
 from xla_flags import cli_env
+from tests import cli
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "hf"
 NAMES = ("bert", "gpt2", "t5_v1_0", "t5_v1_1", "llama3", "qwen2", "qwen3", "gemma3")
@@ -281,18 +280,13 @@ def test_export_of_models_trained_here_computes_the_same(family, overrides, tmp_
 
 def test_cli_import_then_generate(tmp_path):
   workdir = tmp_path / "gpt2"
-  env = cli_env()
-
-  def cli(module, *args):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-  result = cli("research.convert", f"--from_hf={FIXTURES / 'gpt2'}", f"--workdir={workdir}")
+  run = lambda module, *args: cli.run(module, args, env=cli_env(), timeout=300)
+  result = run("research.convert", f"--from_hf={FIXTURES / 'gpt2'}", f"--workdir={workdir}")
   assert result.returncode == 0, result.stderr[-3000:]
-  result = cli("research.generate", f"--workdir={workdir}", "--prompt=The quick",
+  result = run("research.generate", f"--workdir={workdir}", "--prompt=The quick",
                "--max_new_tokens=5", "--temperature=0")
   assert result.returncode == 0 and result.stdout.startswith("The quick"), result.stderr[-3000:]
-  result = cli("research.convert", f"--from_hf={FIXTURES / 'gpt2'}", f"--workdir={workdir}")
+  result = run("research.convert", f"--from_hf={FIXTURES / 'gpt2'}", f"--workdir={workdir}")
   assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
   assert "already holds a workdir" in result.stderr
 

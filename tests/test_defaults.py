@@ -2,8 +2,6 @@
 derived, with one note line each, instead of an error the user must know how to answer."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -11,6 +9,7 @@ from research.config import ConfigError, ExperimentConfig, load_config_file
 from research.data import tokenizers
 from research.paths import REPO_ROOT
 from xla_flags import cli_env
+from tests import cli
 
 PAIR_TASK = {"kind": "classification", "train_files": "my/train.jsonl",
              "eval_files": "my/dev.jsonl", "text_fields": "premise,hypothesis"}
@@ -116,8 +115,8 @@ def test_a_sentence_pair_task_on_sst2_bert_runs_as_given(tmp_path):
   for name in ("train", "dev"):
     (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   workdir = tmp_path / "run"
-  result = subprocess.run(
-      [sys.executable, "-m", "research.train", "--config=configs/sst2_bert.py",
+  result = cli.run(
+      "research.train", ["--config=configs/sst2_bert.py",
        f"--workdir={workdir}", "--config.task.kind=classification",
        f"--config.task.train_files={tmp_path / 'train.jsonl'}",
        f"--config.task.eval_files={tmp_path / 'dev.jsonl'}",
@@ -125,7 +124,7 @@ def test_a_sentence_pair_task_on_sst2_bert_runs_as_given(tmp_path):
        "--config.model.num_layers=1", "--config.model.embed_dim=32", "--config.model.mlp_dim=64",
        "--config.model.num_heads=2", "--config.data.batch_size=8", "--config.train.steps=1",
        "--config.train.eval_every=1", "--config.train.checkpoint_every=1"],
-      cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+      env=cli_env(), timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
   assert any("model.num_token_types=2" in n for n in notes), notes

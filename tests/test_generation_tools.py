@@ -21,6 +21,7 @@ from research.chat import Chat
 from research.config import ExperimentConfig, load_config_file
 from research.generate import generate_text
 from research.kinds.instruction import GEMMA, PLAIN, chat_template, instruction_text
+from tests import cli
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -194,8 +195,7 @@ def test_few_shot_classification_ranks_the_label_words(tiny):
 
 
 def test_evaluate_pretrained_is_one_line_without_a_task():
-  run = subprocess.run([sys.executable, "-m", "research.evaluate", f"--pretrained={TINY}"],
-                       capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, check=False)
+  run = cli.run("research.evaluate", [f"--pretrained={TINY}"], timeout=300)
   assert run.returncode == 2
   assert run.stderr.strip().splitlines()[-1].startswith("error: --pretrained is evaluated "
                                                          "few-shot on a task: add --task=")

@@ -22,6 +22,7 @@ from research import train
 from research.checkpoint import Checkpointer
 from research.paths import REPO_ROOT
 from xla_flags import cli_env
+from tests import cli
 from tests.test_train import CONFIG, SHRINK, shrunk_config
 
 BASE_FLAGS = [f"--config={CONFIG}"] + [f"--config.{k}={v}" for k, v in SHRINK.items()]
@@ -43,8 +44,8 @@ def train_cmd(workdir, *flags):
 
 
 def run_train(workdir, *flags, devices=1, check=True):
-  result = subprocess.run(train_cmd(workdir, *flags), cwd=REPO_ROOT, env=env_for(devices),
-                          capture_output=True, text=True, timeout=600)
+  result = cli.run("research.train", train_cmd(workdir, *flags)[3:], env=env_for(devices),
+                   timeout=600)
   if check:
     assert result.returncode == 0, result.stderr[-3000:]
   return result

@@ -14,6 +14,7 @@ from research import train
 from research.config import ExperimentConfig, load_config_file
 from research.paths import REPO_ROOT
 from xla_flags import cli_env
+from tests import cli
 
 CONFIG = "configs/gpt_shakespeare_char.py"
 FAMILY_CONFIGS = ["configs/gpt_shakespeare_char.py", "configs/gpt_shakespeare_prefixlm.py",
@@ -39,8 +40,10 @@ def train_losses(workdir) -> dict[int, float]:
 
 
 def run_cli(*args, cwd=REPO_ROOT):
-  env = cli_env()
-  return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+  """`python ARGS...` with the test CLIs' environment; `-m MODULE ...` through tests/cli.py."""
+  if args[0] == "-m":
+    return cli.run(args[1], args[2:], env=cli_env(), cwd=cwd, timeout=300)
+  return subprocess.run([sys.executable, *args], cwd=cwd, env=cli_env(), capture_output=True,
                         text=True, timeout=300)
 
 

@@ -20,14 +20,14 @@ import pytest
 
 from research.paths import REPO_ROOT
 from xla_flags import cli_env
+from tests import cli
 from tests.test_train import CONFIG, SHRINK
 
 FLAGS = [f"--config={CONFIG}"] + [f"--config.{k}={v}" for k, v in SHRINK.items()]
 
 
-def _cli(module, args, timeout=300, **kwargs):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=cli_env(1),
-                        capture_output=True, text=True, timeout=timeout, **kwargs)
+def _cli(module, args, timeout=300):
+  return cli.run(module, args, env=cli_env(1), timeout=timeout)
 
 
 def _one_error(result) -> str:
