@@ -74,6 +74,12 @@ def gemma():
 
 
 @pytest.fixture(scope="module")
+def gemma_tokenizer():
+  """The tokenizer of the file's vocabulary alone (import_gguf builds it the same way)."""
+  return gguf_io.make_tokenizer(gguf_io.read_gguf(gguf_io.resolve("gemma3-270m")).metadata)
+
+
+@pytest.fixture(scope="module")
 def gemma_record():
   return json.loads((FIXTURES / "gemma3_270m.json").read_text(encoding="utf-8"))
 
@@ -158,8 +164,8 @@ def test_gemma3_greedy_continuations_match_transformers(gemma, gemma_record):
 
 
 @needs_gemma
-def test_gemma3_tokenizer_ids_match_transformers(gemma_record):
-  tok = gguf_io.make_tokenizer(gguf_io.read_gguf(gguf_io.resolve("gemma3-270m")).metadata)
+def test_gemma3_tokenizer_ids_match_transformers(gemma_tokenizer, gemma_record):
+  tok = gemma_tokenizer
   entries = gemma_record["tokenizer"]
   assert len(entries) >= 200
   plain = [e["text"] for e in entries if tok.encode(e["text"]).tolist() != e["ids"]]
@@ -429,7 +435,7 @@ def test_named_model_resolves_to_the_verified_file():
 
 
 @needs_gemma
-def test_generate_with_pretrained_prints_transformers_greedy_text(gemma_record, capsys):
+def test_generate_with_pretrained_prints_transformers_greedy_text(gemma_tokenizer, gemma_record):
   """research.generate --pretrained=gemma3-270m: <bos> before the prompt, a KV cache sized to the
   generation, and transformers' greedy tokens up to its first near-tie, as text."""
   from research import decode, generate  # pylint: disable=import-outside-toplevel
@@ -441,7 +447,6 @@ def test_generate_with_pretrained_prints_transformers_greedy_text(gemma_record, 
   assert agreed(record) >= 10
   text, = generate.generate_text(None, record["prompt"], 30,
                                  decode.SamplingConfig(temperature=0.0), pretrained="gemma3-270m")
-  tokenizer = gguf_io.import_gguf(gguf_io.resolve("gemma3-270m")).tokenizer
-  expected = tokenizer.decode(record["new_ids"][:agreed(record)])
+  expected = gemma_tokenizer.decode(record["new_ids"][:agreed(record)])
   assert text.startswith(record["prompt"] + expected), (text, expected)
   assert "<bos>" not in text
