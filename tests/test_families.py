@@ -81,6 +81,10 @@ def test_encoder_decoder_causal_decoder_and_full_cross_attention():
     np.testing.assert_array_equal(changed, np.broadcast_to(np.arange(8) >= t, (B, 8)))
 
 
+# Slow: the default suite checks the same through decode.prefill + decode.step, the path that
+# decoding takes, in tests/test_attention.py::test_encoder_decoder_caches_cross_attention_once_
+# and_matches_the_full_pass (relative positions, cross-attention projected once, a padded input).
+@pytest.mark.slow
 def test_encoder_decoder_cached_decoding_matches_the_full_pass():
   model = EncoderDecoder(dataclasses.replace(SMALL, position="relative"))
   src, tgt = tokens(1), tokens(2, (B, 8))
@@ -161,6 +165,9 @@ def test_forward_and_backward_for_every_option(family, option):
   assert all(np.isfinite(norms)) and max(norms) > 0
 
 
+# Slow: the default suite checks the same through decode.prefill + decode.step in
+# tests/test_attention.py::test_prefix_lm_prefill_is_bidirectional_then_causal.
+@pytest.mark.slow
 def test_prefix_lm_cached_decoding_matches_the_full_pass():
   model = Decoder(dataclasses.replace(SMALL, position="rope"))
   x = tokens(3, (B, 12))
@@ -178,6 +185,11 @@ def test_prefix_lm_cached_decoding_matches_the_full_pass():
   np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=2e-5, rtol=1e-5)
 
 
+# Slow: the default suite checks one beam = greedy for the encoder-decoder in
+# tests/test_attention.py::test_one_beam_is_greedy_through_the_one_step_for_every_decoding_family
+# and sorted beams in tests/test_models.py::test_beam_search_sorts_beams_and_ends_them_at_eos
+# (the beam search is one function for every family).
+@pytest.mark.slow
 def test_encoder_decoder_beam_search_with_one_beam_is_greedy():
   model = EncoderDecoder(SMALL)
   src = tokens(1)

@@ -63,13 +63,13 @@ def test_kv_cache_decode_matches_full_forward(variant):
   tokens = jax.random.randint(jax.random.key(2), (2, cfg.max_len), 0, cfg.vocab_size)
   full = model.apply({"params": params}, tokens)
   cache = decode.init_cache(model, 2)
+  # Compiled once per input shape: op by op, each step dispatched every operation on its own.
+  apply = jax.jit(lambda variables, x: model.apply(variables, x, decode=True, mutable=["cache"]))
   # A 5-token prefill, then one token at a time.
-  logits, vars_ = model.apply({"params": params, "cache": cache}, tokens[:, :5], decode=True,
-                              mutable=["cache"])
+  logits, vars_ = apply({"params": params, "cache": cache}, tokens[:, :5])
   steps = [logits]
   for t in range(5, cfg.max_len):
-    logits, vars_ = model.apply({"params": params, "cache": vars_["cache"]}, tokens[:, t:t + 1],
-                                decode=True, mutable=["cache"])
+    logits, vars_ = apply({"params": params, "cache": vars_["cache"]}, tokens[:, t:t + 1])
     steps.append(logits)
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=2e-5, rtol=1e-5)
 
