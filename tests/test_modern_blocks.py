@@ -74,13 +74,19 @@ def _logits(cfg, flat, tokens, **kw):
       {"params": params}, tokens))
 
 
+@pytest.fixture(scope="module")
+def base_logits():
+  """The base model's parameters, a batch and its logits, computed once for every choice."""
+  base, tokens = _random_params(BASE), _tokens(0, (2, 12))
+  return base, tokens, _logits(BASE, base, tokens)
+
+
 @pytest.mark.parametrize("name", sorted(CHOICES))
-def test_each_choice_changes_a_fixed_models_logits_and_trains(name):
+def test_each_choice_changes_a_fixed_models_logits_and_trains(name, base_logits):
   cfg = dataclasses.replace(BASE, **CHOICES[name])
-  base = _random_params(BASE)
+  base, tokens, logits = base_logits
   flat = _random_params(cfg, seed=1, like=base)  # the same weights, plus what the choice adds
-  tokens = _tokens(0, (2, 12))
-  changed = np.abs(_logits(cfg, flat, tokens) - _logits(BASE, base, tokens)).max()
+  changed = np.abs(_logits(cfg, flat, tokens) - logits).max()
   assert changed > 1e-2, changed
 
   # Trains: a few Adam steps on one batch bring its next-token loss down.
