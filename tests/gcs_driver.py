@@ -27,6 +27,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from xla_flags import cli_env  # pylint: disable=wrong-import-position
+from tests import cli  # pylint: disable=wrong-import-position
 
 BUCKET = "research-test"
 MISSING_BUCKET = "research-test-missing"
@@ -84,6 +85,7 @@ def emulator_env(port: int) -> dict[str, str]:
       "GOOGLE_CLOUD_PROJECT": "research-test",
       "RESEARCH_LEASE_SECONDS": str(LEASE_SECONDS),
       "CLOUDSDK_CONFIG": "/nonexistent-gcloud-config",  # no gcloud credentials of this machine
+      "PYTHONFAULTHANDLER": "1",  # a CLI stopped with SIGABRT prints every thread's stack
   })
   return env
 
@@ -165,19 +167,23 @@ def start_emulator(port: int, env: dict, log: pathlib.Path) -> subprocess.Popen:
   raise SystemExit("the GCS emulator did not start within 60 s")
 
 
+def start(args: list[str], env: dict) -> cli.Process:
+  """`python -m MODULE ...` (args: ["-m", MODULE, ...]) through tests/cli.py."""
+  return cli.start(args[1], args[2:], env=env)
+
+
 def run(args: list[str], env: dict, timeout: float = 240) -> dict:
   """A CLI's exit status and output; one that hangs is stopped with SIGABRT, which makes
   Python print every thread's stack (PYTHONFAULTHANDLER) into the stderr returned."""
-  proc = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT,
-                          env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  proc = start(args, env)
   try:
-    stdout, stderr = proc.communicate(timeout=timeout)
+    proc.wait(timeout)
+    stderr = proc.stderr
   except subprocess.TimeoutExpired:
     proc.send_signal(signal.SIGABRT)
-    stdout, stderr = proc.communicate()
-    stderr = f"timed out after {timeout} s; stacks:\n{stderr[-20000:]}"
-  return {"returncode": proc.returncode, "stdout": stdout, "stderr": stderr[-20000:]}
+    proc.wait()
+    stderr = f"timed out after {timeout} s; stacks:\n{proc.stderr[-20000:]}"
+  return {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": stderr[-20000:]}
 
 
 def committed_steps(fs, workdir: str) -> list[int]:
@@ -194,19 +200,19 @@ def committed_steps(fs, workdir: str) -> list[int]:
 def train_killed_after_first_checkpoint(workdir: str, env: dict, fs,
                                         log: pathlib.Path) -> dict:
   """research.train on gs://, SIGKILLed as soon as its first checkpoint is complete."""
-  with open(log, "w", encoding="utf-8") as log_file:
-    proc = subprocess.Popen([sys.executable, *TRAIN, f"--workdir={workdir}",
-                             f"--config.data.data_dir=gs://{BUCKET}/tfds"], cwd=REPO_ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+  proc = start([*TRAIN, f"--workdir={workdir}", f"--config.data.data_dir=gs://{BUCKET}/tfds"],
+               env)
   deadline = time.time() + 240
   while not committed_steps(fs, workdir.removeprefix("gs://")):
     if proc.poll() is not None or time.time() > deadline:
       proc.kill()
       proc.wait()
-      return {"killed": False, "stderr": log.read_text()[-4000:]}
+      log.write_text(proc.stderr)
+      return {"killed": False, "stderr": proc.stderr[-4000:]}
     time.sleep(0.1)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
+  log.write_text(proc.stderr)
   steps = committed_steps(fs, workdir.removeprefix("gs://"))
   return {"killed": proc.returncode == -signal.SIGKILL, "steps_at_kill": steps, "pid": proc.pid}
 
@@ -244,16 +250,15 @@ def two_runs_on_one_workdir(env: dict, fs, log: pathlib.Path) -> dict:
   from research import lease  # pylint: disable=import-outside-toplevel
   workdir = f"gs://{BUCKET}/leased"
   args = [*TRAIN, f"--workdir={workdir}", "--config.train.checkpoint_every=100000"]
-  with open(log, "w", encoding="utf-8") as log_file:
-    holder = subprocess.Popen([sys.executable, *args, "--config.train.steps=100000"],
-                              cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+  holder = start([*args, "--config.train.steps=100000"], env)
   out: dict = {}
   deadline = time.time() + 240
   while not fs.exists(f"{BUCKET}/leased/metrics.jsonl"):  # training: the lease is held
     if holder.poll() is not None or time.time() > deadline:
       holder.kill()
       holder.wait()
-      return {"started": False, "stderr": log.read_text()[-4000:]}
+      log.write_text(holder.stderr)
+      return {"started": False, "stderr": holder.stderr[-4000:]}
     time.sleep(0.2)
     fs.invalidate_cache()
   out["second"] = run([*args, "--config.train.steps=2"], env)
@@ -282,7 +287,8 @@ def two_runs_on_one_workdir(env: dict, fs, log: pathlib.Path) -> dict:
   except subprocess.TimeoutExpired:
     holder.kill()
     holder.wait()
-  out["holder"] = {"returncode": holder.returncode, "stderr": log.read_text()[-4000:]}
+  log.write_text(holder.stderr)
+  out["holder"] = {"returncode": holder.returncode, "stderr": holder.stderr[-4000:]}
   out["lease_after"] = json.loads(store.read(lease.LEASE_FILE)[0])
   out["checkpoints_after"] = committed_steps(fs, f"{BUCKET}/leased")
   store.delete(lease.LEASE_FILE, store.read(lease.LEASE_FILE)[1])
@@ -371,7 +377,10 @@ def main(out_dir: str) -> None:
   out = pathlib.Path(out_dir)
   port = free_port()
   env = emulator_env(port)
+  # This process's environment is the CLIs' (tests/cli.py forks them only then), but XLA_FLAGS.
   os.environ.update({k: v for k, v in env.items() if k != "XLA_FLAGS"})
+  for key in set(os.environ) - set(env):
+    del os.environ[key]
   emulator = start_emulator(port, env, out / "emulator.log")
   import gcsfs  # pylint: disable=import-outside-toplevel
   fs = gcsfs.GCSFileSystem(token="anon", use_listings_cache=False)

@@ -10,7 +10,6 @@ import pathlib
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 
@@ -20,7 +19,6 @@ import pytest
 
 from research import train
 from research.checkpoint import Checkpointer
-from research.paths import REPO_ROOT
 from xla_flags import cli_env
 from tests import cli
 from tests.test_train import CONFIG, SHRINK, shrunk_config
@@ -51,9 +49,8 @@ def run_train(workdir, *flags, devices=1, check=True):
   return result
 
 
-def start_train(workdir, *flags, devices=1):
-  return subprocess.Popen(train_cmd(workdir, *flags), cwd=REPO_ROOT, env=env_for(devices),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def start_train(workdir, *flags, devices=1) -> cli.Process:
+  return cli.start("research.train", train_cmd(workdir, *flags)[3:], env=env_for(devices))
 
 
 def logged_losses(workdir) -> dict[int, float]:
@@ -76,8 +73,9 @@ def wait_for_step(workdir, step, proc, timeout=300):
   while time.time() < deadline:
     if logged_losses(workdir) and max(logged_losses(workdir)) >= step:
       return
-    if proc.poll() is not None:
-      raise AssertionError(f"training exited early: {proc.stderr.read()[-3000:]}")
+    if proc.poll() is not None:  # a cli.Process holds its stderr as text; a Popen, a pipe
+      stderr = proc.stderr if isinstance(proc, cli.Process) else proc.stderr.read()
+      raise AssertionError(f"training exited early: {stderr[-3000:]}")
     time.sleep(0.05)
   raise AssertionError(f"step {step} not reached in {timeout}s")
 
@@ -163,7 +161,7 @@ def test_sigterm_checkpoints_and_exits_zero_then_continues(tmp_path):
   wait_for_step(workdir, 3, proc)
   sent = time.time()
   proc.send_signal(signal.SIGTERM)
-  assert proc.wait(timeout=30) == 0, proc.stderr.read()[-3000:]
+  assert proc.wait(timeout=30) == 0, proc.stderr[-3000:]
   assert time.time() - sent < 30
   latest = Checkpointer(workdir, read_only=True).latest_step()
   assert latest is not None and latest == max(logged_losses(workdir))
@@ -229,13 +227,10 @@ def test_two_processes_train_as_one_eight_device_mesh(tmp_path):
   run_train(single, "--config.train.steps=6", devices=8)
   multi = tmp_path / "multi"
   port = _free_port()
-  procs = [subprocess.Popen(
-      train_cmd(multi, "--config.train.steps=6", f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2", f"--process_id={i}"),
-      cwd=REPO_ROOT, env=env_for(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-      text=True) for i in range(2)]
+  procs = [start_train(multi, "--config.train.steps=6", f"--coordinator_address=127.0.0.1:{port}",
+                       "--num_processes=2", f"--process_id={i}", devices=4) for i in range(2)]
   for p in procs:
-    assert p.wait(timeout=600) == 0, p.stderr.read()[-3000:]
+    assert p.wait(timeout=600) == 0, p.stderr[-3000:]
   np.testing.assert_allclose(list(logged_losses(multi).values()),
                              list(logged_losses(single).values()), rtol=2e-5)
   step_dir = multi / "checkpoints" / "6"

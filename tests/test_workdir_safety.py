@@ -98,11 +98,9 @@ def test_second_writer_stops_naming_the_holder_and_sigkill_releases(trained, tmp
 
 def test_two_runs_started_together_one_runs_one_refuses(tmp_path):
   workdir = tmp_path / "cc"
-  args = [sys.executable, "-m", "research.train", f"--workdir={workdir}", *FLAGS,
-          "--config.train.steps=4"]
-  procs = [subprocess.Popen(args, cwd=REPO_ROOT, env=cli_env(1), stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True) for _ in range(2)]
-  results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+  args = [f"--workdir={workdir}", *FLAGS, "--config.train.steps=4"]
+  procs = [cli.start("research.train", args, env=cli_env(1)) for _ in range(2)]
+  results = [(p.wait(timeout=300), p.stderr) for p in procs]
   codes = sorted(code for code, _ in results)
   assert codes == [0, 2], [err[-2000:] for _, err in results]
   refused = next(err for code, err in results if code == 2)
@@ -213,16 +211,15 @@ def test_ctrl_c_saves_the_step_and_resume_logs_no_duplicates(tmp_path):
   workdir = tmp_path / "run"
   args = [f"--workdir={workdir}", *FLAGS, "--config.train.steps=100000",
           "--config.train.checkpoint_every=100000", "--config.train.log_every=1"]
-  proc = subprocess.Popen([sys.executable, "-m", "research.train", *args], cwd=REPO_ROOT,
-                          env=cli_env(1), stderr=subprocess.PIPE, stdout=subprocess.PIPE,
-                          text=True)
+  proc = cli.start("research.train", args, env=cli_env(1))
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 240
   while time.time() < deadline and (not metrics.exists() or
                                     len(metrics.read_text().splitlines()) < 5):
     time.sleep(0.2)
   proc.send_signal(signal.SIGINT)
-  stdout, stderr = proc.communicate(timeout=120)
+  proc.wait(timeout=120)
+  stdout, stderr = proc.stdout, proc.stderr
   assert proc.returncode == 130, stderr[-3000:]
   assert "Traceback" not in stderr, stderr[-3000:]
   assert "interrupted: checkpoint of step" in stdout  # the progress bar's line
