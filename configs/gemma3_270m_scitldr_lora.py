@@ -5,7 +5,13 @@ against every reference of the split.
   python -m research.train --config=configs/gemma3_270m_scitldr_lora.py --workdir=runs/tldr_lora
   python -m research.evaluate --workdir=runs/tldr_lora --split="test[:100]"
 
-Measured: not yet (see the README's Gemma table).
+Measured (AMD EPYC Zen 5, family 26 model 2, avx512_bf16, no AMX; 2 cores shared with the test
+suite, load 5-7; bf16 matmul operands): 120 steps x 4 abstracts in 16 min (8.0 s a step), the
+summary loss from 2.93 (step 10) to 2.34 (step 120). ROUGE-1/2/L **41.6 / 20.6 / 35.4** on the
+first 100 test papers (every reference; loss 2.375), the command above. On the first 100
+validation papers: **42.3 / 21.4 / 35.6** (loss 2.302; --split="validation[:100]"), against
+29.2 / 8.5 / 23.1 for the untrained model 1-shot (first 80) and 21.4 / 4.3 / 19.0 for scitldr_t5
+from scratch (all 619).
 """
 
 from research.config import derive
