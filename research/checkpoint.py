@@ -106,6 +106,10 @@ class Checkpointer:
       if jax.process_count() == 1:  # every shard is this process's: the digests are whole
         record[CHECKSUMS_KEY] = state_checksums(state)
       items["config"] = ocp.args.JsonSave(record)
+    # The previous save may still be writing in the background; orbax would wait for it inside
+    # the new save, and its error would then be named for the new step.
+    with self._disk_full_is_one_line(self._saving):
+      self._manager.wait_until_finished()
     with self._disk_full_is_one_line(step):
       self._check_space(step, state)
       return self._manager.save(step, args=ocp.args.Composite(**items), force=force)

@@ -22,6 +22,10 @@ METRIC_NAMES = ("accuracy", "exact_match", "squad_f1", "bleu", "rouge")
 USER_PREFIX = "User: "
 ASSISTANT_PREFIX = "\nAssistant: "
 
+# How a family generates a task's target when the kind has no head of its own there: an
+# encoder-decoder reads the input and decodes the target; a decoder continues a prompt.
+GENERATIVE_FORMAT = {"encoder_decoder": "seq2seq", "decoder": "prompt"}
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskDef:
@@ -62,10 +66,7 @@ class KindFacts:
   default_metric: str = ""  # a user's task that names none
 
   def format_for(self, family: str) -> str:
-    own = dict(self.own_formats)
-    if family in own:
-      return own[family]
-    return "seq2seq" if family == "encoder_decoder" else "prompt"
+    return dict(self.own_formats).get(family, GENERATIVE_FORMAT.get(family, "prompt"))
 
 
 KIND_FACTS: dict[str, KindFacts] = {k.name: k for k in (

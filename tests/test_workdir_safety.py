@@ -306,6 +306,30 @@ def test_disk_full_in_another_write_names_the_step_and_the_last_checkpoint(tmp_p
   ckpt.close()  # reported already: closing raises nothing more
 
 
+def test_a_background_save_that_fails_is_named_for_its_own_step(tmp_path):
+  """An asynchronous save's error surfaces when the next save begins, and may not carry its
+  folder's path: the one line still names the step that failed, not the one starting."""
+  import errno  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from research import checkpoint  # pylint: disable=import-outside-toplevel
+  ckpt = checkpoint.Checkpointer(tmp_path, async_save=False)
+  state = {"w": np.zeros(2)}
+  ckpt.save(10, state, force=True)
+  ckpt.save(20, state, force=True)
+  waits = []
+
+  def failing_wait():  # the step-20 save "still in flight" fails, with no path in its message
+    waits.append(1)
+    if len(waits) == 1:
+      raise OSError(errno.ENOSPC, "No space left on device")
+
+  ckpt._manager.wait_until_finished = failing_wait  # pylint: disable=protected-access
+  with pytest.raises(checkpoint.CheckpointError) as raised:
+    ckpt.save(30, state, force=True)
+  assert "while saving step 20" in str(raised.value), raised.value
+  ckpt.close()
+
+
 def test_read_only_workdir_is_one_line_before_any_work(trained, tmp_path):
   if os.geteuid() != 0 or not shutil.which("mount"):
     pytest.skip("needs root to bind-mount a folder read-only")
