@@ -199,6 +199,11 @@ def main(argv) -> None:
                             pretrained=_PRETRAINED.value, on_text=show)
     except decode.Stopped as e:
       texts, stopped = e.texts, True
+    except KeyboardInterrupt:
+      if not streamed:
+        raise
+      # Ctrl-C after the last token (while the text is put together): what was shown stands.
+      texts, stopped = [], True
     else:
       stopped = False
     if streamed:  # one sample, shown as it came
