@@ -25,7 +25,12 @@ step), response loss 1.92 (steps 1-8) -> 1.79 (57-64); 7.2 MiB trained, 1022.7 M
 frozen. research.evaluate on all 100 validation instructions (895 s, greedy, 192 new tokens at
 most): response loss 1.921 (perplexity 6.83), ROUGE-1/2/L **29.16 / 11.33 / 24.51**; 92 of the
 100 replies end by themselves. From scratch (configs/alpaca_gpt.py, README): loss 5.47,
-ROUGE-L 6.41.
+ROUGE-L 6.41. Full fine-tuning (every parameter trained; the training command with
+--config.lora.rank=0 --config.optimizer.learning_rate=3e-5
+--config.optimizer.end_learning_rate=3e-6; the same machine, idle, 2026-12-07): 64 steps in
+5.8 min, response loss 1.945, ROUGE-1/2/L 27.54 / 10.59 / 23.33 on the same 100, below LoRA.
+This LoRA config again, idle, the same day: 64 steps in 3.6 min (3.4 s a step), the evaluation
+in 3.9 min, ROUGE-L 24.51 again (loss 1.921).
 
 research.chat --temperature=0, verbatim (each --prompt run ~1 min, most of it loading):
   ¿Cuál es la capital de España?                     -> España es la capital de España.

@@ -24,8 +24,9 @@ is the same count, from the predictions) and the chosen and rejected rewards.
 Measured (AMD EPYC Zen 5, family 26 model 2, avx512_bf16, no AMX; 2 cores, idle but for short
 test runs; bf16 matmul operands), 2026-12-07, the two commands above:
 - The reference over all 250 pairs took 70 s. Then 100 steps of 4 pairs (2 passes over the 200
-  training pairs) took 8.1 min, 4.8 s a step counting the evaluation at step 50. The training DPO loss went from 0.671
-  (steps 1-10) to 0.004 (steps 91-100), and the reward margin from 0.05 to 9.9.
+  training pairs) took 8.1 min, 4.8 s a step counting the evaluation at step 50. The training
+  DPO loss went from 0.671 (steps 1-10) to 0.004 (steps 91-100), and the reward margin from
+  0.05 to 9.9.
 - On the 50 validation pairs, from the evaluate command: DPO loss **0.066** (log 2 = 0.693
   at the start), reward accuracy **0.98** (49 of 50), reward margin **6.21** (chosen reward
   -0.54, rejected -6.75). The in-training evaluation at step 50 gave 0.106, 0.98 and 3.88.

@@ -13,6 +13,13 @@ token accuracy 0.727), the command above. Spanish is the harder direction for th
 same recipe the other way reaches 45.68 (configs/gemma3_270m_spa_eng_lora.py). The untrained
 model 3-shot on the same 200 pairs: 21.1
 (python -m research.evaluate --pretrained=gemma3-270m --task=eng_spa --limit=200).
+
+Full fine-tuning (every parameter trained), the same two commands with
+  --config.lora.rank=0 --config.optimizer.learning_rate=3e-5
+  --config.optimizer.end_learning_rate=3e-6
+(the same machine, nothing else queued, 2026-12-07): 120 steps in 6.3 min (3.2 s a step), test
+BLEU 25.52 on the same 200 pairs (loss 1.328), below this LoRA config's 29.63. This LoRA config
+again, idle, the same day: 120 steps in 4.2 min (2.1 s a step), BLEU 29.63 again.
 """
 
 from research.config import derive
